@@ -1,0 +1,287 @@
+"""The ``avatar`` command: a thin shell over :mod:`avatar_cli.pipeline`.
+
+Exit codes: 0 success, 1 failed work, 2 usage error (bad input or options), 130 interrupted.
+Errors are one line on stderr: ``avatar: error: <problem>; <fix>``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import AvatarError, InputError
+
+app = typer.Typer(
+    name="avatar",
+    help="Render talking-head videos from one portrait and one speech recording.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Arch(str, Enum):
+    full = "full"
+    tiny = "tiny"
+
+
+class Model(str, Enum):
+    osa_lcm = "osa-lcm"
+    adv_lcm = "adv-lcm"
+    fada = "fada"
+    fada_balanced = "fada-balanced"
+    teacher = "teacher"
+
+
+class Init(str, Enum):
+    gaussian = "gaussian"
+    rolling = "rolling"
+    combined_rolling = "combined-rolling"
+
+
+class Fit(str, Enum):
+    crop = "crop"
+    pad = "pad"
+
+
+def _note(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        typer.echo(f"avatar: {message}", err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"avatar-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Render talking-head videos from one portrait and one speech recording."""
+
+
+RENDER_EPILOG = """\
+[bold]Examples[/bold]
+
+  avatar render portrait.png speech.wav --weights ./weights -o talk.mp4
+  avatar render face.jpg speech.mp3 --random-weights --arch tiny --size 128
+  avatar render face.png voice.m4a --weights ./w --init rolling --json
+  avatar render face.png voice.wav --weights ./fada --model fada
+
+[bold]Methods[/bold] (--model; NFE = U-Net evaluations per clip)
+
+  osa-lcm        OSA-LCM: LCM, 1 step, no guidance                 NFE 1
+  adv-lcm        Adv-LCM: LCM, --steps 2 (default) or 4            NFE 2 / 4
+  fada           FADA Fast: PeRFlow 6 steps (2,2,1,1), CFG tokens   NFE 6
+  fada-balanced  FADA Balanced: PeRFlow 6 steps, 3-way multi-CFG    NFE 18
+  teacher        DDIM 25 steps, 3-way multi-CFG (batch of 3)       NFE 75
+
+Guidance defaults (--guidance-audio / --guidance-ref): fada 6.5 / 2.0, fada-balanced and teacher 6.5 / 2.5.
+
+[bold]Clip initialisation[/bold] (LCM methods): gaussian starts every clip from noise at t=999; rolling starts clip n from clip n-1's latents noised to --noise-level; combined-rolling is gaussian for the first clip and rolling after.
+
+[bold]Exit codes[/bold]: 0 ok, 1 failed, 2 bad input or option, 130 interrupted.
+"""
+
+
+def _window_steps(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"--window-steps takes comma-separated step counts such as 2,2,1,1 (got {value!r})") from None
+
+
+@app.command(epilog=RENDER_EPILOG)
+def render(
+    image: Annotated[Path, typer.Argument(help="Portrait image (any format Pillow reads).", show_default=False)],
+    audio: Annotated[Path, typer.Argument(help="Speech (wav, mp3, flac, ogg, m4a, or a video's audio track).",
+                                          show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output mp4 [default: <image stem>.mp4]",
+                                                   show_default=False)] = None,
+    model: Annotated[Model, typer.Option(help="Sampling method (see Methods below).")] = Model.osa_lcm,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="num_inference_steps per clip [default: the method's]",
+                                                 show_default=False)] = None,
+    guidance_audio: Annotated[Optional[float], typer.Option(
+        help="cfg_a, audio guidance (FADA eqs. 9-10) [default: the method's]", show_default=False)] = None,
+    guidance_ref: Annotated[Optional[float], typer.Option(
+        help="cfg_r, reference guidance [default: the method's]", show_default=False)] = None,
+    window_steps: Annotated[Optional[str], typer.Option(
+        help="PeRFlow steps per window, nearest t=1 first, e.g. 2,2,1,1.", show_default=False)] = None,
+    init: Annotated[Init, typer.Option(help="Clip initialisation.")] = Init.gaussian,
+    noise_level: Annotated[int, typer.Option(help="Rolling start timestep tau, 1..999.")] = 980,
+    seed: Annotated[int, typer.Option(help="Noise seed (same seed, device, dtype: same frames).")] = 0,
+    size: Annotated[int, typer.Option(help="Frame side in pixels, a multiple of 64.")] = 512,
+    fit: Annotated[Fit, typer.Option(help="Non-square portraits: crop the centre or pad with black.")] = Fit.crop,
+    fps: Annotated[float, typer.Option(help="Video frame rate, 1..120.")] = 25.0,
+    clip_frames: Annotated[int, typer.Option(help="Frames generated together (F).")] = 16,
+    motion_frames: Annotated[Optional[int], typer.Option(
+        help="Latents carried between clips (M) [default: the model's, 4]", show_default=False)] = None,
+    crf: Annotated[int, typer.Option(help="x264 quality, 0 (lossless)..51.")] = 18,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16.")] = "auto",
+    weights: Annotated[Optional[Path], typer.Option(help="Weights folder (as save_pretrained writes it).",
+                                                    show_default=False)] = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="Use random weights (tests, demos, speed).")] = False,
+    add_cfg_layers: Annotated[bool, typer.Option(
+        "--add-cfg-layers", help="For --model fada with weights lacking CFG-token layers: add zero-initialised ones.")] = False,
+    arch: Annotated[Arch, typer.Option(help="Architecture for --random-weights.")] = Arch.full,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
+) -> None:
+    """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
+    from .pipeline import AvatarPipeline, RenderOptions, prepare_job, resolve_device, resolve_dtype
+
+    options = RenderOptions(model=model.value, num_inference_steps=steps, guidance_audio=guidance_audio,
+                            guidance_ref=guidance_ref, window_steps=_window_steps(window_steps), init=init.value,
+                            noise_level=noise_level, seed=seed, fps=fps, size=size, fit=fit.value,
+                            clip_frames=clip_frames, motion_frames=motion_frames, crf=crf)
+    output = output if output is not None else Path(f"{image.stem}.mp4")
+    # Inputs are read and checked before the models load, so that bad input fails in a second.
+    job = prepare_job(image, audio, output, options, overwrite)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+
+    if weights is not None and random_weights:
+        raise InputError("--weights and --random-weights exclude each other; pick one")
+    wants_cfg_tokens = options.method.guidance == "cfg-tokens"
+    if weights is not None:
+        pipe = AvatarPipeline.from_pretrained(weights, device=str(dev), dtype=str(dt).replace("torch.", ""))
+        if wants_cfg_tokens and add_cfg_layers and not pipe.models.denoising_unet.config.cfg_tokens:
+            _note("note: added zero-initialised CFG-token layers: --model fada runs without guidance", quiet)
+            pipe.models.denoising_unet = pipe.models.denoising_unet.with_cfg_layers()
+    elif random_weights:
+        _note(f"note: RANDOM weights ({arch.value} architecture): the video shows noise, not a face", quiet)
+        pipe = AvatarPipeline.from_preset(arch.value, device=str(dev), dtype=str(dt).replace("torch.", ""),
+                                          cfg_tokens=4 if wants_cfg_tokens else 0)
+    else:
+        raise InputError("no model weights given: OSA-LCM's authors published none; pass --weights DIR "
+                         "(a folder written by save_pretrained or 'avatar distill') or --random-weights to try "
+                         "the architecture")
+
+    with _progress(quiet) as on_clip:
+        result = pipe.render_job(job, on_clip=on_clip)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        _note(f"wrote {result.output}: {result.frames} frames, {result.duration_s:.2f} s at {result.fps:g} fps, "
+              f"{result.model} NFE {result.nfe}, {result.wall_s:.1f} s wall (RTF {result.rtf:.2f}) on {result.device}",
+              quiet)
+
+
+class _progress:
+    """A rich progress bar over clips on stderr; silent with --quiet or when stderr is not a TTY."""
+
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("rendering clips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self.bar.__enter__()
+
+        def on_clip(done: int, total: int) -> None:
+            if self.task is None:
+                self.task = self.bar.add_task("clips", total=total)
+            self.bar.update(self.task, completed=done)
+
+        return on_clip
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+@app.command()
+def info(
+    arch: Annotated[Arch, typer.Option(help="Architecture preset to describe.")] = Arch.full,
+    weights: Annotated[Optional[Path], typer.Option(help="Describe a weights folder instead.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show each model's parameter count, and the software and devices found."""
+    import torch
+
+    from .models.bundle import AvatarModels
+
+    if weights is not None:
+        models = AvatarModels.from_pretrained(weights)
+    else:
+        models = AvatarModels.from_preset(arch.value, device="meta")
+    counts = models.parameter_counts()
+    import diffusers
+    import transformers
+
+    facts = {
+        "arch": arch.value if weights is None else None, "weights": str(weights) if weights else None,
+        "parameters": counts, "total_parameters": sum(counts.values()),
+        "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__},
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    if as_json:
+        typer.echo(json.dumps(facts))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"avatar model ({weights or arch.value})")
+    table.add_column("model")
+    table.add_column("parameters", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}")
+    table.add_row("total", f"{facts['total_parameters']:,}", style="bold")
+    console = Console()
+    console.print(table)
+    console.print(", ".join(f"{k} {v}" for k, v in facts["versions"].items()))
+    console.print(f"CUDA devices: {', '.join(facts['cuda_devices']) or 'none'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="avatar")
+        return result if isinstance(result, int) else 0
+    except AvatarError as err:
+        typer.echo(f"avatar: error: {err}", err=True)
+        return err.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("avatar: interrupted", err=True)
+        return 130
+    except typer.TyperException as err:  # usage errors from option parsing (exit code 2)
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `avatar`: the help was printed
+            return 0
+        name = ctx.command_path if ctx is not None else "avatar"
+        message = " ".join(err.format_message().split())
+        typer.echo(f"avatar: error: {message} (see '{name} --help')", err=True)
+        return err.exit_code
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

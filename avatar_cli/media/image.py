@@ -1,0 +1,87 @@
+"""Portrait in: any Pillow format -> square RGB of the render size."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import InputError
+
+FITS = ("crop", "pad")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB. 16-bit and float images are scaled, alpha is laid on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if image.mode == "F" and values.max(initial=0) <= 1.0:
+            peak = 1.0
+        image = Image.fromarray(np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_portrait(path: str | Path, size: int = 512, fit: str = "crop") -> np.ndarray:
+    """Read a portrait image and make it a square of ``size`` pixels.
+
+    Applies the EXIF orientation; converts grayscale, palette, RGBA/LA (on white), CMYK, 16-bit
+    and float images to 8-bit RGB; then ``fit="crop"`` cuts the centred largest square, or
+    ``fit="pad"`` pads the short side with black to a square; then resizes (Lanczos).
+
+    Args:
+        path: image file in any format Pillow reads.
+        size: output side in pixels.
+        fit: "crop" or "pad".
+
+    Returns:
+        (size, size, 3) uint8 RGB array.
+
+    Raises:
+        InputError: the file is missing, unreadable, not an image or truncated.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image {path} does not exist; check the path")
+    if path.is_dir():
+        raise InputError(f"image {path} is a folder; give an image file")
+    if fit not in FITS:
+        raise InputError(f"--fit must be one of {', '.join(FITS)} (got {fit!r})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+    except UnidentifiedImageError:
+        raise InputError(f"{path} is not an image Pillow can read; give a PNG, JPEG, WebP, ... portrait") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"image {path} is too large to decode safely; downscale it first") from None
+    except PermissionError:
+        raise InputError(f"image {path} is not readable (permission denied); check its permissions") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = "truncated or corrupt" if "truncated" in str(err) or "broken" in str(err) else str(err)
+        raise InputError(f"image {path} cannot be decoded ({reason}); re-export it") from None
+
+    image = _to_rgb(image)
+    width, height = image.size
+    if fit == "crop":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    else:
+        side = max(width, height)
+        canvas = Image.new("RGB", (side, side), (0, 0, 0))
+        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+        image = canvas
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.uint8).copy()

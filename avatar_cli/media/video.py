@@ -1,0 +1,112 @@
+"""Video out: frames streamed to ffmpeg (libx264, yuv420p), the speech muxed in as AAC.
+
+The file is written to a temporary name next to the output and renamed only when ffmpeg has
+finished; on any error or Ctrl-C the temporary file is removed, so a file at the output path is
+always complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+
+from ..errors import AvatarError, InputError
+
+
+def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
+    """Validate where a video will be written.
+
+    Raises:
+        InputError: the path is a folder, its folder is missing or not writable, or the file exists
+            and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"output {path} is a folder; give a file name such as {path / 'out.mp4'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder {parent} is not writable; choose another -o path")
+    if path.exists() and not overwrite:
+        raise InputError(f"output {path} exists; pass --overwrite to replace it")
+    return path
+
+
+class VideoWriter:
+    """Write RGB frames to an mp4, atomically, with an optional audio track.
+
+    Use as a context manager::
+
+        with VideoWriter("out.mp4", size=512, fps=25, audio_path="speech.wav") as writer:
+            writer.write(frames)   # (n, H, W, 3) uint8, any number of calls
+
+    Args:
+        path: final output path (.mp4).
+        size: frame side in pixels (frames are square; must be even for yuv420p).
+        fps: frames per second.
+        audio_path: a file whose first audio stream is encoded as AAC into the video; None = silent.
+        crf: libx264 constant rate factor (0 = lossless ... 51; 18 looks lossless, default 18).
+
+    Raises:
+        AvatarError: ffmpeg failed (its last message is included).
+    """
+
+    def __init__(self, path: str | Path, size: int, fps: float, audio_path: str | Path | None = None, crf: int = 18):
+        self.path = Path(path)
+        self.size = size
+        self.fps = fps
+        self.audio_path = audio_path
+        self.crf = crf
+        self.frames_written = 0
+        self._tmp: Path | None = None
+        self._gen = None
+
+    def __enter__(self) -> "VideoWriter":
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent or ".")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        output_params = ["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"]
+        if self.audio_path is not None:
+            # imageio-ffmpeg maps the pipe's video and the file's first audio stream (-map 0:v:0
+            # -map 1:a:0), so a video file given as audio contributes only its sound.
+            output_params = ["-c:a", "aac", "-b:a", "192k", *output_params]
+        self._gen = imageio_ffmpeg.write_frames(
+            str(self._tmp), (self.size, self.size), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
+            quality=None, macro_block_size=16, ffmpeg_log_level="error", output_params=output_params,
+            audio_path=None if self.audio_path is None else str(self.audio_path),
+        )
+        self._gen.send(None)
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append frames: (n, H, W, 3) or (H, W, 3) uint8 RGB."""
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        if frames.ndim == 3:
+            frames = frames[None]
+        for frame in frames:
+            self._gen.send(frame)
+        self.frames_written += len(frames)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self._gen.close()
+                except (OSError, RuntimeError) as err:
+                    message = str(err).strip().splitlines()
+                    raise AvatarError(f"ffmpeg failed writing {self.path}: {message[-1] if message else err}") from None
+                os.replace(self._tmp, self.path)
+                self._tmp = None
+            else:
+                try:
+                    self._gen.close()
+                except Exception:  # noqa: BLE001 - already failing; the partial file goes anyway
+                    pass
+        finally:
+            if self._tmp is not None and self._tmp.exists():
+                self._tmp.unlink()

@@ -1,0 +1,102 @@
+"""Named architecture presets: ``full`` (SD1.5 / wav2vec2-base / Hallo sizes) and ``tiny``.
+
+One config dict per model, passed unchanged to that model's class. ``full`` is the architecture
+the papers and Hallo's public checkpoint use (512 px -> 64x64 latents, 320/640/1280/1280
+channels, 768-wide cross-attention, wav2vec2-base with 12 layers of 768). ``tiny`` has the same
+structure with a few million parameters, so that the whole pipeline runs on a CPU in seconds
+(tests, demos). Every size is a field here; nothing elsewhere hard-codes one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+SD15_SCHEDULER = {  # SD1.5's scheduler_config.json, plus LCM's boundary-condition settings
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False,
+    "set_alpha_to_one": False, "steps_offset": 1,
+    "original_inference_steps": 50, "timestep_scaling": 10.0,
+}
+
+_FULL = {
+    "vae": {  # stabilityai/sd-vae-ft-mse
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
+        "sample_size": 256, "scaling_factor": 0.18215,
+    },
+    "reference_net": {  # SD1.5 unet/config.json
+        "sample_size": 64, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+        "norm_num_groups": 32, "cross_attention_dim": 768, "attention_head_dim": 8,
+    },
+    "denoising_unet": {
+        "sample_size": 64, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+        "norm_num_groups": 32, "cross_attention_dim": 768, "attention_head_dim": 8,
+        "audio_attention_dim": 768, "motion_num_attention_heads": 8, "motion_max_seq_length": 32,
+        "num_motion_frames": 4, "temporal_in_plain_blocks": False,
+    },
+    "audio_encoder": {  # facebook/wav2vec2-base-960h (transformers Wav2Vec2Config fields)
+        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "feat_extract_norm": "group", "do_stable_layer_norm": False,
+        "conv_dim": [512] * 7, "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+        "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16, "vocab_size": 32,
+    },
+    "audio_projector": {"window": 5, "num_layers": 12, "hidden_size": 768, "intermediate_dim": 512,
+                        "context_tokens": 32, "output_dim": 768},
+    "image_projector": {"embedding_dim": 512, "cross_attention_dim": 768, "tokens": 4},
+    "scheduler": SD15_SCHEDULER,
+}
+
+_TINY = {
+    "vae": {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 4,
+        "sample_size": 64, "scaling_factor": 0.18215,
+    },
+    "reference_net": {
+        "sample_size": 8, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64], "layers_per_block": 1,
+        "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
+    },
+    "denoising_unet": {
+        "sample_size": 8, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64], "layers_per_block": 1,
+        "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
+        "audio_attention_dim": 32, "motion_num_attention_heads": 4, "motion_max_seq_length": 32,
+        "num_motion_frames": 4, "temporal_in_plain_blocks": False,
+    },
+    "audio_encoder": {
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "feat_extract_norm": "group", "do_stable_layer_norm": False,
+        "conv_dim": [32] * 7, "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+        "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "vocab_size": 32,
+    },
+    "audio_projector": {"window": 5, "num_layers": 2, "hidden_size": 32, "intermediate_dim": 64,
+                        "context_tokens": 4, "output_dim": 32},
+    "image_projector": {"embedding_dim": 512, "cross_attention_dim": 32, "tokens": 4},
+    "scheduler": SD15_SCHEDULER,
+}
+
+PRESETS = {"full": _FULL, "tiny": _TINY}
+
+
+def preset(arch: str) -> dict:
+    """A deep copy of the named preset's per-model configs.
+
+    Raises:
+        KeyError: unknown preset name (the valid names are ``PRESETS``' keys).
+    """
+    if arch not in PRESETS:
+        raise KeyError(f"unknown architecture {arch!r}; choose one of {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[arch])

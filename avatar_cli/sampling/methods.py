@@ -1,0 +1,123 @@
+"""Sampling methods: each is a scheduler plus a guidance rule (the clip loop is shared).
+
+| name | paper | scheduler | steps | guidance | NFE per clip |
+|---|---|---|---|---|---|
+| osa-lcm | OSA-LCM | LCM from t=999 (or tau) | 1 | none | 1 |
+| adv-lcm | OSA-LCM sec. 4.1 | LCM | 2 (or 4) | none | 2 / 4 |
+| fada | FADA "Ours-Fast" | PeRFlow, 4 windows, 2+2+1+1 | 6 | CFG tokens (eq. 10), 6.5 / 2.0 | 6 |
+| fada-balanced | FADA "Ours-Balanced" | PeRFlow | 6 | multi-CFG (eq. 9), 6.5 / 2.5 | 18 |
+| teacher | FADA teacher / OSA-LCM base | DDIM | 25 | multi-CFG (eq. 9), 6.5 / 2.5, batch of 3 | 75 |
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, LCMScheduler
+from diffusers.utils import logging as diffusers_logging
+
+from .perflow import PeRFlowScheduler
+
+
+@dataclass(frozen=True)
+class Method:
+    """A sampling method.
+
+    Attributes:
+        name: the ``--model`` name.
+        paper: where it comes from.
+        scheduler: "lcm", "perflow" or "ddim".
+        default_steps: num_inference_steps when none is given.
+        guidance: "none", "multi-cfg" or "cfg-tokens" (``sampling/guidance.py``).
+        guidance_audio, guidance_ref: default cfg_a, cfg_r (None without guidance).
+    """
+
+    name: str
+    paper: str
+    scheduler: str
+    default_steps: int
+    guidance: str
+    guidance_audio: float | None = None
+    guidance_ref: float | None = None
+
+    @property
+    def branches(self) -> int:
+        """Model evaluations per step: 3 for multi-CFG, else 1."""
+        return 3 if self.guidance == "multi-cfg" else 1
+
+    def nfe(self, num_inference_steps: int) -> int:
+        """Denoising-U-Net evaluations per clip."""
+        return num_inference_steps * self.branches
+
+    @property
+    def supports_rolling(self) -> bool:
+        """Rolling starts (from a timestep tau < 999) need a consistency model: LCM methods only."""
+        return self.scheduler == "lcm"
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("osa-lcm", "OSA-LCM (one-step)", "lcm", 1, "none"),
+    Method("adv-lcm", "OSA-LCM sec. 4.1 Adv-LCM", "lcm", 2, "none"),
+    Method("fada", 'FADA "Ours-Fast"', "perflow", 6, "cfg-tokens", 6.5, 2.0),
+    Method("fada-balanced", 'FADA "Ours-Balanced"', "perflow", 6, "multi-cfg", 6.5, 2.5),
+    Method("teacher", "FADA teacher / OSA-LCM base (DDIM)", "ddim", 25, "multi-cfg", 6.5, 2.5),
+)}
+
+_SCHEDULERS = {"lcm": LCMScheduler, "ddim": DDIMScheduler, "perflow": PeRFlowScheduler}
+
+
+def make_scheduler(method: Method, training_schedule: dict):
+    """The method's scheduler on the model's training noise schedule (unknown keys dropped)."""
+    klass = _SCHEDULERS[method.scheduler]
+    accepted = set(inspect.signature(klass.__init__).parameters)
+    return klass(**{k: v for k, v in training_schedule.items() if k in accepted})
+
+
+def set_schedule(scheduler, method: Method, num_inference_steps: int, start: int | None = None,
+                 window_steps: list[int] | None = None) -> list[int]:
+    """Set the scheduler's timesteps for one clip and return them.
+
+    Args:
+        num_inference_steps: steps of the method.
+        start: a rolling start timestep tau (LCM only); None = from pure noise.
+        window_steps: PeRFlow steps per window (overrides the even split).
+    """
+    if method.scheduler == "perflow":
+        scheduler.set_timesteps(num_inference_steps, window_steps=window_steps)
+    elif method.scheduler == "ddim":
+        scheduler.set_timesteps(num_inference_steps)
+    else:
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = [int(t) for t in scheduler.timesteps]
+        if start is not None and start < timesteps[0]:
+            # rolling: tau replaces the first timestep, later ones at or above it are dropped
+            timesteps = [start] + [t for t in timesteps[1:] if t < start]
+        previous = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # a custom first timestep is intended here
+        try:
+            scheduler.set_timesteps(timesteps=timesteps)
+        finally:
+            diffusers_logging.set_verbosity(previous)
+    return [int(t) for t in scheduler.timesteps]
+
+
+def sample(model: Callable[[torch.Tensor, int], torch.Tensor], latents: torch.Tensor, scheduler,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run a scheduler's timesteps over a model; returns the final latents.
+
+    One loop for every method: ``latents = scheduler.step(model(latents, t), t, latents).prev_sample``
+    (for LCM the last step's ``prev_sample`` is its consistency output f, OSA-LCM eq. 1).
+
+    Args:
+        model: (latents, t) -> epsilon, e.g. a ``GuidedDenoiser``.
+        latents: x at the first timestep, e.g. (B, 4, F, h, w).
+        scheduler: a scheduler after ``set_schedule``.
+        generator: LCM/DDIM noise between steps.
+    """
+    extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for t in scheduler.timesteps:
+        latents = scheduler.step(model(latents, int(t)), t, latents, **extra).prev_sample
+    return latents

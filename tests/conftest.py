@@ -1,0 +1,69 @@
+"""Shared fixtures: the shared test data, a tiny random-weight pipeline, and an mp4 reader."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real portraits and speech, see SOURCES.md there); skips when absent."""
+    if not (SHARED / "astronaut.png").exists():
+        pytest.skip(f"shared test data not found at {SHARED} (expected ../shared/data beside the checkout)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    """The tiny architecture with random weights on the CPU (a few M parameters)."""
+    from avatar_cli import AvatarPipeline
+
+    return AvatarPipeline.from_preset("tiny", device="cpu", dtype="float32")
+
+
+def ffmpeg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the bundled ffmpeg (tests make derived media with it)."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]
+    return subprocess.run(cmd, capture_output=True, check=check)
+
+
+def probe(path: str | Path) -> dict:
+    """Read an mp4 back with ffmpeg, independently of the code that wrote it.
+
+    Returns frames (decoded count), fps, width, height, video duration_s = frames / fps, the audio
+    codec name, the decoded audio duration in seconds, and the number of video and audio streams.
+    """
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    info = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True).stderr
+    video = re.search(r"Stream #\S+.*Video: (\w+).*?, (\d+)x(\d+).*?, ([\d.]+) fps", info)
+    audio = re.search(r"Stream #\S+.*Audio: (\w+)", info)
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    fps = float(video.group(4)) if video else 0.0
+    out = {"video_codec": video.group(1) if video else None, "frames": frames, "fps": fps,
+           "width": int(video.group(2)) if video else 0, "height": int(video.group(3)) if video else 0,
+           "duration_s": frames / fps if fps else 0.0, "audio_codec": audio.group(1) if audio else None,
+           "audio_duration_s": None, "pix_fmt": "yuv420p" if "yuv420p" in info else None,
+           "video_streams": len(re.findall(r"Stream #\S+.*Video:", info)),
+           "audio_streams": len(re.findall(r"Stream #\S+.*Audio:", info))}
+    if audio:
+        pcm = subprocess.run([exe, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1",
+                              "-ar", "16000", "-f", "s16le", "-"], capture_output=True).stdout
+        out["audio_duration_s"] = len(pcm) / 2 / 16000
+    return out
+
+
+def read_frames(path: str | Path) -> np.ndarray:
+    """All frames of a video as (n, H, W, 3) uint8."""
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    width, height = meta["size"]
+    frames = [np.frombuffer(f, dtype=np.uint8).reshape(height, width, 3) for f in reader]
+    return np.stack(frames)

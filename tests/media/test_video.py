@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from avatar_cli.errors import InputError
+from avatar_cli.media.video import VideoWriter, check_output_path
+from tests.conftest import probe, read_frames
+
+
+def _frames(n: int, size: int) -> np.ndarray:
+    frames = np.zeros((n, size, size, 3), np.uint8)
+    for i in range(n):
+        frames[i, :, :, i % 3] = 40 + 4 * i  # a flat colour per frame
+    return frames
+
+
+def test_frames_and_speech_are_written_and_read_back(tmp_path, shared_data):
+    out = tmp_path / "v.mp4"
+    frames = _frames(50, 64)
+    with VideoWriter(out, size=64, fps=25, audio_path=shared_data / "speech_espeak.wav", crf=0) as writer:
+        writer.write(frames[:20])
+        writer.write(frames[20:])
+    info = probe(out)
+    assert (info["frames"], info["fps"], info["width"], info["height"]) == (50, 25.0, 64, 64)
+    assert info["video_codec"] == "h264" and info["pix_fmt"] == "yuv420p" and info["audio_codec"] == "aac"
+    assert info["video_streams"] == 1 and info["audio_streams"] == 1
+    back = read_frames(out)
+    assert np.abs(back.astype(int) - frames.astype(int)).mean() < 3  # near-lossless, right order
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file left
+
+
+def test_silent_video_has_no_audio_stream(tmp_path):
+    with VideoWriter(tmp_path / "s.mp4", size=64, fps=10) as writer:
+        writer.write(_frames(5, 64))
+    info = probe(tmp_path / "s.mp4")
+    assert info["frames"] == 5 and info["audio_codec"] is None and info["video_streams"] == 1
+
+
+def test_an_error_while_writing_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(tmp_path / "x.mp4", size=64, fps=25) as writer:
+            writer.write(_frames(3, 64))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_path_checks(tmp_path):
+    (tmp_path / "exists.mp4").write_bytes(b"x")
+    with pytest.raises(InputError, match="is a folder"):
+        check_output_path(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        check_output_path(tmp_path / "no" / "such" / "o.mp4")
+    with pytest.raises(InputError, match="--overwrite"):
+        check_output_path(tmp_path / "exists.mp4")
+    assert check_output_path(tmp_path / "exists.mp4", overwrite=True) == tmp_path / "exists.mp4"
