@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import AvatarError, InputError
+from .errors import AvatarError, InputError, WeightsError
 
 app = typer.Typer(
     name="avatar",
@@ -168,9 +168,11 @@ def render(
         pipe = AvatarPipeline.from_preset(arch.value, device=str(dev), dtype=str(dt).replace("torch.", ""),
                                           cfg_tokens=4 if wants_cfg_tokens else 0)
     else:
-        raise InputError("no model weights given: OSA-LCM's authors published none; pass --weights DIR "
-                         "(a folder written by save_pretrained or 'avatar distill') or --random-weights to try "
-                         "the architecture")
+        from .weights import missing_for
+
+        missing = missing_for(options.model)
+        raise InputError(f"--model {options.model} needs weights that are not installed: {'; '.join(missing)}. "
+                         f"Or pass --weights DIR (a folder in the project's layout) or --random-weights")
 
     with _progress(quiet) as on_clip:
         result = pipe.render_job(job, on_clip=on_clip)
@@ -256,6 +258,170 @@ def info(
     console.print(table)
     console.print(", ".join(f"{k} {v}" for k, v in facts["versions"].items()))
     console.print(f"CUDA devices: {', '.join(facts['cuda_devices']) or 'none'}")
+
+
+weights_app = typer.Typer(help="Model weights: list, download, verify, locate (manifest: weights.toml).",
+                          no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(weights_app, name="weights")
+
+ManifestOption = Annotated[Optional[Path], typer.Option(
+    "--manifest", help="A weights manifest to use instead of the shipped weights.toml (or $AVATAR_MANIFEST).",
+    show_default=False)]
+LocalDirOption = Annotated[Optional[Path], typer.Option(
+    "--local-dir", help="Weights folder with one sub-folder per component (or $AVATAR_WEIGHTS_DIR) "
+    "instead of the Hugging Face cache.", show_default=False)]
+
+
+@weights_app.command("list")
+def weights_list(
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show every manifest entry: size, licence, availability, whether and where it is installed."""
+    from . import weights as w
+
+    rows = []
+    for c in w.load_manifest(manifest).values():
+        path = w.installed_path(c, local_dir)
+        rows.append({"name": c.name, "description": c.description, "repo_id": c.repo_id, "revision": c.revision,
+                     "size_bytes": c.size, "licence": c.licence, "available": c.available,
+                     "reason": c.reason or None, "installed": path is not None,
+                     "path": None if path is None else str(path), "used_by": list(c.used_by)})
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.filesize import decimal
+    from rich.table import Table
+
+    table = Table(title="avatar-cli weights")
+    table.add_column("name", no_wrap=True)
+    table.add_column("size", no_wrap=True, justify="right")
+    table.add_column("licence", overflow="fold", max_width=12)
+    table.add_column("available")
+    table.add_column("installed")
+    table.add_column("path / reason", overflow="fold", min_width=30)
+    for r in rows:
+        size = decimal(r["size_bytes"]) if r["size_bytes"] else ("?" if r["available"] else "-")
+        table.add_row(r["name"], size, r["licence"],
+                      "yes" if r["available"] else "[red]no[/red]", "[green]yes[/green]" if r["installed"] else "no",
+                      r["path"] or r["reason"] or "")
+    Console().print(table)
+
+
+@weights_app.command("download")
+def weights_download(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Components to download.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every available component.")] = False,
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per component.")] = False,
+) -> None:
+    """Download components at their pinned revisions and check every file's sha256.
+
+    Resumable (run it again after an interruption). Respects HF_HOME, HF_HUB_CACHE, HF_ENDPOINT,
+    HF_TOKEN and HF_HUB_OFFLINE. A file whose sha256 differs from the manifest is deleted.
+    """
+    from . import weights as w
+
+    known = w.load_manifest(manifest)
+    if all_ == bool(names):
+        raise InputError("name the components to download, or pass --all (see 'avatar weights list')")
+    chosen = [c for c in known.values() if c.available] if all_ else w.select(known, names)
+    for c in chosen:
+        path, reports = w.download(c, local_dir, quiet=quiet or as_json, log=lambda m: _note(m, False))
+        if as_json:
+            typer.echo(json.dumps({"name": c.name, "path": str(path),
+                                   "files": [{"path": r.path, "status": r.status, "sha256": r.sha256} for r in reports]}))
+        else:
+            _note(f"{c.name}: {len(reports)} file(s) verified in {path}", quiet)
+
+
+@weights_app.command("verify")
+def weights_verify(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Components [default: every installed one].",
+                                                         show_default=False)] = None,
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-hash installed files; exit 1 on any mismatch (or a named component not installed)."""
+    from . import weights as w
+
+    known = w.load_manifest(manifest)
+    chosen = w.select(known, names) if names else [c for c in known.values() if c.available]
+    reports = [w.verify(c, local_dir, log=lambda m: _note(m, as_json)) for c in chosen]
+    if not names:
+        reports = [r for r in reports if r.installed]
+    failed = [r for r in reports if not r.ok]
+    if as_json:
+        typer.echo(json.dumps([{"name": r.component, "installed": r.installed, "path": r.path, "ok": r.ok,
+                                "files": [vars(f) for f in r.files]} for r in reports]))
+    else:
+        for r in reports:
+            if not r.installed:
+                typer.echo(f"{r.component}: not installed", err=True)
+            for f in r.files:
+                line = f"{r.component}/{f.path}: {f.status}" + (f" ({f.detail})" if f.detail else "")
+                typer.echo(line, err=f.status == "mismatch")
+        if not reports:
+            _note("no installed components to verify")
+    if failed:
+        raise typer.Exit(1)
+
+
+@weights_app.command("path")
+def weights_path(
+    name: Annotated[str, typer.Argument(help="Component name.", show_default=False)],
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+) -> None:
+    """Print the local folder of an installed component (for scripts); exit 1 if not installed."""
+    from . import weights as w
+
+    (component,) = w.select(w.load_manifest(manifest), [name])
+    path = w.installed_path(component, local_dir)
+    if path is None:
+        why = component.reason if not component.available else f"run 'avatar weights download {name}'"
+        raise WeightsError(f"{name} is not installed: {why}")
+    typer.echo(str(path))
+
+
+@weights_app.command("convert")
+def weights_convert(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (the project's layout).",
+                                         show_default=False)],
+    sd15: Annotated[Optional[Path], typer.Option(
+        "--sd15", help="SD1.5 single-file checkpoint (.safetensors/.ckpt, original LDM keys).", show_default=False)] = None,
+    motion_module: Annotated[Optional[Path], typer.Option(
+        help="AnimateDiff motion-module file (mm_sd_v15_v2.ckpt layout).", show_default=False)] = None,
+    arch: Annotated[Arch, typer.Option(help="Architecture the checkpoint has.")] = Arch.full,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the key report as JSON.")] = False,
+) -> None:
+    """Convert public checkpoints into the project's folder layout, reporting every key.
+
+    Writes vae/, reference_net/, denoising_unet/ (2D part from SD1.5, temporal attention from the
+    motion module, audio blocks left at their initialisation) and scheduler/. Fails on any key that
+    fits nowhere.
+    """
+    from .convert import convert_sd15
+
+    if sd15 is None:
+        raise InputError("give --sd15 FILE (an SD1.5 single-file checkpoint) to convert")
+    report = convert_sd15(sd15, output, motion_module=motion_module, arch=arch.value, overwrite=overwrite)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    for c in report.components:
+        summary = c.summary()
+        groups = ", ".join(f"{n} {g}" for g, n in summary["missing_groups"].items())
+        typer.echo(f"{c.name}: {c.loaded} keys loaded, {len(c.missing)} missing" + (f" ({groups})" if groups else "")
+                   + ", 0 unexpected")
+    typer.echo("ignored: " + ", ".join(f"{n} {what}" for what, n in report.ignored.items() if n))
+    _note(f"wrote {report.output}; for renders it still needs audio_encoder/, audio_projector/, image_projector/")
 
 
 def main(argv: list[str] | None = None) -> int:

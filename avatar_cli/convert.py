@@ -1,0 +1,203 @@
+"""Checkpoint conversion into the project's folder layout (``models/bundle.py``).
+
+- An SD1.5 single-file checkpoint (``.safetensors`` / ``.ckpt``, original LDM key layout) becomes
+  ``vae/`` (from ``first_stage_model.*``), ``reference_net/`` and the 2D part of
+  ``denoising_unet/`` (from ``model.diffusion_model.*``), with diffusers' own converters
+  (``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``).
+- An AnimateDiff motion-module file (``mm_sd_v15_v2.ckpt`` layout) fills the denoising U-Net's
+  temporal attention, through diffusers' ``convert_animatediff_checkpoint_to_diffusers``.
+
+Every key of the input must land somewhere: unexpected keys fail the conversion; keys known to
+be unused (SD's text encoder, its schedule buffers, EMA copies, AnimateDiff's sinusoidal tables,
+which our modules compute) are counted and reported; parameters the inputs do not provide (the
+audio blocks) keep their initialisation and are reported as missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import InputError, WeightsError
+
+# Top-level keys of SD1.5's single file that are not network weights we use.
+_SD_IGNORED_PREFIXES = ("cond_stage_model.", "conditioner.", "model_ema.")
+_SD_SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                        "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                        "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                        "posterior_mean_coef1", "posterior_mean_coef2", "logvar", "model_ema.decay",
+                        "model_ema.num_updates"}
+
+
+@dataclass
+class ComponentReport:
+    """Keys of one converted component: loaded, missing (kept initialised), unexpected (fatal)."""
+
+    name: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        groups: dict[str, int] = {}
+        for key in self.missing:
+            group = next((g for g in (".audio_modules.", ".motion_modules.", ".cfg_modules.", "cfg_embedding")
+                          if g in key), "other")
+            groups[group.strip(".")] = groups.get(group.strip("."), 0) + 1
+        return {"name": self.name, "loaded": self.loaded, "missing": len(self.missing), "missing_groups": groups,
+                "unexpected": self.unexpected[:20]}
+
+
+@dataclass
+class ConversionReport:
+    output: str
+    components: list[ComponentReport]
+    ignored: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "components": [c.summary() for c in self.components], "ignored": self.ignored}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file or a torch ``.ckpt``/``.pth``/``.pt`` (weights only, ``state_dict``
+    unwrapped). Raises InputError for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist; check the path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any decoder error means "not a checkpoint we can read"
+        raise InputError(f"cannot read checkpoint {path}: {str(err).splitlines()[0][:200]}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"checkpoint {path} holds no state dict")
+    return state
+
+
+def convert_motion_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """AnimateDiff's original motion-module keys -> our (diffusers') temporal-attention keys.
+
+    diffusers' ``convert_animatediff_checkpoint_to_diffusers`` renames the weights and drops the
+    position tables (``pos_encoder.pe``), which diffusers recomputes. A file may carry its own
+    tables (Hallo's does); AnimateDiff keeps one per attention block, diffusers one per transformer
+    block, so the first block's table is kept and the second must equal it.
+
+    Raises:
+        WeightsError: the two attention blocks of a module carry different position tables.
+    """
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    converted = convert_animatediff_checkpoint_to_diffusers(state)
+    for key, value in state.items():
+        if key.endswith("attention_blocks.0.pos_encoder.pe"):
+            twin = state.get(key.replace("attention_blocks.0", "attention_blocks.1"))
+            if twin is not None and not torch.equal(twin, value):
+                raise WeightsError(f"{key}: the two attention blocks carry different position tables")
+            converted[key.replace(".temporal_transformer", "").replace("attention_blocks.0.pos_encoder.pe",
+                                                                         "pos_embed.pe")] = value
+    return converted
+
+
+def _unconsumed(keys: list[str], state: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]) -> list[str]:
+    """Input keys a diffusers converter left out (it skips names it does not know, silently):
+    the converted tensors are the inputs or views of them, so compare their storages."""
+    used = {t.untyped_storage().data_ptr() for t in converted.values() if t.numel()}
+    return [k for k in keys if state[k].numel() and state[k].untyped_storage().data_ptr() not in used]
+
+
+def _load(module: torch.nn.Module, state: dict[str, torch.Tensor], name: str) -> ComponentReport:
+    result = module.load_state_dict(state, strict=False)
+    report = ComponentReport(name, loaded=len(state) - len(result.unexpected_keys),
+                             missing=list(result.missing_keys), unexpected=list(result.unexpected_keys))
+    if report.unexpected:
+        raise WeightsError(f"{name}: {len(report.unexpected)} unexpected key(s), e.g. {report.unexpected[0]}; "
+                           f"the checkpoint does not match the {name} architecture")
+    return report
+
+
+def convert_sd15(checkpoint: str | Path, output: str | Path, motion_module: str | Path | None = None,
+                 arch: str = "full", overwrite: bool = False) -> ConversionReport:
+    """Convert an SD1.5 single file (and optionally an AnimateDiff motion module) to our layout.
+
+    Writes ``output/{vae,reference_net,denoising_unet,scheduler}`` (``save_pretrained`` format) into a
+    temporary folder renamed when complete.
+
+    Raises:
+        InputError: unreadable inputs, existing output without ``overwrite``.
+        WeightsError: a key that fits nowhere, or a required part (U-Net, VAE) absent.
+    """
+    from diffusers import AutoencoderKL, LCMScheduler
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from .models.denoising_unet import DenoisingUNet3D
+    from .models.presets import preset
+    from .models.reference_net import ReferenceNet
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"output {output} exists; pass --overwrite to replace it")
+    state = load_checkpoint(checkpoint)
+    cfg = preset(arch)
+    unet_keys = [k for k in state if k.startswith("model.diffusion_model.")]
+    vae_keys = [k for k in state if k.startswith("first_stage_model.")]
+    if not unet_keys or not vae_keys:
+        raise WeightsError(f"{checkpoint} is not an SD1.5 single-file checkpoint: it lacks "
+                           f"{'model.diffusion_model.*' if not unet_keys else 'first_stage_model.*'} keys")
+    ignored = {"text encoder": sum(k.startswith(_SD_IGNORED_PREFIXES[:2]) for k in state),
+               "ema": sum(k.startswith("model_ema.") for k in state),
+               "schedule buffers": sum(k in _SD_SCHEDULE_BUFFERS for k in state)}
+    stray = [k for k in state if k not in _SD_SCHEDULE_BUFFERS and not k.startswith(_SD_IGNORED_PREFIXES)
+             and k not in unet_keys and k not in vae_keys]
+    if stray:
+        raise WeightsError(f"{len(stray)} unexpected key(s) in {checkpoint}, e.g. {stray[0]}")
+
+    reference_net = ReferenceNet(**cfg["reference_net"])
+    unet2d = convert_ldm_unet_checkpoint(state, dict(reference_net.config))
+    vae = AutoencoderKL(**cfg["vae"])
+    vae_state = convert_ldm_vae_checkpoint(state, dict(vae.config))
+    left = _unconsumed(unet_keys, state, unet2d) + _unconsumed(vae_keys, state, vae_state)
+    if left:
+        raise WeightsError(f"{len(left)} unexpected key(s) in {checkpoint}, e.g. {left[0]}: they fit no model here")
+    reports = [_load(reference_net, unet2d, "reference_net")]
+    if reports[0].missing:
+        raise WeightsError(f"reference_net: {len(reports[0].missing)} missing key(s), e.g. {reports[0].missing[0]}")
+
+    denoising_unet = DenoisingUNet3D(**cfg["denoising_unet"])
+    report = _load(denoising_unet, unet2d, "denoising_unet")
+    if motion_module is not None:
+        motion_state = load_checkpoint(motion_module)
+        motion = convert_motion_module(motion_state)
+        ignored["second position table per motion module (equal to the first)"] = \
+            sum(k.endswith("attention_blocks.1.pos_encoder.pe") for k in motion_state)
+        motion_report = _load(denoising_unet, motion, "denoising_unet (motion modules)")
+        report.loaded += motion_report.loaded
+        report.missing = [k for k in report.missing if k in set(motion_report.missing)]
+    # sinusoidal position tables the motion file did not carry are computed at construction
+    report.missing = [k for k in report.missing if not k.endswith("pos_embed.pe")]
+    reports.append(report)
+
+    expected = vae.state_dict()
+    vae_state = {k: v.reshape(expected[k].shape) if k in expected else v for k, v in vae_state.items()}
+    reports.append(_load(vae, vae_state, "vae"))
+
+    tmp = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        reference_net.save_pretrained(tmp / "reference_net")
+        denoising_unet.save_pretrained(tmp / "denoising_unet")
+        vae.save_pretrained(tmp / "vae")
+        LCMScheduler.from_config(cfg["scheduler"]).save_pretrained(tmp / "scheduler")
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ConversionReport(str(output), reports, ignored)

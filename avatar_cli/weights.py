@@ -1,0 +1,337 @@
+"""Model weights: the ``weights.toml`` manifest, downloads, verification, local paths.
+
+Downloads go through huggingface_hub (``hf_hub_download``): atomic (``.incomplete`` then rename),
+resumable, cached by revision in the standard Hugging Face cache (HF_HOME / HF_HUB_CACHE),
+HF_ENDPOINT and HF_TOKEN respected. Every downloaded file is hashed: a sha256 that differs from the
+manifest's deletes the file; a file whose sha256 the manifest cannot know is recorded on first
+download (trust on first use) in ``$AVATAR_HOME/trusted-sha256.json`` and checked from then on.
+
+Where a component is looked for, in order:
+1. ``<local_dir>/<name>/`` when ``local_dir`` is given, else ``$AVATAR_WEIGHTS_DIR/<name>/`` when set
+   (what ``avatar weights download --local-dir DIR`` writes; e.g. a USB stick);
+2. the Hugging Face cache at the pinned revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import InputError, WeightsError
+
+MANIFEST_ENV = "AVATAR_MANIFEST"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of a component: path inside the repo, size in bytes and sha256 (None = unknown)."""
+
+    path: str
+    size: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    """One manifest entry (a ``[name]`` table of ``weights.toml``)."""
+
+    name: str
+    description: str
+    repo_id: str | None
+    revision: str | None
+    licence: str
+    used_by: tuple[str, ...]
+    available: bool
+    reason: str = ""
+    files: tuple[WeightFile, ...] = ()
+    sha256_note: str = ""
+
+    @property
+    def size(self) -> int | None:
+        """Total bytes, or None when a file's size is unknown."""
+        sizes = [f.size for f in self.files]
+        return None if not sizes or any(s is None for s in sizes) else sum(sizes)
+
+
+def manifest_path(path: str | Path | None = None) -> Path:
+    """The manifest in use: ``path``, else $AVATAR_MANIFEST, else the one shipped in the package."""
+    if path is not None:
+        return Path(path)
+    if os.environ.get(MANIFEST_ENV):
+        return Path(os.environ[MANIFEST_ENV])
+    return Path(str(resources.files("avatar_cli") / "weights.toml"))
+
+
+def load_manifest(path: str | Path | None = None) -> dict[str, Component]:
+    """Parse a manifest into name -> :class:`Component` (in file order).
+
+    Raises:
+        WeightsError: the file is missing or malformed (message names the entry and field).
+    """
+    source = manifest_path(path)
+    try:
+        data = tomllib.loads(source.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise WeightsError(f"cannot read the weights manifest {source}: {err}") from None
+    components = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            continue
+        try:
+            files = tuple(WeightFile(f["path"], f.get("size"), f.get("sha256") or None) for f in entry.get("files", []))
+            components[name] = Component(
+                name=name, description=entry["description"], repo_id=entry.get("repo_id"),
+                revision=entry.get("revision"), licence=entry["licence"], used_by=tuple(entry.get("used_by", [])),
+                available=bool(entry["available"]), reason=entry.get("reason", ""), files=files,
+                sha256_note=entry.get("sha256_note", ""),
+            )
+        except (KeyError, TypeError) as err:
+            raise WeightsError(f"weights manifest {source}: entry [{name}] lacks or mistypes {err}") from None
+        if components[name].available and not (components[name].repo_id and components[name].revision and files):
+            raise WeightsError(f"weights manifest {source}: available entry [{name}] needs repo_id, revision, files")
+    return components
+
+
+def select(manifest: dict[str, Component], names: list[str]) -> list[Component]:
+    """Components by name. Raises InputError naming an unknown one and the known names."""
+    unknown = [n for n in names if n not in manifest]
+    if unknown:
+        raise InputError(f"unknown weights {', '.join(unknown)}; known: {', '.join(manifest)}")
+    return [manifest[n] for n in names]
+
+
+# ----------------------------------------------------------------- locations
+def avatar_home() -> Path:
+    """$AVATAR_HOME, else $XDG_CACHE_HOME/avatar-cli, else ~/.cache/avatar-cli."""
+    if os.environ.get("AVATAR_HOME"):
+        return Path(os.environ["AVATAR_HOME"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "avatar-cli"
+
+
+def _local_root(local_dir: str | Path | None) -> Path | None:
+    if local_dir is not None:
+        return Path(local_dir)
+    return Path(os.environ["AVATAR_WEIGHTS_DIR"]) if os.environ.get("AVATAR_WEIGHTS_DIR") else None
+
+
+def _hub_cache() -> str | None:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def installed_path(component: Component, local_dir: str | Path | None = None) -> Path | None:
+    """The folder holding all of a component's files (repo layout inside), or None."""
+    if not component.available:
+        return None
+    root = _local_root(local_dir)
+    if root is not None and all((root / component.name / f.path).is_file() for f in component.files):
+        return root / component.name
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(component.repo_id, f.path, cache_dir=_hub_cache(), revision=component.revision)
+             for f in component.files]
+    if all(isinstance(p, str) for p in found):
+        first, rel = Path(found[0]), component.files[0].path
+        return first.parents[len(Path(rel).parts) - 1]
+    return None
+
+
+# ----------------------------------------------------------------- hashes
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _trust_file() -> Path:
+    return avatar_home() / "trusted-sha256.json"
+
+
+def _trusted() -> dict[str, str]:
+    try:
+        return json.loads(_trust_file().read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _trust_key(component: Component, f: WeightFile) -> str:
+    return f"{component.repo_id}@{component.revision}:{f.path}"
+
+
+def expected_sha256(component: Component, f: WeightFile) -> tuple[str | None, str]:
+    """(sha256, source): from the manifest, else recorded on first use, else (None, "unknown")."""
+    if f.sha256:
+        return f.sha256, "manifest"
+    recorded = _trusted().get(_trust_key(component, f))
+    return (recorded, "recorded on first download") if recorded else (None, "unknown")
+
+
+def _record(component: Component, f: WeightFile, digest: str) -> None:
+    store = _trusted()
+    store[_trust_key(component, f)] = digest
+    path = _trust_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _remove_download(path: Path) -> None:
+    """Delete a downloaded file; in the HF cache also the blob its snapshot link points to."""
+    target = path.resolve()
+    path.unlink(missing_ok=True)
+    if target != path:
+        target.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------- actions
+@dataclass
+class FileReport:
+    """What happened to one file: status ok | recorded | mismatch | missing | unknown."""
+
+    component: str
+    path: str
+    status: str
+    detail: str = ""
+    sha256: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    component: str
+    installed: bool
+    path: str | None
+    files: list[FileReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.installed and all(f.status in ("ok", "recorded") for f in self.files)
+
+
+def download(component: Component, local_dir: str | Path | None = None, quiet: bool = False,
+             log=print) -> tuple[Path, list[FileReport]]:
+    """Download a component's files at its pinned revision and check their sha256.
+
+    Args:
+        component: an available manifest entry.
+        local_dir: write to ``local_dir/<name>/`` instead of the HF cache.
+        quiet: no progress bars.
+        log: where notes (trust on first use) go.
+
+    Returns:
+        (the folder holding the files, one report per file).
+
+    Raises:
+        WeightsError: unavailable component, offline, not found, gated without a token, a transfer
+            error, or a sha256 mismatch (the file is deleted first).
+    """
+    if not component.available:
+        raise WeightsError(f"{component.name} cannot be downloaded: {component.reason}")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    root = _local_root(local_dir)
+    target = None if root is None else root / component.name
+    reports = []
+    if quiet:
+        disable_progress_bars()
+    try:
+        for f in component.files:
+            try:
+                path = Path(hf_hub_download(
+                    component.repo_id, f.path, revision=component.revision, cache_dir=_hub_cache(),
+                    local_dir=target, endpoint=os.environ.get("HF_ENDPOINT") or None,
+                    local_files_only=_offline()))
+            except GatedRepoError:
+                raise WeightsError(f"{component.repo_id} is gated: accept its licence on huggingface.co and set "
+                                   f"HF_TOKEN (or run 'hf auth login')") from None
+            except LocalEntryNotFoundError:
+                raise WeightsError(f"offline and {component.name}/{f.path} is not downloaded: download it on a "
+                                   f"connected machine ('avatar weights download {component.name} --local-dir DIR') "
+                                   f"and set AVATAR_WEIGHTS_DIR=DIR here") from None
+            except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+                raise WeightsError(f"{component.repo_id}@{component.revision} has no {f.path} "
+                                   f"({type(err).__name__}); the manifest entry [{component.name}] is out of date") from None
+            except (HfHubHTTPError, OSError) as err:
+                raise WeightsError(f"downloading {component.name}/{f.path} failed: "
+                                   f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; run the "
+                                   f"command again to resume") from None
+            reports.append(_check(component, f, path, record=True, log=log))
+            if reports[-1].status == "mismatch":
+                _remove_download(path)
+                raise WeightsError(f"{component.name}/{f.path}: {reports[-1].detail}; the file was deleted")
+    finally:
+        if quiet:
+            enable_progress_bars()
+    return path.parents[len(Path(component.files[-1].path).parts) - 1], reports
+
+
+def _check(component: Component, f: WeightFile, path: Path, record: bool, log=print) -> FileReport:
+    digest = sha256_file(path)
+    expected, source = expected_sha256(component, f)
+    if expected is None:
+        if record:
+            _record(component, f, digest)
+            log(f"recorded sha256 of {component.name}/{f.path} on first download (trust on first use): {digest}")
+            return FileReport(component.name, f.path, "recorded", "trust on first use", digest)
+        return FileReport(component.name, f.path, "unknown", "no known sha256", digest)
+    if digest != expected:
+        return FileReport(component.name, f.path, "mismatch",
+                          f"sha256 {digest[:12]}... differs from the {source} {expected[:12]}...", digest)
+    if f.size is not None and path.stat().st_size != f.size:
+        return FileReport(component.name, f.path, "mismatch", f"size {path.stat().st_size} != {f.size}", digest)
+    return FileReport(component.name, f.path, "ok", source, digest)
+
+
+def verify(component: Component, local_dir: str | Path | None = None, log=print) -> VerifyReport:
+    """Re-hash an installed component's files against the manifest (or first-use record)."""
+    folder = installed_path(component, local_dir)
+    report = VerifyReport(component.name, folder is not None, None if folder is None else str(folder))
+    if folder is None:
+        return report
+    for f in component.files:
+        report.files.append(_check(component, f, folder / f.path, record=True, log=log))
+    return report
+
+
+# Manifest components each sampling method needs to render without --weights.
+REQUIRED = {
+    "osa-lcm": ("osa-lcm", "sd-vae-ft-mse", "wav2vec2-base-960h"),
+    "adv-lcm": ("osa-lcm", "sd-vae-ft-mse", "wav2vec2-base-960h"),
+    "fada": ("fada", "sd-vae-ft-mse", "wav2vec2-base-960h"),
+    "fada-balanced": ("fada", "sd-vae-ft-mse", "wav2vec2-base-960h"),
+}
+
+
+def missing_for(model: str, manifest: dict[str, Component] | None = None,
+                local_dir: str | Path | None = None) -> list[str]:
+    """Why ``model`` cannot render from installed components: one phrase per missing component."""
+    manifest = manifest if manifest is not None else load_manifest()
+    needed = REQUIRED.get(model)
+    if needed is None:
+        return [f"{model}: no public weights exist for it yet"]
+    absent = [name for name in needed if name not in manifest]
+    unavailable = [f"{name}: {manifest[name].reason}" for name in needed
+                   if name in manifest and not manifest[name].available]
+    if absent or unavailable:  # downloads would not help
+        return [f"{name}: not in the manifest" for name in absent] + unavailable
+    return [f"{name}: run 'avatar weights download {name}'" for name in needed
+            if installed_path(manifest[name], local_dir) is None]

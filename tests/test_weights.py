@@ -1,0 +1,194 @@
+"""The weights manifest and `avatar weights`, against a hub emulated on 127.0.0.1."""
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from avatar_cli import weights as w
+from avatar_cli.cli import main
+from avatar_cli.models.presets import preset
+from tests.hub import FakeHub
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_shipped_manifest_is_complete_and_honest():
+    assert (ROOT / "weights.toml").read_bytes() == (ROOT / "avatar_cli" / "weights.toml").read_bytes()
+    manifest = w.load_manifest()
+    for name in ("sd-vae-ft-mse", "sd15-unet", "wav2vec2-base-960h", "animatediff-mm-sd-v15-v2", "taesd",
+                 "osa-lcm", "fada"):
+        assert name in manifest, name
+    for c in manifest.values():
+        assert c.licence and c.description and c.used_by
+        if c.available:
+            assert re.fullmatch(r"[0-9a-f]{40}", c.revision), (c.name, c.revision)  # pinned, not "main"
+            assert c.files and c.repo_id
+            for f in c.files:
+                assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)
+                if f.sha256 is None:
+                    assert c.sha256_note, f"{c.name}/{f.path}: unknown sha256 needs a note"
+        else:
+            assert c.reason
+    assert not manifest["osa-lcm"].available and "published no weights" in manifest["osa-lcm"].reason
+    # rendering without --weights says what is missing and why
+    assert w.missing_for("osa-lcm", manifest) == [f"osa-lcm: {manifest['osa-lcm'].reason}"]
+    assert not manifest["fada"].available
+
+
+@pytest.fixture()
+def hub_env(tmp_path, monkeypatch):
+    """An emulated hub with a tiny VAE in sd-vae-ft-mse's layout, a manifest for it, clean caches."""
+    vae_dir = tmp_path / "vae-src"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        AutoencoderKL(**preset("tiny")["vae"]).save_pretrained(vae_dir)
+    files = {p.name: p.read_bytes() for p in vae_dir.iterdir()}
+    assert set(files) == {"config.json", "diffusion_pytorch_model.safetensors"}
+    extra = {"notes.txt": b"hello " * 1000}
+    hub = FakeHub()
+    hub.add("stabilityai/sd-vae-ft-mse", COMMIT, files)
+    hub.add("someone/extra", COMMIT, extra)
+
+    def entry(name, repo, payload, sha_overrides=None, hide=()):
+        lines = [f"[{name}]", f'description = "{name} for tests"', f'repo_id = "{repo}"', f'revision = "{COMMIT}"',
+                 'licence = "MIT"', 'used_by = ["vae"]', "available = true", 'sha256_note = "test"', "files = ["]
+        for path, data in payload.items():
+            sha = (sha_overrides or {}).get(path, hashlib.sha256(data).hexdigest())
+            sha_field = "" if path in hide else f', sha256 = "{sha}"'
+            lines.append(f'  {{ path = "{path}", size = {len(data)}{sha_field} }},')
+        return "\n".join(lines + ["]", ""])
+
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(
+        entry("vae", "stabilityai/sd-vae-ft-mse", files)
+        + entry("bad", "stabilityai/sd-vae-ft-mse", files, {"config.json": "0" * 64})
+        + entry("tofu", "someone/extra", extra, hide={"notes.txt"})
+        + '[student]\ndescription = "x"\nlicence = "-"\nused_by = ["denoising_unet"]\navailable = false\n'
+          'reason = "its authors published no weights"\n')
+    monkeypatch.setenv("HF_ENDPOINT", hub.url if False else "")  # set below once the server runs
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("AVATAR_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AVATAR_MANIFEST", str(manifest))
+    with hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        yield hub, files, tmp_path
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_download_verify_path_and_cache_hit(hub_env, capsys):
+    hub, files, tmp = hub_env
+    code, out, err = _run(capsys, "weights", "download", "vae", "--quiet", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [f["status"] for f in result["files"]] == ["ok", "ok"]
+    folder = Path(result["path"])
+    assert folder.is_relative_to(tmp / "hf" / "hub") and folder.name == COMMIT  # the HF cache, by revision
+    assert (folder / "config.json").read_bytes() == files["config.json"]
+    assert len(hub.gets("diffusion_pytorch_model.safetensors")) == 1
+    # the real loading code reads it
+    vae = AutoencoderKL.from_pretrained(folder)
+    assert vae.config.block_out_channels == tuple(preset("tiny")["vae"]["block_out_channels"]) or \
+        list(vae.config.block_out_channels) == preset("tiny")["vae"]["block_out_channels"]
+    # second call: served from the cache, no new transfer
+    assert _run(capsys, "weights", "download", "vae", "--quiet")[0] == 0
+    assert len(hub.gets("diffusion_pytorch_model.safetensors")) == 1
+    code, out, _ = _run(capsys, "weights", "path", "vae")
+    assert code == 0 and Path(out.strip()) == folder
+    code, out, _ = _run(capsys, "weights", "list", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["vae"]["installed"] and rows["vae"]["path"] == str(folder)
+    assert not rows["student"]["available"] and not rows["student"]["installed"]
+    assert _run(capsys, "weights", "verify", "vae")[0] == 0
+
+
+def test_one_byte_corruption_is_caught(hub_env, capsys):
+    _run(capsys, "weights", "download", "vae", "--quiet")
+    code, out, _ = _run(capsys, "weights", "path", "vae")
+    blob = (Path(out.strip()) / "diffusion_pytorch_model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    code, out, err = _run(capsys, "weights", "verify", "vae")
+    assert code == 1 and "diffusion_pytorch_model.safetensors: mismatch" in err
+
+
+def test_resume_after_a_cut_connection(hub_env, capsys, monkeypatch):
+    hub, files, _ = hub_env
+    # huggingface_hub writes 10 MB chunks; with 64 KB ones the first half of this 0.3 MB file is on
+    # disk when the connection drops, as the first gigabytes would be for a real checkpoint
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+    hub.cut_once.add("diffusion_pytorch_model.safetensors")
+    code, out, err = _run(capsys, "weights", "download", "vae", "--quiet", "--json")
+    assert code == 0, err
+    gets = hub.gets("diffusion_pytorch_model.safetensors")
+    size = len(files["diffusion_pytorch_model.safetensors"])
+    assert len(gets) == 2 and gets[0][2] is None
+    resumed_from = int(re.match(r"bytes=(\d+)-", gets[1][2]).group(1))
+    assert 0 < resumed_from < size  # the second request asked only for the rest
+    folder = Path(json.loads(out)["path"])
+    assert (folder / "diffusion_pytorch_model.safetensors").read_bytes() == files["diffusion_pytorch_model.safetensors"]
+
+
+def test_sha_mismatch_deletes_the_file(hub_env, capsys):
+    _, _, tmp = hub_env
+    code, _, err = _run(capsys, "weights", "download", "bad", "--quiet")
+    assert code == 1 and "differs" in err and "deleted" in err and len(err.strip().splitlines()) == 1
+    leftovers = [p for p in (tmp / "hf").rglob("config.json")]
+    assert leftovers == []  # neither the snapshot link nor the blob remains
+    assert _run(capsys, "weights", "path", "bad")[0] == 1
+
+
+def test_trust_on_first_use_is_recorded_then_enforced(hub_env, capsys):
+    code, out, err = _run(capsys, "weights", "download", "tofu", "--quiet")
+    assert code == 0 and "trust on first use" in err
+    record = json.loads((hub_env[2] / "home" / "trusted-sha256.json").read_text())
+    assert list(record.values()) == [hashlib.sha256(b"hello " * 1000).hexdigest()]
+    assert _run(capsys, "weights", "verify", "tofu")[0] == 0
+    folder = Path(_run(capsys, "weights", "path", "tofu")[1].strip())
+    (folder / "notes.txt").resolve().write_bytes(b"hellO " + b"hello " * 999)
+    assert _run(capsys, "weights", "verify", "tofu")[0] == 1
+
+
+def test_offline_and_unavailable_and_unknown(hub_env, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = _run(capsys, "weights", "download", "vae", "--quiet")
+    assert code == 1 and err.startswith("avatar: error: offline") and len(err.strip().splitlines()) == 1
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    code, _, err = _run(capsys, "weights", "download", "student")
+    assert code == 1 and "published no weights" in err
+    code, _, err = _run(capsys, "weights", "download", "nope")
+    assert code == 2 and "unknown weights nope" in err
+    assert _run(capsys, "weights", "download")[0] == 2
+
+
+def test_local_dir_download_and_lookup(hub_env, capsys, monkeypatch):
+    _, files, tmp = hub_env
+    stick = tmp / "usb"
+    code, out, err = _run(capsys, "weights", "download", "vae", "--local-dir", str(stick), "--quiet", "--json")
+    assert code == 0, err
+    assert (stick / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        files["diffusion_pytorch_model.safetensors"]
+    # offline, elsewhere: the folder is found through AVATAR_WEIGHTS_DIR and verified
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AVATAR_WEIGHTS_DIR", str(stick))
+    monkeypatch.setenv("HF_HOME", str(tmp / "empty-hf"))
+    assert Path(_run(capsys, "weights", "path", "vae")[1].strip()) == stick / "vae"
+    assert _run(capsys, "weights", "verify", "vae")[0] == 0
+    assert _run(capsys, "weights", "download", "vae", "--quiet")[0] == 0  # already there: no network needed
