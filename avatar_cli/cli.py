@@ -39,6 +39,7 @@ class Model(str, Enum):
     fada = "fada"
     fada_balanced = "fada-balanced"
     teacher = "teacher"
+    hallo = "hallo"
 
 
 class Init(str, Enum):
@@ -78,6 +79,7 @@ RENDER_EPILOG = """\
   avatar render face.jpg speech.mp3 --random-weights --arch tiny --size 128
   avatar render face.png voice.m4a --weights ./w --init rolling --json
   avatar render face.png voice.wav --weights ./fada --model fada
+  avatar render face.png voice.wav --weights ./hallo --model hallo --no-face-embedding
 
 [bold]Methods[/bold] (--model; NFE = U-Net evaluations per clip)
 
@@ -86,8 +88,11 @@ RENDER_EPILOG = """\
   fada           FADA Fast: PeRFlow 6 steps (2,2,1,1), CFG tokens   NFE 6
   fada-balanced  FADA Balanced: PeRFlow 6 steps, 3-way multi-CFG    NFE 18
   teacher        DDIM 25 steps, 3-way multi-CFG (batch of 3)       NFE 75
+  hallo          Hallo: DDIM 40 steps, CFG 3.5 (batch of 2)         NFE 80
 
-Guidance defaults (--guidance-audio / --guidance-ref): fada 6.5 / 2.0, fada-balanced and teacher 6.5 / 2.5.
+Guidance defaults (--guidance-audio / --guidance-ref): fada 6.5 / 2.0, fada-balanced and teacher 6.5 / 2.5; hallo --guidance-scale 3.5.
+
+[bold]Hallo[/bold] (--model hallo, weights from 'avatar weights convert --from hallo'): the face is found with MediaPipe (the face extra) or --face-box; its ArcFace embedding comes from InsightFace (the arcface extra), --face-embedding FILE.npy, or --no-face-embedding.
 
 [bold]Clip initialisation[/bold] (LCM methods): gaussian starts every clip from noise at t=999; rolling starts clip n from clip n-1's latents noised to --noise-level; combined-rolling is gaussian for the first clip and rolling after.
 
@@ -95,13 +100,13 @@ Guidance defaults (--guidance-audio / --guidance-ref): fada 6.5 / 2.0, fada-bala
 """
 
 
-def _window_steps(value: str | None) -> tuple[int, ...] | None:
+def _numbers(option: str, value: str | None, kind=int, example: str = "2,2,1,1") -> tuple | None:
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.split(","))
+        return tuple(kind(v) for v in value.split(","))
     except ValueError:
-        raise InputError(f"--window-steps takes comma-separated step counts such as 2,2,1,1 (got {value!r})") from None
+        raise InputError(f"{option} takes comma-separated numbers such as {example} (got {value!r})") from None
 
 
 @app.command(epilog=RENDER_EPILOG)
@@ -118,8 +123,18 @@ def render(
         help="cfg_a, audio guidance (FADA eqs. 9-10) [default: the method's]", show_default=False)] = None,
     guidance_ref: Annotated[Optional[float], typer.Option(
         help="cfg_r, reference guidance [default: the method's]", show_default=False)] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(
+        help="The CFG scale of --model hallo [default: 3.5]", show_default=False)] = None,
     window_steps: Annotated[Optional[str], typer.Option(
         help="PeRFlow steps per window, nearest t=1 first, e.g. 2,2,1,1.", show_default=False)] = None,
+    face_box: Annotated[Optional[str], typer.Option(
+        help="Hallo: the face as x,y,w,h in the image's pixels [default: detected]", show_default=False)] = None,
+    no_face_embedding: Annotated[bool, typer.Option(
+        "--no-face-embedding", help="Hallo: use the zero face embedding (no ArcFace model needed).")] = False,
+    face_embedding: Annotated[Optional[Path], typer.Option(
+        help="Hallo: a .npy file with the face's 512-d ArcFace embedding.", show_default=False)] = None,
+    motion_scale: Annotated[str, typer.Option(
+        help="Hallo: weights of the pose/background, face and lip audio branches.")] = "1,1,1",
     init: Annotated[Init, typer.Option(help="Clip initialisation.")] = Init.gaussian,
     noise_level: Annotated[int, typer.Option(help="Rolling start timestep tau, 1..999.")] = 980,
     seed: Annotated[int, typer.Option(help="Noise seed (same seed, device, dtype: same frames).")] = 0,
@@ -145,10 +160,17 @@ def render(
     """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
     from .pipeline import AvatarPipeline, RenderOptions, prepare_job, resolve_device, resolve_dtype
 
+    if no_face_embedding and face_embedding is not None:
+        raise InputError("--no-face-embedding and --face-embedding exclude each other; pick one")
+    embedding = "none" if no_face_embedding else (str(face_embedding) if face_embedding is not None else "auto")
     options = RenderOptions(model=model.value, num_inference_steps=steps, guidance_audio=guidance_audio,
-                            guidance_ref=guidance_ref, window_steps=_window_steps(window_steps), init=init.value,
+                            guidance_ref=guidance_ref, guidance_scale=guidance_scale,
+                            window_steps=_numbers("--window-steps", window_steps), init=init.value,
                             noise_level=noise_level, seed=seed, fps=fps, size=size, fit=fit.value,
-                            clip_frames=clip_frames, motion_frames=motion_frames, crf=crf)
+                            clip_frames=clip_frames, motion_frames=motion_frames, crf=crf,
+                            face_box=_numbers("--face-box", face_box, float, "120,80,200,240"),
+                            face_embedding=embedding,
+                            motion_scale=_numbers("--motion-scale", motion_scale, float, "1,1,1"))
     output = output if output is not None else Path(f"{image.stem}.mp4")
     # Inputs are read and checked before the models load, so that bad input fails in a second.
     job = prepare_job(image, audio, output, options, overwrite)
@@ -158,6 +180,7 @@ def render(
     if weights is not None and random_weights:
         raise InputError("--weights and --random-weights exclude each other; pick one")
     wants_cfg_tokens = options.method.guidance == "cfg-tokens"
+    family = options.method.family
     if weights is not None:
         pipe = AvatarPipeline.from_pretrained(weights, device=str(dev), dtype=str(dt).replace("torch.", ""))
         if wants_cfg_tokens and add_cfg_layers and not pipe.models.denoising_unet.config.cfg_tokens:
@@ -166,13 +189,17 @@ def render(
     elif random_weights:
         _note(f"note: RANDOM weights ({arch.value} architecture): the video shows noise, not a face", quiet)
         pipe = AvatarPipeline.from_preset(arch.value, device=str(dev), dtype=str(dt).replace("torch.", ""),
-                                          cfg_tokens=4 if wants_cfg_tokens else 0)
-    else:
-        from .weights import missing_for
+                                          cfg_tokens=4 if wants_cfg_tokens else 0, family=family)
+    else:  # the installed components (a converted folder in $AVATAR_HOME/converted/)
+        from .weights import converted_folder, missing_for
 
-        missing = missing_for(options.model)
-        raise InputError(f"--model {options.model} needs weights that are not installed: {'; '.join(missing)}. "
-                         f"Or pass --weights DIR (a folder in the project's layout) or --random-weights")
+        folder = converted_folder(options.model)
+        if folder is None:
+            raise InputError(f"--model {options.model} needs weights that are not installed: "
+                             f"{'; '.join(missing_for(options.model))}. Or pass --weights DIR (a folder in the "
+                             f"project's layout) or --random-weights")
+        pipe = AvatarPipeline.from_pretrained(folder, device=str(dev), dtype=str(dt).replace("torch.", ""))
+    pipe.warn = lambda message: _note(message, quiet)
 
     with _progress(quiet) as on_clip:
         result = pipe.render_job(job, on_clip=on_clip)
@@ -389,29 +416,64 @@ def weights_path(
     typer.echo(str(path))
 
 
+class Source(str, Enum):
+    sd15 = "sd15"
+    hallo = "hallo"
+
+
 @weights_app.command("convert")
 def weights_convert(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (the project's layout).",
-                                         show_default=False)],
-    sd15: Annotated[Optional[Path], typer.Option(
-        "--sd15", help="SD1.5 single-file checkpoint (.safetensors/.ckpt, original LDM keys).", show_default=False)] = None,
+    source: Annotated[Source, typer.Option("--from", help="What the checkpoint is.", show_default=False)],
+    checkpoint: Annotated[Optional[Path], typer.Argument(
+        help="sd15: the single-file checkpoint; hallo: hallo/net.pth [default: the installed 'hallo' component's]",
+        show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Folder to write [default for hallo: $AVATAR_HOME/converted/hallo, which render "
+        "uses without --weights]", show_default=False)] = None,
     motion_module: Annotated[Optional[Path], typer.Option(
-        help="AnimateDiff motion-module file (mm_sd_v15_v2.ckpt layout).", show_default=False)] = None,
+        help="sd15: an AnimateDiff motion-module file (mm_sd_v15_v2.ckpt layout).", show_default=False)] = None,
+    vae: Annotated[Optional[Path], typer.Option(help="hallo: its sd-vae-ft-mse folder.", show_default=False)] = None,
+    wav2vec2: Annotated[Optional[Path], typer.Option(help="hallo: its wav2vec2-base-960h folder.",
+                                                     show_default=False)] = None,
     arch: Annotated[Arch, typer.Option(help="Architecture the checkpoint has.")] = Arch.full,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the key report as JSON.")] = False,
 ) -> None:
     """Convert public checkpoints into the project's folder layout, reporting every key.
 
-    Writes vae/, reference_net/, denoising_unet/ (2D part from SD1.5, temporal attention from the
-    motion module, audio blocks left at their initialisation) and scheduler/. Fails on any key that
-    fits nowhere.
-    """
-    from .convert import convert_sd15
+    [bold]--from sd15 FILE[/bold] [--motion-module FILE] -o DIR: an SD1.5 single file (original LDM keys)
+    -> vae/, reference_net/, denoising_unet/ (2D part; temporal attention from the motion module;
+    audio blocks left at their initialisation), scheduler/.
 
-    if sd15 is None:
-        raise InputError("give --sd15 FILE (an SD1.5 single-file checkpoint) to convert")
-    report = convert_sd15(sd15, output, motion_module=motion_module, arch=arch.value, overwrite=overwrite)
+    [bold]--from hallo[/bold] [NET.pth]: Hallo's released net.pth, sd-vae-ft-mse and wav2vec2 -> a complete
+    folder for --model hallo, with zero missing and zero unexpected keys. Without arguments it reads
+    the installed 'hallo' component (avatar weights download hallo).
+
+    Fails on any key that fits nowhere.
+    """
+    from .convert import convert_hallo, convert_sd15
+
+    if source is Source.sd15:
+        if checkpoint is None or output is None:
+            raise InputError("--from sd15 needs the checkpoint file and -o DIR")
+        report = convert_sd15(checkpoint, output, motion_module=motion_module, arch=arch.value, overwrite=overwrite)
+        hint = "for renders it still needs audio_encoder/, audio_projector/, image_projector/"
+    else:
+        from . import weights as w
+
+        if checkpoint is None or vae is None or wav2vec2 is None:
+            component = w.load_manifest().get("hallo")
+            root = w.installed_path(component) if component is not None else None
+            if root is None:
+                raise InputError("give Hallo's net.pth, --vae DIR and --wav2vec2 DIR, or download them first "
+                                 "('avatar weights download hallo')")
+            checkpoint = checkpoint or root / "hallo" / "net.pth"
+            vae = vae or root / "sd-vae-ft-mse"
+            wav2vec2 = wav2vec2 or root / "wav2vec" / "wav2vec2-base-960h"
+        output = output or w.converted_dir("hallo")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        report = convert_hallo(checkpoint, output, vae=vae, wav2vec2=wav2vec2, arch=arch.value, overwrite=overwrite)
+        hint = "render with --model hallo --weights " + str(output)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
@@ -420,8 +482,10 @@ def weights_convert(
         groups = ", ".join(f"{n} {g}" for g, n in summary["missing_groups"].items())
         typer.echo(f"{c.name}: {c.loaded} keys loaded, {len(c.missing)} missing" + (f" ({groups})" if groups else "")
                    + ", 0 unexpected")
-    typer.echo("ignored: " + ", ".join(f"{n} {what}" for what, n in report.ignored.items() if n))
-    _note(f"wrote {report.output}; for renders it still needs audio_encoder/, audio_projector/, image_projector/")
+    ignored = [f"{n} {what}" for what, n in report.ignored.items() if n]
+    if ignored:
+        typer.echo("ignored: " + ", ".join(ignored))
+    _note(f"wrote {report.output}; {hint}")
 
 
 def main(argv: list[str] | None = None) -> int:

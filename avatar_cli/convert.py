@@ -1,5 +1,9 @@
 """Checkpoint conversion into the project's folder layout (``models/bundle.py``).
 
+- Hallo's ``net.pth`` (one state dict: ``reference_unet.``, ``denoising_unet.``, ``face_locator.``,
+  ``imageproj.``, ``audioproj.``) maps by name onto the Hallo family of our models
+  (:func:`map_hallo_state`), with zero missing and zero unexpected keys.
+
 - An SD1.5 single-file checkpoint (``.safetensors`` / ``.ckpt``, original LDM key layout) becomes
   ``vae/`` (from ``first_stage_model.*``), ``reference_net/`` and the 2D part of
   ``denoising_unet/`` (from ``model.diffusion_model.*``), with diffusers' own converters
@@ -99,7 +103,7 @@ def convert_motion_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     for key, value in state.items():
         if key.endswith("attention_blocks.0.pos_encoder.pe"):
             twin = state.get(key.replace("attention_blocks.0", "attention_blocks.1"))
-            if twin is not None and not torch.equal(twin, value):
+            if twin is not None and not twin.is_meta and not torch.equal(twin, value):
                 raise WeightsError(f"{key}: the two attention blocks carry different position tables")
             converted[key.replace(".temporal_transformer", "").replace("attention_blocks.0.pos_encoder.pe",
                                                                          "pos_embed.pe")] = value
@@ -113,8 +117,8 @@ def _unconsumed(keys: list[str], state: dict[str, torch.Tensor], converted: dict
     return [k for k in keys if state[k].numel() and state[k].untyped_storage().data_ptr() not in used]
 
 
-def _load(module: torch.nn.Module, state: dict[str, torch.Tensor], name: str) -> ComponentReport:
-    result = module.load_state_dict(state, strict=False)
+def _load(module: torch.nn.Module, state: dict[str, torch.Tensor], name: str, assign: bool = False) -> ComponentReport:
+    result = module.load_state_dict(state, strict=False, assign=assign)
     report = ComponentReport(name, loaded=len(state) - len(result.unexpected_keys),
                              missing=list(result.missing_keys), unexpected=list(result.unexpected_keys))
     if report.unexpected:
@@ -134,7 +138,9 @@ def convert_sd15(checkpoint: str | Path, output: str | Path, motion_module: str 
         InputError: unreadable inputs, existing output without ``overwrite``.
         WeightsError: a key that fits nowhere, or a required part (U-Net, VAE) absent.
     """
-    from diffusers import AutoencoderKL, LCMScheduler
+    from diffusers import AutoencoderKL
+
+    from .models.bundle import save_scheduler_config
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     from .models.denoising_unet import DenoisingUNet3D
@@ -194,7 +200,109 @@ def convert_sd15(checkpoint: str | Path, output: str | Path, motion_module: str 
         reference_net.save_pretrained(tmp / "reference_net")
         denoising_unet.save_pretrained(tmp / "denoising_unet")
         vae.save_pretrained(tmp / "vae")
-        LCMScheduler.from_config(cfg["scheduler"]).save_pretrained(tmp / "scheduler")
+        save_scheduler_config(cfg["scheduler"], tmp / "scheduler")
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ConversionReport(str(output), reports, ignored)
+
+
+# ------------------------------------------------------------------------------------------- Hallo
+_HALLO_PARTS = {"reference_unet.": "reference_net", "denoising_unet.": "denoising_unet",
+                "face_locator.": "face_locator", "imageproj.": "image_projector", "audioproj.": "audio_projector"}
+_HALLO_AUDIO = {".attn2_0.": ".audio_attn.full.", ".attn2_1.": ".audio_attn.face.", ".attn2_2.": ".audio_attn.lip.",
+                ".zero_conv_full.": ".zero_conv.full.", ".zero_conv_face.": ".zero_conv.face.",
+                ".zero_conv_lip.": ".zero_conv.lip."}
+
+
+def map_hallo_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Hallo ``net.pth`` keys -> our component -> state dict (names only; shapes unchanged).
+
+    - ``reference_unet``, ``face_locator``, ``imageproj``, ``audioproj``: same names.
+    - ``denoising_unet``: SD1.5 names for the 2D part; AnimateDiff motion modules through
+      :func:`convert_motion_module`; audio modules renamed (``attn2_0/1/2`` -> ``audio_attn.full/
+      face/lip``, ``zero_conv_*`` -> ``zero_conv.*``).
+
+    Raises:
+        WeightsError: a key with no known prefix.
+    """
+    parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in _HALLO_PARTS.values()}
+    stray = [k for k in state if not k.startswith(tuple(_HALLO_PARTS))]
+    if stray:
+        raise WeightsError(f"{len(stray)} key(s) of no Hallo component, e.g. {stray[0]}: not a Hallo net.pth")
+    motion = {}
+    for key, value in state.items():
+        prefix = next(p for p in _HALLO_PARTS if key.startswith(p))
+        name, rest = _HALLO_PARTS[prefix], key[len(prefix):]
+        if name == "denoising_unet" and ".motion_modules." in rest:
+            motion[rest] = value
+            continue
+        if name == "denoising_unet" and ".audio_modules." in rest:
+            for old, new in _HALLO_AUDIO.items():
+                rest = rest.replace(old, new)
+        parts[name][rest] = value
+    parts["denoising_unet"].update(convert_motion_module(motion))
+    return parts
+
+
+def convert_hallo(net: str | Path, output: str | Path, vae: str | Path, wav2vec2: str | Path,
+                  arch: str = "full", overwrite: bool = False) -> ConversionReport:
+    """Convert Hallo's released files into the project's layout (Hallo family of our models).
+
+    Args:
+        net: ``hallo/net.pth`` (or a safetensors file with the same keys).
+        output: folder to write (temporary name, renamed when complete).
+        vae: Hallo's ``sd-vae-ft-mse`` folder (diffusers layout).
+        wav2vec2: Hallo's ``wav2vec/wav2vec2-base-960h`` folder (transformers layout).
+        arch: preset sizes ("full" for the real file).
+
+    Raises:
+        InputError: unreadable inputs, existing output.
+        WeightsError: a missing or unexpected key, or a shape that differs.
+    """
+    from diffusers import AutoencoderKL
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from .models.bundle import AvatarModels
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"output {output} exists; pass --overwrite to replace it")
+    for folder, what in ((vae, "VAE"), (wav2vec2, "wav2vec2")):
+        if not Path(folder).is_dir():
+            raise InputError(f"{what} folder {folder} does not exist; give Hallo's {what} folder")
+    state = load_checkpoint(net)
+    # Built on the meta device and filled by assignment: every parameter comes from the file, so
+    # nothing is initialised (fast, and no second copy of 2.4 B parameters in memory).
+    models = AvatarModels.from_preset(arch, family="hallo", device="meta")
+    reports, ignored = [], {"second position table per motion module (equal to the first)": sum(
+        k.endswith("attention_blocks.1.pos_encoder.pe") for k in state)}
+    for name, part in map_hallo_state(state).items():
+        module = getattr(models, name)
+        try:
+            report = _load(module, part, name, assign=True)
+        except RuntimeError as err:  # a shape that differs
+            lines = str(err).splitlines()
+            raise WeightsError(f"{name}: {(lines[1] if len(lines) > 1 else lines[0]).strip()} "
+                               f"(is --arch right?)") from None
+        left = [k for k, v in module.state_dict().items() if v.is_meta]
+        if report.missing or left:
+            raise WeightsError(f"{name}: {len(report.missing or left)} missing key(s), e.g. {(report.missing or left)[0]}")
+        reports.append(report)
+    try:
+        models.vae = AutoencoderKL.from_pretrained(vae)
+        models.audio_encoder = Wav2Vec2Model.from_pretrained(wav2vec2)
+        models.feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(wav2vec2)
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"cannot load Hallo's VAE or wav2vec2 folder: {str(err).splitlines()[0]}") from None
+    models.source = str(net)
+    models.eval()
+    tmp = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        models.save_pretrained(tmp)
         if output.exists():
             shutil.rmtree(output)
         tmp.rename(output)

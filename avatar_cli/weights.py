@@ -313,12 +313,28 @@ def verify(component: Component, local_dir: str | Path | None = None, log=print)
 
 
 # Manifest components each sampling method needs to render without --weights.
+CONVERTED = {"hallo": "hallo"}  # method -> folder under $AVATAR_HOME/converted/ that 'convert' writes
 REQUIRED = {
+    "hallo": ("hallo",),
     "osa-lcm": ("osa-lcm", "sd-vae-ft-mse", "wav2vec2-base-960h"),
     "adv-lcm": ("osa-lcm", "sd-vae-ft-mse", "wav2vec2-base-960h"),
     "fada": ("fada", "sd-vae-ft-mse", "wav2vec2-base-960h"),
     "fada-balanced": ("fada", "sd-vae-ft-mse", "wav2vec2-base-960h"),
 }
+
+
+def converted_dir(name: str) -> Path:
+    """Where ``avatar weights convert --from NAME`` writes by default: $AVATAR_HOME/converted/NAME."""
+    return avatar_home() / "converted" / name
+
+
+def converted_folder(model: str) -> Path | None:
+    """The converted weights folder a method renders from without --weights, if it exists."""
+    name = CONVERTED.get(model)
+    if name is None:
+        return None
+    folder = converted_dir(name)
+    return folder if (folder / "avatar_index.json").is_file() else None
 
 
 def missing_for(model: str, manifest: dict[str, Component] | None = None,
@@ -333,5 +349,9 @@ def missing_for(model: str, manifest: dict[str, Component] | None = None,
                    if name in manifest and not manifest[name].available]
     if absent or unavailable:  # downloads would not help
         return [f"{name}: not in the manifest" for name in absent] + unavailable
-    return [f"{name}: run 'avatar weights download {name}'" for name in needed
-            if installed_path(manifest[name], local_dir) is None]
+    missing = [f"{name}: run 'avatar weights download {name}'" for name in needed
+               if installed_path(manifest[name], local_dir) is None]
+    if not missing and model in CONVERTED:
+        missing = [f"{CONVERTED[model]}: downloaded but not converted; run 'avatar weights convert --from "
+                   f"{CONVERTED[model]}'"]
+    return missing

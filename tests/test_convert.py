@@ -69,7 +69,7 @@ def _tiny_sd_checkpoint(tmp_path, extra=None):
 def test_convert_writes_the_project_layout_and_reports_keys(tmp_path, capsys):
     path, models = _tiny_sd_checkpoint(tmp_path)
     out = tmp_path / "converted"
-    assert main(["weights", "convert", "--sd15", str(path), "--arch", "tiny", "-o", str(out), "--json"]) == 0
+    assert main(["weights", "convert", "--from", "sd15", str(path), "--arch", "tiny", "-o", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     by_name = {c["name"]: c for c in report["components"]}
     assert by_name["reference_net"]["missing"] == 0 and by_name["vae"]["missing"] == 0
@@ -102,7 +102,7 @@ def test_convert_with_a_motion_module_and_failures(tmp_path, capsys):
         original[f"{block}.motion_modules.{j}.temporal_transformer.{rest}"] = value
     torch.save(original, tmp_path / "mm.ckpt")
     out = tmp_path / "converted"
-    assert main(["weights", "convert", "--sd15", str(path), "--motion-module", str(tmp_path / "mm.ckpt"),
+    assert main(["weights", "convert", "--from", "sd15", str(path), "--motion-module", str(tmp_path / "mm.ckpt"),
                  "--arch", "tiny", "-o", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set({c["name"]: c for c in report["components"]}["denoising_unet"]["missing_groups"]) == {"audio_modules"}
@@ -111,11 +111,11 @@ def test_convert_with_a_motion_module_and_failures(tmp_path, capsys):
         if ".motion_modules." in key:
             assert torch.equal(unet.state_dict()[key], value), key
     # existing output, unexpected keys, not an SD checkpoint
-    assert main(["weights", "convert", "--sd15", str(path), "--arch", "tiny", "-o", str(out)]) == 2
+    assert main(["weights", "convert", "--from", "sd15", str(path), "--arch", "tiny", "-o", str(out)]) == 2
     bad, _ = _tiny_sd_checkpoint(tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
                                  extra={"model.diffusion_model.extra_layer.weight": torch.ones(2)})
     capsys.readouterr()
-    assert main(["weights", "convert", "--sd15", str(bad), "--arch", "tiny", "-o", str(tmp_path / "x")]) == 1
+    assert main(["weights", "convert", "--from", "sd15", str(bad), "--arch", "tiny", "-o", str(tmp_path / "x")]) == 1
     assert "unexpected key" in capsys.readouterr().err and not (tmp_path / "x").exists()
     (tmp_path / "junk.safetensors").write_bytes(b"nope")
-    assert main(["weights", "convert", "--sd15", str(tmp_path / "junk.safetensors"), "-o", str(tmp_path / "y")]) == 2
+    assert main(["weights", "convert", "--from", "sd15", str(tmp_path / "junk.safetensors"), "-o", str(tmp_path / "y")]) == 2

@@ -127,7 +127,10 @@ def test_fada_without_cfg_layers_is_refused(tiny_pipeline, portrait):
 
 
 @pytest.mark.parametrize("options,words", [
-    (dict(model="teacher", init="rolling"), "consistency model"),
+    (dict(model="fada", init="rolling"), "PeRFlow"),
+    (dict(model="hallo"), "Hallo's weights"),
+    (dict(model="teacher", guidance_scale=2.0), "--guidance-scale"),
+    (dict(model="hallo", guidance_audio=2.0), "--guidance-audio"),
     (dict(model="osa-lcm", window_steps=(2, 2, 1, 1)), "PeRFlow"),
     (dict(model="fada", window_steps=(2, 2, 1)), "4 counts"),
     (dict(model="fada", num_inference_steps=3), "4..100"),

@@ -23,7 +23,7 @@ def test_shipped_manifest_is_complete_and_honest():
     assert (ROOT / "weights.toml").read_bytes() == (ROOT / "avatar_cli" / "weights.toml").read_bytes()
     manifest = w.load_manifest()
     for name in ("sd-vae-ft-mse", "sd15-unet", "wav2vec2-base-960h", "animatediff-mm-sd-v15-v2", "taesd",
-                 "osa-lcm", "fada"):
+                 "hallo", "hallo-face-analysis", "osa-lcm", "fada"):
         assert name in manifest, name
     for c in manifest.values():
         assert c.licence and c.description and c.used_by
@@ -37,8 +37,12 @@ def test_shipped_manifest_is_complete_and_honest():
         else:
             assert c.reason
     assert not manifest["osa-lcm"].available and "published no weights" in manifest["osa-lcm"].reason
+    assert manifest["hallo"].repo_id == "fudan-generative-ai/hallo"
+    assert {f.path for f in manifest["hallo"].files} >= {"hallo/net.pth", "sd-vae-ft-mse/config.json"}
     # rendering without --weights says what is missing and why
     assert w.missing_for("osa-lcm", manifest) == [f"osa-lcm: {manifest['osa-lcm'].reason}"]
+    assert w.missing_for("hallo", manifest, local_dir="/nonexistent") == \
+        ["hallo: run 'avatar weights download hallo'"]
     assert not manifest["fada"].available
 
 

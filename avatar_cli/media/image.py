@@ -30,7 +30,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_portrait(path: str | Path, size: int = 512, fit: str = "crop") -> np.ndarray:
+class Geometry:
+    """How input-image pixels map onto the square frame: frame = (p - crop) * scale + pad."""
+
+    def __init__(self, width: int, height: int, size: int, fit: str):
+        self.width, self.height = width, height
+        side = min(width, height) if fit == "crop" else max(width, height)
+        self.scale = size / side
+        if fit == "crop":
+            self.offset = (-((width - side) // 2), -((height - side) // 2))
+        else:
+            self.offset = ((side - width) // 2, (side - height) // 2)
+
+    def box_to_frame(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """(x, y, w, h) in input-image pixels -> the same box in frame pixels."""
+        x, y, w, h = box
+        return ((x + self.offset[0]) * self.scale, (y + self.offset[1]) * self.scale, w * self.scale, h * self.scale)
+
+
+def load_portrait(path: str | Path, size: int = 512, fit: str = "crop", with_geometry: bool = False):
     """Read a portrait image and make it a square of ``size`` pixels.
 
     Applies the EXIF orientation; converts grayscale, palette, RGBA/LA (on white), CMYK, 16-bit
@@ -43,7 +61,8 @@ def load_portrait(path: str | Path, size: int = 512, fit: str = "crop") -> np.nd
         fit: "crop" or "pad".
 
     Returns:
-        (size, size, 3) uint8 RGB array.
+        (size, size, 3) uint8 RGB array; with ``with_geometry`` also the :class:`Geometry` that
+        maps input-image pixels to it (after EXIF orientation).
 
     Raises:
         InputError: the file is missing, unreadable, not an image or truncated.
@@ -73,6 +92,7 @@ def load_portrait(path: str | Path, size: int = 512, fit: str = "crop") -> np.nd
 
     image = _to_rgb(image)
     width, height = image.size
+    geometry = Geometry(width, height, size, fit)
     if fit == "crop":
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
@@ -84,4 +104,5 @@ def load_portrait(path: str | Path, size: int = 512, fit: str = "crop") -> np.nd
         image = canvas
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.LANCZOS)
-    return np.asarray(image, dtype=np.uint8).copy()
+    array = np.asarray(image, dtype=np.uint8).copy()
+    return (array, geometry) if with_geometry else array

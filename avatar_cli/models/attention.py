@@ -19,8 +19,20 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 
+class ReferenceFeatures(dict):
+    """Layer name -> (B, L, C) reference tokens, plus ``keep``: (B,) bool or None.
+
+    A row whose ``keep`` is False has no reference (its keys are masked out): the null reference of
+    a model trained to drop it that way (Hallo's unconditional branch).
+    """
+
+    def __init__(self, features: dict[str, torch.Tensor], keep: torch.Tensor | None = None):
+        super().__init__(features)
+        self.keep = keep
+
+
 def _attention(attn: Attention, query_input: torch.Tensor, key_value_input: torch.Tensor,
-               extra_key_value: torch.Tensor | None = None) -> torch.Tensor:
+               extra_key_value: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head scaled dot-product attention with diffusers ``Attention`` weights.
 
     Args:
@@ -28,6 +40,7 @@ def _attention(attn: Attention, query_input: torch.Tensor, key_value_input: torc
         key_value_input: (N, S, C_kv) tokens attended to.
         extra_key_value: optional (B, R, C) tokens shared by groups of N // B rows (reference
             tokens shared by all frames of one video); projected once, not once per frame.
+        keep: optional (B,) bool; rows of a False group do not see ``extra_key_value``.
 
     Returns:
         (N, L, C_out) after ``to_out``.
@@ -46,11 +59,17 @@ def _attention(attn: Attention, query_input: torch.Tensor, key_value_input: torc
         extra_value = extra_value[:, None].expand(b, frames, *extra_value.shape[1:]).reshape(n, -1, value.shape[-1])
         key = torch.cat([key, extra_key], dim=1)
         value = torch.cat([value, extra_value], dim=1)
+    mask = None
+    if keep is not None and extra_key_value is not None and not bool(keep.all()):
+        own = key_value_input.shape[1]
+        visible = keep.to(query.device).repeat_interleave(n // keep.shape[0])          # (N,)
+        mask = torch.ones(n, 1, 1, key.shape[1], dtype=torch.bool, device=query.device)
+        mask[:, 0, 0, own:] = visible[:, None]
     head_dim = key.shape[-1] // attn.heads
     query = query.view(n, -1, attn.heads, head_dim).transpose(1, 2)
     key = key.view(n, -1, attn.heads, head_dim).transpose(1, 2)
     value = value.view(n, -1, attn.heads, head_dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(query, key, value)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     out = out.transpose(1, 2).reshape(n, length, attn.heads * head_dim).to(query.dtype)
     out = attn.to_out[0](out)
     return attn.to_out[1](out)
@@ -89,8 +108,9 @@ class ReferenceAttnProcessor:
     for frame tokens x (B*F, L, C) and the portrait's reference tokens r (B, L_r, C) of the
     same layer, ``softmax(q(x) [k(x), k(r)]^T / sqrt(d)) [v(x), v(r)]``.
 
-    Call-time keyword ``reference_features``: dict ``name -> (B, L_r, C)``; when it is None or
-    lacks this layer, the layer is plain self-attention (the "no reference" null condition).
+    Call-time keyword ``reference_features``: dict ``name -> (B, L_r, C)`` (a
+    :class:`ReferenceFeatures` may mask some rows' reference out); when it is None or lacks this
+    layer, the layer is plain self-attention (the "no reference" null condition).
     """
 
     def __init__(self, name: str, is_self_attention: bool):
@@ -104,7 +124,8 @@ class ReferenceAttnProcessor:
         if not self.is_self_attention:
             return _attention(attn, hidden_states, encoder_hidden_states)
         reference = None if reference_features is None else reference_features.get(self.name)
-        return _attention(attn, hidden_states, hidden_states, reference)
+        keep = getattr(reference_features, "keep", None)
+        return _attention(attn, hidden_states, hidden_states, reference, keep)
 
 
 def spatial_attention_names(unet: torch.nn.Module) -> list[str]:

@@ -35,14 +35,15 @@ def _conv_features_resampled_to(model: Wav2Vec2Model, num_frames: int):
 
 @torch.no_grad()
 def encode_audio(model: Wav2Vec2Model, feature_extractor: Wav2Vec2FeatureExtractor,
-                 waveform: np.ndarray, num_frames: int) -> torch.Tensor:
+                 waveform: np.ndarray, num_frames: int, pad_samples: int = 0) -> torch.Tensor:
     """Per-video-frame wav2vec2 hidden states.
 
     Args:
         model: a ``Wav2Vec2Model`` (eval mode).
         feature_extractor: its ``Wav2Vec2FeatureExtractor`` (normalises the waveform).
         waveform: (samples,) mono float32 at 16 kHz.
-        num_frames: video frames the audio spans (round(duration_s * fps)).
+        num_frames: video frames the audio spans (round(duration_s * fps)), padding included.
+        pad_samples: silence appended after normalisation (Hallo pads the audio to whole clips).
 
     Returns:
         (num_frames, num_hidden_layers, hidden_size) float32 on the model's device.
@@ -51,10 +52,13 @@ def encode_audio(model: Wav2Vec2Model, feature_extractor: Wav2Vec2FeatureExtract
         ValueError: if the waveform is shorter than the conv encoder's receptive field (400
             samples, 25 ms); callers pad short audio first.
     """
-    if waveform.shape[0] < 400:
+    if waveform.shape[0] + pad_samples < 400:
         raise ValueError(f"audio of {waveform.shape[0]} samples is shorter than wav2vec2's 400-sample window")
     inputs = feature_extractor(waveform, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-    input_values = inputs.input_values.to(model.device, model.dtype)
+    input_values = inputs.input_values
+    if pad_samples:
+        input_values = F.pad(input_values, (0, pad_samples))
+    input_values = input_values.to(model.device, model.dtype)
     with _conv_features_resampled_to(model, num_frames):
         out = model(input_values, output_hidden_states=True)
     # hidden_states[0] is the transformer's input; [1:] are the outputs of its layers.

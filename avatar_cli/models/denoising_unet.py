@@ -34,13 +34,30 @@ _SD_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2
 _SD_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
 
 
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame on (B, C, F, H, W) input.
+
+    diffusers' ``AnimateDiffTransformer3D`` normalises its 5D input across all frames; the original
+    AnimateDiff motion module (and Hallo's) normalises each frame alone, and their weights were
+    trained that way. Same parameters as ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            return super().forward(x)
+        b, c, f, h, w = x.shape
+        folded = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        return super().forward(folded).reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
 class DenoisingUNet3D(ModelMixin, ConfigMixin):
     """Denoising U-Net over a clip of latent frames.
 
     Config fields of the 2D part have SD1.5's names and meanings (``attention_head_dim`` is, as in
     SD1.5's config, the number of heads). Added fields: ``audio_attention_dim`` (audio token
-    width), ``motion_num_attention_heads`` / ``motion_max_seq_length`` (AnimateDiff temporal
-    attention: heads, sinusoidal positions = at most motion + clip frames), ``num_motion_frames``
+    width), ``motion_num_attention_heads`` / ``motion_max_seq_length`` / ``motion_norm_num_groups``
+    (AnimateDiff temporal attention: heads, sinusoidal positions = at most motion + clip frames,
+    GroupNorm groups: 32 in AnimateDiff whatever the U-Net's), ``num_motion_frames``
     (M: 4 in OSA-LCM after EMO, 2 in Hallo), ``temporal_in_plain_blocks`` (see module docstring),
     ``cfg_tokens`` (FADA student: number of learnable CFG tokens, 0 = no CFG layers; a CFG
     cross-attention layer then follows every audio block, ``<block>.cfg_modules.<j>``).
@@ -64,6 +81,7 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         audio_attention_dim: int = 768,
         motion_num_attention_heads: int = 8,
         motion_max_seq_length: int = 32,
+        motion_norm_num_groups: int = 32,
         num_motion_frames: int = 4,
         temporal_in_plain_blocks: bool = False,
         cfg_tokens: int = 0,
@@ -87,11 +105,13 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         heads = attention_head_dim
 
         def motion_module(c: int) -> AnimateDiffTransformer3D:
-            return AnimateDiffTransformer3D(
+            module = AnimateDiffTransformer3D(
                 num_attention_heads=motion_num_attention_heads, attention_head_dim=c // motion_num_attention_heads,
-                in_channels=c, norm_num_groups=norm_num_groups, activation_fn="geglu", attention_bias=False,
+                in_channels=c, norm_num_groups=motion_norm_num_groups, activation_fn="geglu", attention_bias=False,
                 double_self_attention=True, positional_embeddings="sinusoidal",
                 num_positional_embeddings=motion_max_seq_length)
+            module.norm = FrameGroupNorm(motion_norm_num_groups, c, eps=1e-6, affine=True)
+            return module
 
         def audio_module(c: int, inner: int) -> AudioAttentionBlock:
             inner = heads * (inner // heads)
@@ -157,6 +177,7 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         region_masks: dict[str, torch.Tensor] | None = None,
         region_scales: tuple[float, float, float] = (1.0, 1.0, 1.0),
         guidance_scales: tuple[float, float] | None = None,
+        conditioning_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noise (or v) for a clip.
 
@@ -175,6 +196,8 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
             region_scales: (full, face, lip) audio-branch weights.
             guidance_scales: (cfg_a, cfg_r) for the CFG-token layers (FADA eq. 10); None skips
                 them. Ignored by a model without CFG layers.
+            conditioning_features: (B, C_0, F, h, w) added after ``conv_in`` (Hallo's face-locator
+                features); None = zero.
 
         Returns:
             (B, out_channels, F, h, w) model output.
@@ -194,6 +217,8 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
                      region_masks, region_scales, (h, w), cfg)
 
         x = self.conv_in(x)
+        if conditioning_features is not None:
+            x = x + conditioning_features.to(x.dtype).permute(0, 2, 1, 3, 4).reshape(x.shape)
         skips = [x]
         for i, block in enumerate(self.down_blocks):
             for j, resnet in enumerate(block.resnets):

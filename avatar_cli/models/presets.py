@@ -89,14 +89,45 @@ _TINY = {
 }
 
 PRESETS = {"full": _FULL, "tiny": _TINY}
+FAMILIES = ("osa-lcm", "hallo")
+
+# Hallo's inference scheduler (DDIM over a *linear* beta schedule, v-prediction, zero-SNR rescaled,
+# trailing spacing); its released weights were trained for it.
+HALLO_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear",
+    "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+    "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 1,
+}
+
+# How each family's models expect to be driven (models/bundle.py ModelSettings).
+SETTINGS = {
+    "osa-lcm": {"null_reference": "zero-latent", "first_clip_motion": "zeros", "motion_source": "latents",
+                "audio_padding": "none", "default_method": "osa-lcm"},
+    "hallo": {"null_reference": "none", "first_clip_motion": "reference", "motion_source": "decoded",
+              "audio_padding": "clip", "default_method": "hallo"},
+}
 
 
-def preset(arch: str) -> dict:
-    """A deep copy of the named preset's per-model configs.
+def preset(arch: str, family: str = "osa-lcm") -> dict:
+    """A deep copy of the named preset's per-model configs, for a model family.
+
+    ``family="hallo"`` gives Hallo's variant of the same sizes: a face locator, a reference net
+    without output layers that keeps its features in float16, 2 motion frames, Hallo's scheduler
+    and driving settings.
 
     Raises:
-        KeyError: unknown preset name (the valid names are ``PRESETS``' keys).
+        KeyError: unknown preset or family name.
     """
     if arch not in PRESETS:
         raise KeyError(f"unknown architecture {arch!r}; choose one of {', '.join(PRESETS)}")
-    return copy.deepcopy(PRESETS[arch])
+    if family not in FAMILIES:
+        raise KeyError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    cfg = copy.deepcopy(PRESETS[arch])
+    cfg["settings"] = dict(SETTINGS[family])
+    if family == "hallo":
+        cfg["face_locator"] = {"conditioning_channels": 3, "block_out_channels": [16, 32, 64, 128],
+                               "embedding_channels": cfg["denoising_unet"]["block_out_channels"][0]}
+        cfg["reference_net"].update(output_layers=False, feature_dtype="float16")
+        cfg["denoising_unet"]["num_motion_frames"] = 2
+        cfg["scheduler"] = dict(HALLO_SCHEDULER)
+    return cfg

@@ -10,17 +10,44 @@ clip).
 from __future__ import annotations
 
 import torch
+from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 from .attention import ReferenceCaptureProcessor, install_processors
+
+_DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class ReferenceNet(UNet2DConditionModel):
     """An SD1.5 U-Net whose spatial self-attention inputs can be extracted.
 
-    Same config and parameters as diffusers' ``UNet2DConditionModel`` (so SD1.5's ``unet`` folder
-    loads into it as is).
+    Same config and parameters as diffusers' ``UNet2DConditionModel`` (SD1.5's ``unet`` folder loads
+    into it as is), plus two fields:
+
+    Args:
+        output_layers: keep ``conv_norm_out``/``conv_out``. The features never pass through them;
+            Hallo's reference net has none (its checkpoint lacks the 12,164 parameters), so its
+            conversion sets False.
+        feature_dtype: store the extracted features in this dtype ("float16" as Hallo's inference
+            does, even in float32 runs); None keeps the compute dtype.
+        **kwargs: ``UNet2DConditionModel``'s config.
     """
+
+    def __init__(self, output_layers: bool = True, feature_dtype: str | None = None, **kwargs):
+        super().__init__(**kwargs)  # registers the U-Net's config
+        if feature_dtype not in _DTYPES:
+            raise ValueError(f"feature_dtype must be one of {list(_DTYPES)} (got {feature_dtype!r})")
+        self.register_to_config(output_layers=output_layers, feature_dtype=feature_dtype)
+        if not output_layers:
+            self.conv_norm_out = None
+            self.conv_act = None
+            self.conv_out = torch.nn.Identity()
+
+    @staticmethod
+    def _get_init_keys(input_class):
+        # diffusers reads a model's config fields from its __init__ signature; ours are the U-Net's
+        # plus the two above.
+        return ConfigMixin._get_init_keys(UNet2DConditionModel) | {"output_layers", "feature_dtype"}
 
     def _ensure_capture(self) -> None:
         processors = self.attn_processors.values()
@@ -34,10 +61,11 @@ class ReferenceNet(UNet2DConditionModel):
         Args:
             latents: (N, 4, h, w) clean latents (portrait latent, or motion-frame latents).
             encoder_hidden_states: (N or 1, T, cross_attention_dim) tokens for the cross-attention
-                slot (face tokens or null tokens).
+                slot (face tokens or null tokens), one row per latent or one for all.
 
         Returns:
-            ``"<block>.attentions.<j>.transformer_blocks.<k>.attn1" -> (N, h_l*w_l, C_l)``.
+            ``"<block>.attentions.<j>.transformer_blocks.<k>.attn1" -> (N, h_l*w_l, C_l)``, in
+            ``feature_dtype`` when set.
         """
         self._ensure_capture()
         if encoder_hidden_states.shape[0] != latents.shape[0]:
@@ -46,4 +74,5 @@ class ReferenceNet(UNet2DConditionModel):
         timestep = torch.zeros(latents.shape[0], device=latents.device, dtype=torch.long)
         self(latents, timestep, encoder_hidden_states=encoder_hidden_states,
              cross_attention_kwargs={"feature_sink": sink}, return_dict=False)
-        return sink
+        dtype = _DTYPES[self.config.feature_dtype]
+        return sink if dtype is None else {k: v.to(dtype) for k, v in sink.items()}

@@ -7,6 +7,7 @@
 | fada | FADA "Ours-Fast" | PeRFlow, 4 windows, 2+2+1+1 | 6 | CFG tokens (eq. 10), 6.5 / 2.0 | 6 |
 | fada-balanced | FADA "Ours-Balanced" | PeRFlow | 6 | multi-CFG (eq. 9), 6.5 / 2.5 | 18 |
 | teacher | FADA teacher / OSA-LCM base | DDIM | 25 | multi-CFG (eq. 9), 6.5 / 2.5, batch of 3 | 75 |
+| hallo | Hallo | DDIM (its v-prediction, zero-SNR, trailing schedule) | 40 | CFG 3.5, batch of 2 | 80 |
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ class Method:
         paper: where it comes from.
         scheduler: "lcm", "perflow" or "ddim".
         default_steps: num_inference_steps when none is given.
-        guidance: "none", "multi-cfg" or "cfg-tokens" (``sampling/guidance.py``).
-        guidance_audio, guidance_ref: default cfg_a, cfg_r (None without guidance).
+        guidance: "none", "multi-cfg", "cfg-tokens" or "cfg" (``sampling/guidance.py``).
+        scales: default guidance scales: (cfg_a, cfg_r) for multi-cfg and cfg-tokens, (s,) for cfg.
+        family: the model family whose weights it runs ("osa-lcm" ours, "hallo").
     """
 
     name: str
@@ -40,13 +42,13 @@ class Method:
     scheduler: str
     default_steps: int
     guidance: str
-    guidance_audio: float | None = None
-    guidance_ref: float | None = None
+    scales: tuple[float, ...] = ()
+    family: str = "osa-lcm"
 
     @property
     def branches(self) -> int:
-        """Model evaluations per step: 3 for multi-CFG, else 1."""
-        return 3 if self.guidance == "multi-cfg" else 1
+        """Model evaluations per step: 3 for multi-CFG, 2 for CFG, else 1."""
+        return {"multi-cfg": 3, "cfg": 2}.get(self.guidance, 1)
 
     def nfe(self, num_inference_steps: int) -> int:
         """Denoising-U-Net evaluations per clip."""
@@ -54,16 +56,18 @@ class Method:
 
     @property
     def supports_rolling(self) -> bool:
-        """Rolling starts (from a timestep tau < 999) need a consistency model: LCM methods only."""
-        return self.scheduler == "lcm"
+        """Rolling starts (from a timestep tau < 999): LCM (tau is the first step) and DDIM (the
+        schedule starts at its first timestep <= tau, SDEdit); not PeRFlow, whose windows start at t=1."""
+        return self.scheduler in ("lcm", "ddim")
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("osa-lcm", "OSA-LCM (one-step)", "lcm", 1, "none"),
     Method("adv-lcm", "OSA-LCM sec. 4.1 Adv-LCM", "lcm", 2, "none"),
-    Method("fada", 'FADA "Ours-Fast"', "perflow", 6, "cfg-tokens", 6.5, 2.0),
-    Method("fada-balanced", 'FADA "Ours-Balanced"', "perflow", 6, "multi-cfg", 6.5, 2.5),
-    Method("teacher", "FADA teacher / OSA-LCM base (DDIM)", "ddim", 25, "multi-cfg", 6.5, 2.5),
+    Method("fada", 'FADA "Ours-Fast"', "perflow", 6, "cfg-tokens", (6.5, 2.0)),
+    Method("fada-balanced", 'FADA "Ours-Balanced"', "perflow", 6, "multi-cfg", (6.5, 2.5)),
+    Method("teacher", "FADA teacher / OSA-LCM base (DDIM)", "ddim", 25, "multi-cfg", (6.5, 2.5)),
+    Method("hallo", "Hallo (DDIM, CFG)", "ddim", 40, "cfg", (3.5,), family="hallo"),
 )}
 
 _SCHEDULERS = {"lcm": LCMScheduler, "ddim": DDIMScheduler, "perflow": PeRFlowScheduler}
@@ -89,6 +93,11 @@ def set_schedule(scheduler, method: Method, num_inference_steps: int, start: int
         scheduler.set_timesteps(num_inference_steps, window_steps=window_steps)
     elif method.scheduler == "ddim":
         scheduler.set_timesteps(num_inference_steps)
+        if start is not None:  # rolling (SDEdit): begin at the schedule's first timestep <= tau
+            kept = [t for t in scheduler.timesteps if int(t) <= start]
+            if not kept:
+                raise ValueError(f"no DDIM timestep at or below {start}")
+            scheduler.timesteps = torch.stack(kept)
     else:
         scheduler.set_timesteps(num_inference_steps)
         timesteps = [int(t) for t in scheduler.timesteps]

@@ -29,6 +29,22 @@ def test_reference_attention_equals_attention_over_concatenated_tokens():
     torch.testing.assert_close(plain, attn(x), rtol=1e-5, atol=1e-5)
 
 
+def test_reference_rows_without_reference_are_plain_self_attention():
+    from avatar_cli.models.attention import ReferenceFeatures
+
+    torch.manual_seed(1)
+    attn = Attention(query_dim=32, heads=4, dim_head=8)
+    x = torch.randn(2 * 3, 10, 32)
+    ref = torch.randn(2, 7, 32)
+    attn.set_processor(ReferenceAttnProcessor("l.attn1", is_self_attention=True))
+    keep = torch.tensor([True, False])
+    mixed = attn(x, reference_features=ReferenceFeatures({"l.attn1": ref}, keep))
+    with_ref = attn(x, reference_features={"l.attn1": ref})
+    plain = attn(x, reference_features=None)
+    torch.testing.assert_close(mixed[:3], with_ref[:3], rtol=1e-5, atol=1e-5)   # video 0 keeps its reference
+    torch.testing.assert_close(mixed[3:], plain[3:], rtol=1e-5, atol=1e-5)      # video 1 has none
+
+
 def test_audio_block_with_full_masks_is_the_sum_of_three_cross_attentions():
     torch.manual_seed(0)
     block = AudioAttentionBlock(channels=16, inner_dim=8, num_heads=2, audio_dim=12, norm_num_groups=4)

@@ -5,7 +5,8 @@ import torch
 
 from avatar_cli.models.bundle import AvatarModels
 from avatar_cli.models.cfg_tokens import CFGTokens, cfg_embedding
-from avatar_cli.sampling.guidance import Conditions, GuidedDenoiser, multi_cfg
+from avatar_cli.models.attention import ReferenceFeatures
+from avatar_cli.sampling.guidance import Conditions, GuidedDenoiser, cfg, multi_cfg
 
 
 class StubUNet:
@@ -14,24 +15,32 @@ class StubUNet:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, latents, t, encoder_hidden_states, audio_embeds, reference_features, motion_features, **kw):
+    def __call__(self, latents, t, encoder_hidden_states, audio_embeds, reference_features, motion_features,
+                 conditioning_features=None, region_masks=None, **kw):
         self.calls.append((latents.shape[0], kw))
         has_audio = audio_embeds.flatten(1).abs().sum(1) > 0                       # (B,)
         ref = reference_features["layer"].flatten(1).mean(1)                        # (B,)
+        keep = getattr(reference_features, "keep", None)
+        if keep is not None:
+            ref = torch.where(keep, ref, torch.full_like(ref, 100.0))              # 100: "no reference"
+        face = encoder_hidden_states.flatten(1).mean(1)                             # (B,)
         assert torch.equal(motion_features["layer"], torch.cat([torch.full((2, 3), 7.0)] * latents.shape[0]))
-        out = latents * 0 + (10.0 * has_audio + ref)[:, None, None, None, None]
-        return out
+        return latents * 0 + (10.0 * has_audio + ref + 1000.0 * face)[:, None, None, None, None]
 
 
-def _conditions():
-    return Conditions(torch.zeros(1, 4, 8), torch.ones(1, 5, 4, 8), {"layer": torch.full((1, 3), 2.0)},
+def _conditions(face=0.0):
+    return Conditions(torch.full((1, 4, 8), face), torch.ones(1, 5, 4, 8), {"layer": torch.full((1, 3), 2.0)},
                       {"layer": torch.full((2, 3), 7.0)})
+
+
+def _null(reference):
+    return Conditions(torch.zeros(1, 4, 8), torch.zeros(1, 5, 4, 8), reference, {"layer": torch.full((2, 3), 7.0)})
 
 
 def test_multi_cfg_is_equation_9_in_one_batch_of_three():
     unet = StubUNet()
-    null = {"layer": torch.full((1, 3), -1.0)}
-    denoiser = GuidedDenoiser(unet, _conditions(), "multi-cfg", 6.5, 2.5, null_reference=null)
+    null = _null({"layer": torch.full((1, 3), -1.0)})  # reference features of a zero latent
+    denoiser = GuidedDenoiser(unet, _conditions(), "multi-cfg", (6.5, 2.5), null)
     x = torch.zeros(1, 4, 5, 2, 2)
     eps = denoiser(x, 999)
     assert [c[0] for c in unet.calls] == [3] and denoiser.evaluations == 3   # one call, batch of 3
@@ -41,19 +50,36 @@ def test_multi_cfg_is_equation_9_in_one_batch_of_three():
     assert torch.allclose(multi_cfg(torch.tensor(eps_a), torch.tensor(eps_r), torch.tensor(eps_b), 6.5, 2.5),
                           torch.tensor(expected))
     # cfg_a = cfg_r = 1: the conditional prediction
-    plain = GuidedDenoiser(StubUNet(), _conditions(), "multi-cfg", 1.0, 1.0, null_reference=null)(x, 999)
+    plain = GuidedDenoiser(StubUNet(), _conditions(), "multi-cfg", (1.0, 1.0), null)(x, 999)
     assert torch.allclose(plain, torch.full_like(x, eps_a))
+    # a model trained to drop the reference entirely (Hallo): the third branch has no reference
+    no_ref = _null(ReferenceFeatures({"layer": torch.full((1, 3), 2.0)}, keep=torch.zeros(1, dtype=torch.bool)))
+    eps = GuidedDenoiser(StubUNet(), _conditions(), "multi-cfg", (6.5, 2.5), no_ref)(x, 999)
+    assert torch.allclose(eps, torch.full_like(x, 6.5 * (12 - 2) + 2.5 * (2 - 100) + 100))
+
+
+def test_cfg_is_one_batch_of_two_with_the_null_branch_first():
+    unet = StubUNet()
+    null = _null(ReferenceFeatures({"layer": torch.full((1, 3), 2.0)}, keep=torch.zeros(1, dtype=torch.bool)))
+    x = torch.zeros(1, 4, 5, 2, 2)
+    eps = GuidedDenoiser(unet, _conditions(face=0.5), "cfg", (3.5,), null)(x, 10)
+    assert [c[0] for c in unet.calls] == [2]
+    eps_c, eps_u = 10 + 2 + 500.0, 100.0  # audio + reference + face tokens; nothing
+    assert torch.allclose(eps, torch.full_like(x, eps_u + 3.5 * (eps_c - eps_u)))
+    assert torch.allclose(cfg(torch.tensor(eps_u), torch.tensor(eps_c), 1.0), torch.tensor(eps_c))
 
 
 def test_no_guidance_and_cfg_tokens_are_one_evaluation():
     unet = StubUNet()
     x = torch.zeros(1, 4, 5, 2, 2)
     GuidedDenoiser(unet, _conditions(), "none")(x, 10)
-    GuidedDenoiser(unet, _conditions(), "cfg-tokens", 6.5, 2.0)(x, 10)
+    GuidedDenoiser(unet, _conditions(), "cfg-tokens", (6.5, 2.0))(x, 10)
     assert [c[0] for c in unet.calls] == [1, 1]
-    assert unet.calls[1][1] == {"guidance_scales": (6.5, 2.0)} and unet.calls[0][1] == {}
-    with pytest.raises(ValueError, match="null reference"):
-        GuidedDenoiser(unet, _conditions(), "multi-cfg", 6.5, 2.5)
+    assert unet.calls[1][1]["guidance_scales"] == (6.5, 2.0) and "guidance_scales" not in unet.calls[0][1]
+    with pytest.raises(ValueError, match="null conditions"):
+        GuidedDenoiser(unet, _conditions(), "multi-cfg", (6.5, 2.5))
+    with pytest.raises(ValueError, match="takes 1 guidance scale"):
+        GuidedDenoiser(unet, _conditions(), "cfg", (6.5, 2.5), _null({"layer": torch.zeros(1, 3)}))
 
 
 def test_cfg_embedding_is_equation_10():

@@ -95,5 +95,35 @@ def test_ddim_equals_ddim_scheduler_stepped_by_hand():
 def test_method_table_nfe():
     table = {name: (m.default_steps, m.nfe(m.default_steps), m.guidance) for name, m in METHODS.items()}
     assert table == {"osa-lcm": (1, 1, "none"), "adv-lcm": (2, 2, "none"), "fada": (6, 6, "cfg-tokens"),
-                     "fada-balanced": (6, 18, "multi-cfg"), "teacher": (25, 75, "multi-cfg")}
+                     "fada-balanced": (6, 18, "multi-cfg"), "teacher": (25, 75, "multi-cfg"),
+                     "hallo": (40, 80, "cfg")}
     assert METHODS["adv-lcm"].nfe(4) == 4
+
+
+def test_hallo_ddim_v_prediction_zero_snr_trailing_equals_diffusers():
+    from avatar_cli.models.presets import HALLO_SCHEDULER
+
+    torch.manual_seed(3)
+    x = torch.randn(1, 4, 2, 8, 8, dtype=torch.float64)
+    model = lambda latents, t: torch.sin(latents) * (1 - t / 1000.0)  # noqa: E731  (a "v" prediction)
+    scheduler = make_scheduler(METHODS["hallo"], HALLO_SCHEDULER)
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    timesteps = set_schedule(scheduler, METHODS["hallo"], 40)
+    assert timesteps[0] == 999 and len(timesteps) == 40  # trailing spacing starts at the last timestep
+    assert float(scheduler.alphas_cumprod[-1]) < 1e-6     # zero terminal SNR
+    ours = sample(model, x, scheduler)
+    reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
+                              steps_offset=1, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                              timestep_spacing="trailing")
+    reference.set_timesteps(40)
+    latents = x
+    for t in reference.timesteps:
+        latents = reference.step(model(latents, int(t)), t, latents).prev_sample
+    torch.testing.assert_close(ours, latents, rtol=0, atol=1e-6)
+
+
+def test_ddim_rolling_start_begins_at_the_first_timestep_at_or_below_tau():
+    scheduler = make_scheduler(METHODS["teacher"], SD15_SCHEDULER)
+    full = set_schedule(scheduler, METHODS["teacher"], 25)
+    rolled = set_schedule(scheduler, METHODS["teacher"], 25, start=900)
+    assert rolled == [t for t in full if t <= 900] and rolled[0] <= 900

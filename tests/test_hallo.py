@@ -1,0 +1,143 @@
+"""`--model hallo` end to end: Hallo's files (tiny, written by the test) -> convert -> render."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+from avatar_cli import AvatarPipeline, RenderOptions
+from avatar_cli.cli import main
+from avatar_cli.media.face import FaceConditions
+from avatar_cli.models.presets import preset
+from tests.conftest import ffmpeg, probe
+from tests.models.test_hallo import DATA, load_file
+
+
+@pytest.fixture(scope="module")
+def hallo_files(tmp_path_factory):
+    """Hallo's release layout, tiny: hallo/net.pth (Hallo's key names), sd-vae-ft-mse/, wav2vec/..."""
+    root = tmp_path_factory.mktemp("hallo-release")
+    raw = load_file(DATA / "hallo_tiny.safetensors")
+    scale = raw["meta.state_int8_scale"].item()
+    state = {k[len("state."):]: (v.float() * scale if v.dtype == torch.int8 else v)
+             for k, v in raw.items() if k.startswith("state.")}
+    (root / "hallo").mkdir()
+    torch.save(state, root / "hallo" / "net.pth")
+    cfg = preset("tiny")
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        AutoencoderKL(**cfg["vae"]).save_pretrained(root / "sd-vae-ft-mse")
+        Wav2Vec2Model(Wav2Vec2Config(**cfg["audio_encoder"])).save_pretrained(root / "wav2vec" / "wav2vec2-base-960h")
+    Wav2Vec2FeatureExtractor().save_pretrained(root / "wav2vec" / "wav2vec2-base-960h")
+    return root
+
+
+@pytest.fixture(scope="module")
+def converted(hallo_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted") / "hallo"
+    code = main(["weights", "convert", "--from", "hallo", str(hallo_files / "hallo" / "net.pth"), "--vae",
+                 str(hallo_files / "sd-vae-ft-mse"), "--wav2vec2", str(hallo_files / "wav2vec" / "wav2vec2-base-960h"),
+                 "--arch", "tiny", "-o", str(out), "--json"])
+    assert code == 0
+    return out
+
+
+def test_convert_reports_zero_missing_and_unexpected(converted, capsys):
+    index = json.loads((converted / "avatar_index.json").read_text())
+    assert index["settings"]["default_method"] == "hallo" and index["face_locator"] == "FaceLocator"
+    assert sorted(p.name for p in converted.iterdir()) == sorted(
+        ["audio_encoder", "audio_projector", "avatar_index.json", "denoising_unet", "face_locator",
+         "image_projector", "reference_net", "scheduler", "vae"])
+    schedule = json.loads((converted / "scheduler" / "scheduler_config.json").read_text())
+    assert schedule["prediction_type"] == "v_prediction" and schedule["timestep_spacing"] == "trailing"
+
+
+def test_convert_report_json(hallo_files, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["weights", "convert", "--from", "hallo", str(hallo_files / "hallo" / "net.pth"), "--vae",
+                 str(hallo_files / "sd-vae-ft-mse"), "--wav2vec2", str(hallo_files / "wav2vec" / "wav2vec2-base-960h"),
+                 "--arch", "tiny", "-o", str(tmp_path / "x"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {c["name"] for c in report["components"]} == {"reference_net", "denoising_unet", "face_locator",
+                                                          "image_projector", "audio_projector"}
+    assert all(c["missing"] == 0 and c["unexpected"] == [] for c in report["components"])
+    # a wrong architecture is a shape error, reported in one line
+    assert main(["weights", "convert", "--from", "hallo", str(hallo_files / "hallo" / "net.pth"), "--vae",
+                 str(hallo_files / "sd-vae-ft-mse"), "--wav2vec2", str(hallo_files / "wav2vec" / "wav2vec2-base-960h"),
+                 "-o", str(tmp_path / "y")]) == 1
+    assert "--arch" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_render_hallo_end_to_end(converted, shared_data, tmp_path, capsys):
+    speech = tmp_path / "s.wav"
+    ffmpeg("-i", str(shared_data / "speech_human_48k.wav"), "-t", "0.9", str(speech))
+    out = tmp_path / "hallo.mp4"
+    code = main(["render", str(shared_data / "astronaut.png"), str(speech), "--model", "hallo", "--weights",
+                 str(converted), "--size", "64", "--no-face-embedding", "--face-box", "180,70,100,110",
+                 "--steps", "6", "-o", str(out), "--json", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["model"] == "hallo" and result["nfe"] == 12 and result["guidance"] == {"rule": "cfg", "scale": 3.5}
+    assert result["unet_evaluations"] == 12 * result["clips"]
+    info = probe(out)
+    assert info["frames"] == int(0.9 * 25 + 0.5) and info["audio_streams"] == 1  # halves round up
+
+
+def test_missing_arcface_says_so_in_one_line(converted, shared_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AVATAR_MANIFEST", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    code = main(["render", str(shared_data / "astronaut.png"), str(shared_data / "speech_espeak.wav"), "--model",
+                 "hallo", "--weights", str(converted), "--size", "64", "--face-box", "180,70,100,110",
+                 "-o", str(tmp_path / "o.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--no-face-embedding" in err[0] and not (tmp_path / "o.mp4").exists()
+
+
+def test_no_face_on_the_cat_falls_back_with_a_warning(converted, shared_data, tmp_path, capsys, monkeypatch):
+    from avatar_cli.media import face as face_mod
+
+    monkeypatch.setattr(face_mod, "detect_face", lambda image: None)  # as MediaPipe answers on the cat photo
+    speech = tmp_path / "s.wav"
+    ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", "0.3", str(speech))
+    code = main(["render", str(shared_data / "cat_chelsea.png"), str(speech), "--model", "hallo", "--weights",
+                 str(converted), "--size", "64", "--no-face-embedding", "--steps", "4", "-o", str(tmp_path / "c.mp4")])
+    err = capsys.readouterr().err
+    assert code == 0 and "no face found; the whole frame is taken as the face" in err
+    assert probe(tmp_path / "c.mp4")["frames"] == int(0.3 * 25 + 0.5)
+
+
+def test_face_box_outside_the_image_is_refused(converted, shared_data, tmp_path, capsys):
+    code = main(["render", str(shared_data / "cat_chelsea.png"), str(shared_data / "speech_espeak.wav"), "--model",
+                 "hallo", "--weights", str(converted), "--face-box", "400,0,100,100", "--no-face-embedding",
+                 "-o", str(tmp_path / "o.mp4")])
+    assert code == 2 and "outside the 451x300 image" in capsys.readouterr().err
+
+
+def test_hallo_clip_loop_follows_hallos_settings(converted, shared_data, monkeypatch):
+    pipe = AvatarPipeline.from_pretrained(converted, device="cpu", dtype="float32")
+    from avatar_cli.media.image import load_portrait
+
+    image = load_portrait(shared_data / "astronaut.png", 64)
+    wave = (0.1 * np.random.default_rng(0).standard_normal(int(16000 * 1.1))).astype(np.float32)  # 28 frames
+    encoded, features = [], []
+    encode = pipe.encode_pixels
+    monkeypatch.setattr(pipe, "encode_pixels", lambda px: (encoded.append(px.shape[0]), encode(px))[1])
+    real_features = pipe.audio_features
+    monkeypatch.setattr(pipe, "audio_features", lambda w, fps, pad=None: (features.append(pad), real_features(w, fps, pad))[1])
+    face = FaceConditions(torch.randn(512), torch.zeros(3, 64, 64), None, (0, 0, 64, 64), (0, 0, 1, 1), "test")
+    frames = np.concatenate(list(pipe.generate(image, wave, RenderOptions(model="hallo", size=64, num_inference_steps=3),
+                                               face=face)))
+    assert frames.shape[0] == 28
+    # portrait once, then the last 2 decoded frames of clip 0 encoded again for clip 1 (Hallo's motion frames)
+    assert encoded == [1, 2, 2]
+    assert features == [16]  # audio padded to whole clips before wav2vec2, as Hallo does
+    # with a face embedding, the motion frames are run with Hallo's alternating face tokens: 2 calls per clip
+    assert pipe.reference_net_calls == 1 + 2 * 2
+    # our own samplers run on Hallo's weights too (DDIM multi-CFG, rolling starts)
+    out = list(pipe.generate(image, wave[:8000], RenderOptions(model="teacher", size=64, num_inference_steps=2,
+                                                               init="rolling", noise_level=900)))
+    assert sum(len(f) for f in out) == 13  # 12.5 frames, halves round up
