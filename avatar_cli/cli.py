@@ -145,6 +145,13 @@ def render(
     motion_frames: Annotated[Optional[int], typer.Option(
         help="Latents carried between clips (M) [default: the model's, 4]", show_default=False)] = None,
     crf: Annotated[int, typer.Option(help="x264 quality, 0 (lossless)..51.")] = 18,
+    decoder: Annotated[str, typer.Option(help="Latent decoder: vae, or taesd (fast tiny autoencoder).")] = "vae",
+    overlap: Annotated[bool, typer.Option("--overlap/--no-overlap",
+                                          help="Encode the video in a background thread.")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoising U-Net and decoder.")] = False,
+    audio_features: Annotated[Optional[Path], typer.Option(
+        help="Features from 'avatar audio encode' instead of the speech's own (the speech is still muxed).",
+        show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16.")] = "auto",
     weights: Annotated[Optional[Path], typer.Option(help="Weights folder (as save_pretrained writes it).",
@@ -158,7 +165,7 @@ def render(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
 ) -> None:
     """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
-    from .pipeline import AvatarPipeline, RenderOptions, prepare_job, resolve_device, resolve_dtype
+    from .pipeline import RenderOptions, prepare_job, resolve_device, resolve_dtype
 
     if no_face_embedding and face_embedding is not None:
         raise InputError("--no-face-embedding and --face-embedding exclude each other; pick one")
@@ -169,36 +176,16 @@ def render(
                             noise_level=noise_level, seed=seed, fps=fps, size=size, fit=fit.value,
                             clip_frames=clip_frames, motion_frames=motion_frames, crf=crf,
                             face_box=_numbers("--face-box", face_box, float, "120,80,200,240"),
-                            face_embedding=embedding,
+                            face_embedding=embedding, decoder=decoder, overlap=overlap,
                             motion_scale=_numbers("--motion-scale", motion_scale, float, "1,1,1"))
     output = output if output is not None else Path(f"{image.stem}.mp4")
     # Inputs are read and checked before the models load, so that bad input fails in a second.
-    job = prepare_job(image, audio, output, options, overwrite)
+    job = prepare_job(image, audio, output, options, overwrite, audio_features)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
 
-    if weights is not None and random_weights:
-        raise InputError("--weights and --random-weights exclude each other; pick one")
-    wants_cfg_tokens = options.method.guidance == "cfg-tokens"
-    family = options.method.family
-    if weights is not None:
-        pipe = AvatarPipeline.from_pretrained(weights, device=str(dev), dtype=str(dt).replace("torch.", ""))
-        if wants_cfg_tokens and add_cfg_layers and not pipe.models.denoising_unet.config.cfg_tokens:
-            _note("note: added zero-initialised CFG-token layers: --model fada runs without guidance", quiet)
-            pipe.models.denoising_unet = pipe.models.denoising_unet.with_cfg_layers()
-    elif random_weights:
-        _note(f"note: RANDOM weights ({arch.value} architecture): the video shows noise, not a face", quiet)
-        pipe = AvatarPipeline.from_preset(arch.value, device=str(dev), dtype=str(dt).replace("torch.", ""),
-                                          cfg_tokens=4 if wants_cfg_tokens else 0, family=family)
-    else:  # the installed components (a converted folder in $AVATAR_HOME/converted/)
-        from .weights import converted_folder, missing_for
-
-        folder = converted_folder(options.model)
-        if folder is None:
-            raise InputError(f"--model {options.model} needs weights that are not installed: "
-                             f"{'; '.join(missing_for(options.model))}. Or pass --weights DIR (a folder in the "
-                             f"project's layout) or --random-weights")
-        pipe = AvatarPipeline.from_pretrained(folder, device=str(dev), dtype=str(dt).replace("torch.", ""))
+    pipe = _load_pipeline(weights, random_weights, arch, str(dev), str(dt).replace("torch.", ""), options.model,
+                          quiet, compile=compile, add_cfg_layers=add_cfg_layers)
     pipe.warn = lambda message: _note(message, quiet)
 
     with _progress(quiet) as on_clip:
@@ -285,6 +272,176 @@ def info(
     console.print(table)
     console.print(", ".join(f"{k} {v}" for k, v in facts["versions"].items()))
     console.print(f"CUDA devices: {', '.join(facts['cuda_devices']) or 'none'}")
+
+
+BENCH_EPILOG = """\
+[bold]Examples[/bold]
+
+  avatar bench --arch tiny --size 64 --seconds 4 --repeat 2
+  avatar bench --model osa-lcm,fada,teacher --size 512 --seconds 10 --device cuda --json
+  avatar bench --weights ./hallo --model hallo --audio speech.wav --plot bench.png
+
+Random weights (the default, said in the report) run the full architecture: speed does not depend on
+weight values. Numbers: median and min over --repeat warm runs; the cold start separately.
+"""
+
+
+@app.command(epilog=BENCH_EPILOG)
+def bench(
+    model: Annotated[str, typer.Option(help="Sampling method(s), comma-separated.")] = "osa-lcm",
+    arch: Annotated[Arch, typer.Option(help="Architecture for random weights.")] = Arch.full,
+    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 512,
+    seconds: Annotated[float, typer.Option(help="Length of the synthetic speech.")] = 10.0,
+    audio: Annotated[Optional[Path], typer.Option(help="Speech to use instead.", show_default=False)] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Portrait to use [default: synthetic]", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
+    decoder: Annotated[str, typer.Option(help="vae or taesd.")] = "vae",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoising U-Net and decoder.")] = False,
+    repeat: Annotated[int, typer.Option(help="Warm runs.")] = 3,
+    weights: Annotated[Optional[Path], typer.Option(help="A weights folder instead of random weights.",
+                                                    show_default=False)] = None,
+    flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count one clip's FLOPs (an extra clip).")] = True,
+    overlap: Annotated[bool, typer.Option("--overlap/--no-overlap", help="Encode video in a background thread.")] = True,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the stages and RTF (matplotlib).",
+                                                      show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per method on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress notes.")] = False,
+) -> None:
+    """Measure render speed: RTF, first-frame delay, seconds per stage, NFE, FLOPs, peak memory."""
+    from . import bench as benchmod
+    from .options import RenderOptions
+    from .sampling.methods import METHODS
+
+    models = [m.strip() for m in model.split(",") if m.strip()]
+    unknown = [m for m in models if m not in METHODS]
+    if unknown:
+        raise InputError(f"--model {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    if repeat < 1:
+        raise InputError(f"--repeat must be >= 1 (got {repeat})")
+    if not 0.1 <= seconds <= 3600:
+        raise InputError(f"--seconds must be 0.1..3600 (got {seconds:g})")
+    RenderOptions(size=size, decoder=decoder).validate()
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install matplotlib") from None
+    if weights is None:
+        _note(f"note: RANDOM weights ({arch.value} architecture): timings are real, the frames are noise", quiet)
+    reports = []
+    for name in models:
+        report = benchmod.bench(name, arch.value, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
+                                weights, flops, overlap, log=lambda m: _note(m, quiet))
+        reports.append(report)
+        if as_json:
+            typer.echo(json.dumps(report))
+        else:
+            _print_bench(report)
+    if plot_path is not None:
+        benchmod.plot(reports, plot_path)
+        _note(f"wrote {plot_path}", quiet)
+
+
+def _print_bench(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"avatar bench: {r['model']} ({r['weights']}), {r['size']} px, {r['video_s']:.1f} s video, "
+                        f"{r['device']}, {r['dtype']}")
+    table.add_column("measure")
+    table.add_column("median", justify="right")
+    table.add_column("min", justify="right")
+    table.add_row("RTF (wall s / video s)", f"{r['rtf']['median']:.3f}", f"{r['rtf']['min']:.3f}")
+    if r["first_frame_delay_s"]:
+        table.add_row("first-frame delay (s)", f"{r['first_frame_delay_s']['median']:.3f}",
+                      f"{r['first_frame_delay_s']['min']:.3f}")
+    table.add_row("frames per second", f"{r['fps_rendered']['median']:.2f}", f"{r['fps_rendered']['min']:.2f}")
+    for stage, v in r["stages"].items():
+        table.add_row(f"  {stage} (s)", f"{v['median']:.3f}", f"{v['min']:.3f}")
+    console = Console()
+    console.print(table)
+    facts = [f"NFE {r['nfe']}", f"cold start {r['cold_start_s']:.1f} s", f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB"]
+    if r["tflop_per_video_s"] is not None:
+        facts += [f"{r['tflop_per_video_s']:.3g} TFLOP per video second", f"{r['tflops_achieved']:.3g} TFLOP/s achieved"]
+    if r["taesd_psnr_db"] is not None:
+        facts.append(f"TAESD vs VAE PSNR {r['taesd_psnr_db']:.1f} dB")
+    console.print(", ".join(facts))
+
+
+audio_app = typer.Typer(help="Audio features: encode speech once, render many times.", no_args_is_help=True,
+                        rich_markup_mode="rich")
+app.add_typer(audio_app, name="audio")
+
+
+def _load_pipeline(weights: Path | None, random_weights: bool, arch: Arch, device: str, dtype: str, model: str,
+                   quiet: bool, compile: bool = False, add_cfg_layers: bool = False):
+    """The pipeline for --weights DIR, --random-weights, or the installed (converted) components."""
+    from .pipeline import AvatarPipeline
+    from .sampling.methods import METHODS
+    from .weights import converted_folder, missing_for
+
+    method = METHODS[model]
+    wants_cfg_tokens = method.guidance == "cfg-tokens"
+    if weights is not None and random_weights:
+        raise InputError("--weights and --random-weights exclude each other; pick one")
+    if random_weights:
+        _note(f"note: RANDOM weights ({arch.value} architecture): the video shows noise, not a face", quiet)
+        return AvatarPipeline.from_preset(arch.value, device=device, dtype=dtype, cfg_tokens=4 if wants_cfg_tokens else 0,
+                                          family=method.family, compile=compile)
+    if weights is None:  # the installed components: a folder that 'avatar weights convert' wrote
+        weights = converted_folder(model)
+        if weights is None:
+            raise InputError(f"--model {model} needs weights that are not installed: {'; '.join(missing_for(model))}. "
+                             f"Or pass --weights DIR (a folder in the project's layout) or --random-weights")
+    pipe = AvatarPipeline.from_pretrained(weights, device=device, dtype=dtype, compile=compile)
+    if wants_cfg_tokens and add_cfg_layers and not pipe.models.denoising_unet.config.cfg_tokens:
+        _note("note: added zero-initialised CFG-token layers: --model fada runs without guidance", quiet)
+        pipe.models.denoising_unet = pipe.models.denoising_unet.with_cfg_layers()
+    return pipe
+
+
+@audio_app.command("encode")
+def audio_encode(
+    audio: Annotated[Path, typer.Argument(help="Speech in any format render reads.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Features file to write (.safetensors).",
+                                         show_default=False)],
+    fps: Annotated[float, typer.Option(help="Video frame rate the features are for.")] = 25.0,
+    model: Annotated[Model, typer.Option(help="The sampling method the features are for (its model family).")]
+    = Model.osa_lcm,
+    clip_frames: Annotated[int, typer.Option(help="Clip length (Hallo pads the audio to whole clips).")] = 16,
+    weights: Annotated[Optional[Path], typer.Option(help="Weights folder.", show_default=False)] = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights (tests, demos).")] = False,
+    arch: Annotated[Arch, typer.Option(help="Architecture for --random-weights.")] = Arch.full,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes.")] = False,
+) -> None:
+    """Compute a speech's per-frame wav2vec2 features once (frames x layers x dim, with fps, model
+    fingerprint and audio sha256) for 'avatar render --audio-features' or 'avatar batch'.
+
+    Example: avatar audio encode speech.wav -o speech.features.safetensors --weights ./weights
+    """
+    from .media.audio import load_speech
+    from .media.features import save_features
+    from .media.video import check_output_path
+    from .pipeline import resolve_device
+
+    if not 1 <= fps <= 120:
+        raise InputError(f"--fps must be 1..120 (got {fps:g})")
+    check_output_path(output, overwrite)
+    load_speech(audio)  # fail on bad audio before loading a model
+    pipe = _load_pipeline(weights, random_weights, arch, str(resolve_device(device)), "float32", model.value, quiet)
+    features, meta = pipe.encode_audio_file(audio, fps, clip_frames)
+    save_features(output, features, meta)
+    result = {"output": str(output), "frames": int(meta["frames"]), "fps": fps,
+              "duration_s": round(int(meta["frames"]) / fps, 4), "feature_shape": list(features.shape),
+              "model": meta["model"], "audio_sha256": meta["audio_sha256"]}
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _note(f"wrote {output}: {result['frames']} frames at {fps:g} fps, features {tuple(features.shape)}", quiet)
 
 
 weights_app = typer.Typer(help="Model weights: list, download, verify, locate (manifest: weights.toml).",

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,197 +34,38 @@ import torch
 
 from .errors import InputError
 from .media.audio import SAMPLE_RATE, load_speech, num_video_frames
-from .media.face import FaceConditions, face_conditions
-from .media.image import FITS, load_portrait
-from .media.video import VideoWriter, check_output_path
-from .models.audio_encoder import encode_audio, frame_windows
+from .media.face import FaceConditions
+from .media.face import face_conditions as build_face_conditions
+from .media.features import file_sha256, fingerprint, load_features
+from .media.image import load_portrait
+from .media.video import BackgroundWriter, VideoWriter, check_output_path
+from .models.audio_encoder import encode_audio, encode_audio_windowed, frame_windows
 from .models.attention import ReferenceFeatures
-from .models.bundle import AvatarModels
-from .sampling.clip_init import INIT_MODES, initial_latents
+from .models.bundle import AvatarModels, quiet_libraries
+from .options import RenderOptions, RenderResult
+from .sampling.clip_init import initial_latents
 from .sampling.guidance import Conditions, GuidedDenoiser
-from .sampling.methods import METHODS, Method, make_scheduler, sample, set_schedule
+from .sampling.methods import make_scheduler, sample, set_schedule
 
 STAGES = ("audio", "reference", "sampling", "decode", "write")
 
 
-_MAX_STEPS = {"lcm": 50, "perflow": 100, "ddim": 1000}
-
-
-@dataclass
-class RenderOptions:
-    """What to render. Units: fps in frames per second, size in pixels, noise_level a timestep.
-
-    Attributes:
-        model: sampling method, a key of ``METHODS`` (``sampling/methods.py``).
-        num_inference_steps: steps per clip; None = the method's default (osa-lcm 1, adv-lcm 2,
-            fada and fada-balanced 6, teacher 25).
-        guidance_audio, guidance_ref: cfg_a, cfg_r of FADA eqs. 9-10; None = the method's default.
-        guidance_scale: the single CFG scale of ``hallo``; None = 3.5.
-        window_steps: PeRFlow steps per window, nearest t = 1 first (e.g. (2, 2, 1, 1)).
-        init: clip initialisation, one of ``INIT_MODES`` (rolling ones: LCM and DDIM methods).
-        noise_level: tau for rolling starts, in [1, 999].
-        seed: noise seed; same seed, device and dtype give identical frames.
-        fps: video frame rate (audio features are computed at this rate).
-        size: square frame side, a multiple of 64.
-        fit: "crop" (centre square) or "pad" (black borders) for non-square portraits.
-        clip_frames: F, frames generated together.
-        motion_frames: M, latents carried from one clip to the next; None = the model's own.
-        crf: libx264 quality (lower is better, 18 looks lossless).
-        decode_batch_size: frames per VAE decode call (memory bound).
-        face_box: (x, y, w, h) of the face in the input image's pixels; None = detect (Hallo family).
-        face_embedding: "auto" (ArcFace through InsightFace), "none" (the zero embedding), or a
-            .npy file of 512 floats (Hallo family).
-        motion_scale: weights of the audio branches (pose/full, face, lip); Hallo's motion scale.
-    """
-
-    model: str = "osa-lcm"
-    num_inference_steps: int | None = None
-    guidance_audio: float | None = None
-    guidance_ref: float | None = None
-    guidance_scale: float | None = None
-    window_steps: tuple[int, ...] | None = None
-    init: str = "gaussian"
-    noise_level: int = 980
-    seed: int = 0
-    fps: float = 25.0
-    size: int = 512
-    fit: str = "crop"
-    clip_frames: int = 16
-    motion_frames: int | None = None
-    crf: int = 18
-    decode_batch_size: int = 4
-    face_box: tuple[int, int, int, int] | None = None
-    face_embedding: str = "auto"
-    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-    @property
-    def method(self) -> Method:
-        return METHODS[self.model]
-
-    @property
-    def steps(self) -> int:
-        """num_inference_steps after defaults (the window split's sum for PeRFlow, if given)."""
-        if self.num_inference_steps is not None:
-            return self.num_inference_steps
-        if self.window_steps is not None:
-            return sum(self.window_steps)
-        return self.method.default_steps
-
-    @property
-    def scales(self) -> tuple[float, ...]:
-        """Guidance scales after defaults: (cfg_a, cfg_r), (s,) for CFG, () without guidance."""
-        m = self.method
-        if m.guidance == "cfg":
-            return (m.scales[0] if self.guidance_scale is None else self.guidance_scale,)
-        if m.guidance == "none":
-            return ()
-        return (m.scales[0] if self.guidance_audio is None else self.guidance_audio,
-                m.scales[1] if self.guidance_ref is None else self.guidance_ref)
-
-    @property
-    def guidance(self) -> dict | None:
-        """The guidance used, for reports: {"rule", "audio", "ref"} or {"rule", "scale"}; None."""
-        rule, scales = self.method.guidance, self.scales
-        if rule == "none":
-            return None
-        if rule == "cfg":
-            return {"rule": rule, "scale": scales[0]}
-        return {"rule": rule, "audio": scales[0], "ref": scales[1]}
-
-    def validate(self, max_sequence: int | None = None) -> None:
-        """Raise :class:`InputError` naming the first option out of range.
-
-        ``max_sequence``: the model's temporal positions (motion + clip frames); None skips that check.
-        """
-        if self.model not in METHODS:
-            raise InputError(f"--model must be one of {', '.join(METHODS)} (got {self.model!r})")
-        method = self.method
-        top = _MAX_STEPS[method.scheduler]
-        low = 4 if method.scheduler == "perflow" else 1
-        checks = [
-            (low <= self.steps <= top, f"--steps for {self.model} must be {low}..{top} (got {self.steps})"),
-            (self.init in INIT_MODES, f"--init must be one of {', '.join(INIT_MODES)} (got {self.init!r})"),
-            (self.init == "gaussian" or method.supports_rolling,
-             f"--init {self.init} cannot start PeRFlow's windows; use it with the LCM or DDIM methods"),
-            (self.window_steps is None or method.scheduler == "perflow",
-             f"--window-steps applies to the PeRFlow methods (fada, fada-balanced), not {self.model}"),
-            (self.window_steps is None or (len(self.window_steps) == 4 and min(self.window_steps) >= 1
-                                           and sum(self.window_steps) == self.steps),
-             f"--window-steps must be 4 counts >= 1 summing to --steps (got {self.window_steps})"),
-            (method.guidance != "none" or (self.guidance_audio is None and self.guidance_ref is None
-                                           and self.guidance_scale is None),
-             f"{self.model} is distilled without guidance; the --guidance-* options do not apply"),
-            (method.guidance == "cfg" or self.guidance_scale is None,
-             f"--guidance-scale is the single CFG scale of --model hallo; {self.model} takes "
-             f"--guidance-audio/--guidance-ref"),
-            (method.guidance in ("multi-cfg", "cfg-tokens") or (self.guidance_audio is None and self.guidance_ref is None),
-             f"--guidance-audio/--guidance-ref apply to multi-CFG methods; {self.model} takes --guidance-scale"),
-            (all(g is None or 0 <= g <= 30 for g in (self.guidance_audio, self.guidance_ref, self.guidance_scale)),
-             "guidance scales must be 0..30"),
-            (self.face_box is None or (len(self.face_box) == 4 and self.face_box[2] > 0 and self.face_box[3] > 0),
-             f"--face-box must be x,y,w,h with w, h > 0 (got {self.face_box})"),
-            (len(self.motion_scale) == 3 and all(0 <= v <= 10 for v in self.motion_scale),
-             f"--motion-scale must be three weights pose,face,lip in 0..10 (got {self.motion_scale})"),
-            (1 <= self.noise_level <= 999, f"--noise-level must be 1..999 (got {self.noise_level})"),
-            (1 <= self.fps <= 120, f"--fps must be 1..120 (got {self.fps:g})"),
-            (self.size % 64 == 0 and 64 <= self.size <= 2048,
-             f"--size must be a multiple of 64 in 64..2048 (got {self.size}); try --size 512"),
-            (self.fit in FITS, f"--fit must be one of {', '.join(FITS)} (got {self.fit!r})"),
-            (0 <= self.crf <= 51, f"--crf must be 0..51 (got {self.crf})"),
-            (self.decode_batch_size >= 1, f"decode batch size must be >= 1 (got {self.decode_batch_size})"),
-            (self.seed >= 0, f"--seed must be >= 0 (got {self.seed})"),
-        ]
-        m = self.motion_frames if self.motion_frames is not None else 0
-        checks += [
-            (self.clip_frames >= 1, f"--clip-frames must be >= 1 (got {self.clip_frames})"),
-            (0 <= m <= self.clip_frames, f"--motion-frames must be 0..clip frames (got {m})"),
-            (max_sequence is None or m + self.clip_frames <= max_sequence,
-             f"--clip-frames plus --motion-frames must be at most {max_sequence}, the temporal attention's "
-             f"positions (got {self.clip_frames} + {m})"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-
-
-@dataclass
-class RenderResult:
-    """What a render did. Times in seconds; ``rtf`` = wall seconds / video seconds; ``nfe`` =
-    denoising-U-Net evaluations per clip (the method's table value); ``unet_evaluations`` = the
-    evaluations counted over the whole video; ``guidance`` = {"rule", "audio", "ref"},
-    {"rule", "scale"} or None."""
-
-    output: str
-    frames: int
-    fps: float
-    duration_s: float
-    size: int
-    model: str
-    nfe: int
-    num_inference_steps: int
-    guidance: dict | None
-    unet_evaluations: int
-    clips: int
-    stages: dict[str, float]
-    wall_s: float
-    rtf: float
-    device: str
-    dtype: str
-    seed: int
-    init: str
-    weights: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass
 class RenderStats:
-    """Seconds per stage (CUDA-synchronised) and denoising-U-Net evaluations of a render."""
+    """Seconds per stage (CUDA-synchronised), denoising-U-Net evaluations, and the first-frame
+    delay (start of the first clip's sampling to its frames handed to the video writer)."""
 
     device: torch.device
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     unet_evaluations: int = 0
+    sampling_started: float | None = None
+    first_frame_at: float | None = None
+
+    @property
+    def first_frame_delay_s(self) -> float | None:
+        if self.sampling_started is None or self.first_frame_at is None:
+            return None
+        return self.first_frame_at - self.sampling_started
 
     @contextmanager
     def __call__(self, stage: str):
@@ -237,6 +78,8 @@ class RenderStats:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.stages[stage] += time.perf_counter() - start
+        if stage == "sampling" and self.sampling_started is None:
+            self.sampling_started = start
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -278,24 +121,33 @@ class AvatarPipeline:
         dtype: floating dtype of the networks and latents.
     """
 
-    def __init__(self, models: AvatarModels, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, models: AvatarModels, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 compile: bool = False):
         self.device = torch.device(device)
         self.dtype = dtype
         self.models = models.to(self.device, dtype)
+        if self.device.type == "cuda":  # NHWC convolutions are faster on tensor cores
+            for net in (models.vae, models.reference_net, models.denoising_unet):
+                net.to(memory_format=torch.channels_last)
+        if compile:
+            models.denoising_unet.compile()
+            models.vae.decoder.compile()
         self.vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
+        self._decoders: dict[str, torch.nn.Module] = {"vae": models.vae}
         self.reference_net_calls = 0  # counted, so tests can see features are computed once per video
         self.warn: Callable[[str], None] = lambda message: print(f"avatar: {message}", file=sys.stderr)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto") -> "AvatarPipeline":
+    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto",
+                        compile: bool = False) -> "AvatarPipeline":
         """Load a weights folder (see ``models/bundle.py``) onto a device."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        return cls(AvatarModels.from_pretrained(path, torch_dtype=dt), dev, dt)
+        return cls(AvatarModels.from_pretrained(path, torch_dtype=dt), dev, dt, compile=compile)
 
     @classmethod
     def from_preset(cls, arch: str = "tiny", device: str = "auto", dtype: str = "auto", seed: int = 0,
-                    cfg_tokens: int = 0, family: str = "osa-lcm") -> "AvatarPipeline":
+                    cfg_tokens: int = 0, family: str = "osa-lcm", compile: bool = False) -> "AvatarPipeline":
         """The architecture of a preset with random weights (tests, benchmarks, demos).
 
         ``cfg_tokens`` > 0 adds FADA's CFG-token layers (needed by ``--model fada``);
@@ -303,7 +155,8 @@ class AvatarPipeline:
         """
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        return cls(AvatarModels.from_preset(arch, seed=seed, cfg_tokens=cfg_tokens, family=family), dev, dt)
+        return cls(AvatarModels.from_preset(arch, seed=seed, cfg_tokens=cfg_tokens, family=family), dev, dt,
+                   compile=compile)
 
     # ------------------------------------------------------------ the stages
     def _reference_features(self, latents: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -320,12 +173,48 @@ class AvatarPipeline:
         """(S, S, 3) uint8 -> z_ref (1, 4, S/8, S/8)."""
         return self.encode_pixels(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1)
 
+    def decoder(self, name: str = "vae") -> torch.nn.Module:
+        """The latent decoder: "vae" (the model's AutoencoderKL) or "taesd" (diffusers' AutoencoderTiny).
+
+        TAESD comes from ``<weights>/taesd``, else the installed ``taesd`` component, else (random
+        weights only) a random one of the preset's size.
+
+        Raises:
+            InputError: TAESD asked for and not found.
+        """
+        if name not in self._decoders:
+            from diffusers import AutoencoderTiny
+
+            from .models.presets import preset
+            from .weights import installed_path, load_manifest
+
+            source = Path(self.models.source) if self.models.source and not self.models.source.startswith("random") \
+                else None
+            component = load_manifest().get("taesd")
+            installed = installed_path(component) if component is not None else None
+            if source is not None and (source / "taesd").is_dir():
+                tiny = AutoencoderTiny.from_pretrained(source / "taesd")
+            elif installed is not None:
+                tiny = AutoencoderTiny.from_pretrained(installed)
+            elif self.models.source.startswith("random:"):
+                arch = self.models.source.split(":")[1]
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    tiny = AutoencoderTiny(**preset(arch)["taesd"])
+            else:
+                raise InputError("--decoder taesd needs TAESD: run 'avatar weights download taesd' (or put it in "
+                                 "<weights>/taesd)")
+            with quiet_libraries():
+                self._decoders[name] = tiny.eval().requires_grad_(False).to(self.device, self.dtype)
+        return self._decoders[name]
+
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
-        """(B=1, 4, F, h, w) latents -> (F, 3, S, S) pixels in [-1, 1], decoded ``batch_size`` at a time."""
-        vae = self.models.vae
-        flat = latents[0].permute(1, 0, 2, 3) / vae.config.scaling_factor
-        return torch.cat([vae.decode(chunk.to(self.dtype)).sample.clamp(-1, 1) for chunk in flat.split(batch_size)])
+    def decode_latents(self, latents: torch.Tensor, batch_size: int = 4, decoder: str = "vae") -> torch.Tensor:
+        """(B=1, 4, F, h, w) latents -> (F, 3, S, S) pixels in [-1, 1], decoded ``batch_size`` at a time
+        by ``decoder`` ("vae" or "taesd")."""
+        net = self.decoder(decoder)
+        flat = latents[0].permute(1, 0, 2, 3) / net.config.scaling_factor
+        return torch.cat([net.decode(chunk.to(self.dtype)).sample.clamp(-1, 1) for chunk in flat.split(batch_size)])
 
     @staticmethod
     def to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -333,11 +222,14 @@ class AvatarPipeline:
         return ((pixels.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     @torch.no_grad()
-    def audio_features(self, waveform: np.ndarray, fps: float, pad_to_multiple: int | None = None) -> torch.Tensor:
+    def audio_features(self, waveform: np.ndarray, fps: float, pad_to_multiple: int | None = None,
+                       window_frames: int = 750, margin_frames: int = 100) -> torch.Tensor:
         """(samples,) 16 kHz mono -> (frames, layers, dim) wav2vec2 features at ``fps``.
 
         ``pad_to_multiple``: append silence up to a whole number of clips of that many frames
-        before encoding, as Hallo does (the result then has the padded frame count).
+        before encoding, as Hallo does (the result then has the padded frame count). Speech longer
+        than ``window_frames + 2 * margin_frames`` frames (38 s at 25 fps) is encoded by windows
+        with memory flat in its length (``encode_audio_windowed``).
         """
         frames = num_video_frames(waveform.shape[0], fps)
         pad = max(0, 400 - waveform.shape[0])  # shorter than wav2vec2's first conv window
@@ -345,7 +237,10 @@ class AvatarPipeline:
             extra = -frames % pad_to_multiple
             frames += extra
             pad = max(pad, round(extra * SAMPLE_RATE / fps))
-        return encode_audio(self.models.audio_encoder, self.models.feature_extractor, waveform, frames, pad)
+        model, extractor = self.models.audio_encoder, self.models.feature_extractor
+        if frames > window_frames + 2 * margin_frames:
+            return encode_audio_windowed(model, extractor, waveform, frames, pad, window_frames, margin_frames)
+        return encode_audio(model, extractor, np.asarray(waveform), frames, pad)
 
     def face_conditions(self, image: np.ndarray, opts: RenderOptions,
                         face_box: tuple[float, float, float, float] | None = None) -> FaceConditions:
@@ -363,8 +258,55 @@ class AvatarPipeline:
             component = load_manifest().get("hallo-face-analysis")
             found = installed_path(component) if component is not None else None
             root = None if found is None else found / "face_analysis"
-        return face_conditions(image, opts.size // self.vae_scale, face_box, opts.face_embedding, root,
-                               warn=self.warn)
+        return build_face_conditions(image, opts.size // self.vae_scale, face_box, opts.face_embedding, root,
+                                     warn=self.warn)
+
+    def audio_fingerprint(self) -> str:
+        """A fingerprint of the audio encoder's weights (features files record and check it)."""
+        if not hasattr(self, "_audio_fingerprint"):
+            self._audio_fingerprint = fingerprint(self.models.audio_encoder)
+        return self._audio_fingerprint
+
+    def _padding(self, opts: RenderOptions) -> int | None:
+        return opts.clip_frames if self.models.settings.audio_padding == "clip" else None
+
+    def encode_audio_file(self, audio_path: str | Path, fps: float = 25.0, clip_frames: int = 16
+                          ) -> tuple[torch.Tensor, dict[str, str]]:
+        """Decode a speech file and compute its per-frame features as render would, with the
+        metadata a features file records (see ``media/features.py``)."""
+        from . import __version__
+
+        waveform = load_speech(audio_path)
+        pad = clip_frames if self.models.settings.audio_padding == "clip" else None
+        features = self.audio_features(waveform, fps, pad)
+        frames = num_video_frames(waveform.shape[0], fps)
+        meta = {"fps": repr(float(fps)), "sample_rate": str(SAMPLE_RATE), "model": self.audio_fingerprint(),
+                "audio_sha256": file_sha256(audio_path), "frames": str(frames),
+                "padding": str(features.shape[0] - frames), "avatar_cli_version": __version__}
+        return features, meta
+
+    def _features_for(self, job: "RenderJob") -> torch.Tensor | None:
+        """The job's precomputed features, checked against this render (None: compute them)."""
+        if job.audio_features is None:
+            return None
+        opts = job.options
+        features, meta = load_features(job.audio_features)
+        name = job.audio_features
+        if float(meta.get("fps", "nan")) != float(opts.fps):
+            raise InputError(f"audio features {name} are at {meta.get('fps')} fps, the render at {opts.fps:g}; "
+                             f"encode again with --fps {opts.fps:g}")
+        if meta.get("model") != self.audio_fingerprint():
+            raise InputError(f"audio features {name} come from another audio encoder (model {meta.get('model')}); "
+                             f"encode again with these weights")
+        frames = num_video_frames(job.waveform.shape[0], opts.fps)
+        pad = self._padding(opts)
+        expected = frames + (-frames % pad if pad else 0)
+        if int(meta.get("frames", -1)) != frames or features.shape[0] != expected:
+            raise InputError(f"audio features {name} have {meta.get('frames')} frames, the speech {job.audio_path} "
+                             f"{frames}; encode this speech")
+        if meta.get("audio_sha256") != file_sha256(job.audio_path):
+            self.warn(f"warning: audio features {name} were computed from another file of the same length")
+        return features
 
     def _check_method(self, opts: RenderOptions) -> None:
         method, models = opts.method, self.models
@@ -420,8 +362,7 @@ class AvatarPipeline:
         with stats("audio"):
             total = num_video_frames(waveform.shape[0], opts.fps)
             if audio_features is None:
-                pad = opts.clip_frames if settings.audio_padding == "clip" else None
-                audio_features = self.audio_features(waveform, opts.fps, pad)
+                audio_features = self.audio_features(waveform, opts.fps, self._padding(opts))
         frames_per_clip = opts.clip_frames
         clips = -(-total // frames_per_clip)
 
@@ -450,6 +391,7 @@ class AvatarPipeline:
         else:
             motion = torch.zeros(motion_count, z_ref.shape[1], latent, latent, device=self.device, dtype=self.dtype)
         previous = None
+        z_ref32 = z_ref.float()  # the sampler's arithmetic runs in float32; the networks in self.dtype
 
         for n in range(clips):
             with stats("audio"):
@@ -470,8 +412,8 @@ class AvatarPipeline:
                 timesteps = set_schedule(scheduler, method, steps, opts.noise_level if rolling else None,
                                          list(opts.window_steps) if opts.window_steps else None)
                 noise = torch.randn((1, z_ref.shape[1], frames_per_clip, latent, latent), generator=generator,
-                                    device=self.device, dtype=torch.float32).to(self.dtype)
-                latents, _ = initial_latents(opts.init, n, noise, previous, z_ref, alphas, timesteps[0])
+                                    device=self.device, dtype=torch.float32)
+                latents, _ = initial_latents(opts.init, n, noise, previous, z_ref32, alphas, timesteps[0])
                 conditions = Conditions(face_tokens, audio_tokens, reference, motion_features, locator, masks)
                 null = None
                 if guided:
@@ -482,14 +424,14 @@ class AvatarPipeline:
                 stats.unet_evaluations += denoiser.evaluations
             previous = latents
             with stats("decode"):
-                pixels = self.decode_latents(latents, opts.decode_batch_size)
+                pixels = self.decode_latents(latents, opts.decode_batch_size, opts.decoder)
                 frames = self.to_uint8(pixels)
             if motion_count:
                 if settings.motion_source == "decoded":  # Hallo: encode the last decoded frames again
                     with stats("reference"):
                         motion = self.encode_pixels(pixels[-motion_count:])
                 else:
-                    motion = latents[0, :, -motion_count:].permute(1, 0, 2, 3).contiguous()
+                    motion = latents[0, :, -motion_count:].permute(1, 0, 2, 3).to(self.dtype).contiguous()
             if on_clip is not None:
                 on_clip(n + 1, clips)
             yield frames[: min(frames_per_clip, total - n * frames_per_clip)]
@@ -515,13 +457,30 @@ class AvatarPipeline:
         if self.models.face_locator is not None:  # Hallo family: face box, masks, embedding
             with stats("reference"):
                 face = self.face_conditions(job.image, opts, job.face_box)
+        with stats("audio"):
+            features = self._features_for(job)
         written = 0
         with VideoWriter(job.output, opts.size, opts.fps, audio_path=job.audio_path, crf=opts.crf) as writer:
-            for frames in self.generate(job.image, job.waveform, opts, on_clip=on_clip, stats=stats, face=face):
+            sink = BackgroundWriter(writer) if opts.overlap else None
+            try:
+                for frames in self.generate(job.image, job.waveform, opts, on_clip=on_clip, stats=stats, face=face,
+                                            audio_features=features):
+                    if stats.first_frame_at is None:
+                        stats.first_frame_at = time.perf_counter()
+                    with stats("write"):  # with overlap: only the time the queue makes us wait
+                        if sink:
+                            sink.put(frames)
+                        else:
+                            writer.write(frames)
+                    written += len(frames)
                 with stats("write"):
-                    writer.write(frames)
-                written += len(frames)
-            finish = time.perf_counter()
+                    if sink:
+                        sink.close()
+                    finish = time.perf_counter()
+            except BaseException:
+                if sink:
+                    sink.abort()
+                raise
         stats.stages["write"] += time.perf_counter() - finish  # ffmpeg finishing, mux, rename
         wall = time.perf_counter() - start + job.decode_s
         duration = written / opts.fps
@@ -532,6 +491,7 @@ class AvatarPipeline:
             guidance=guidance,
             unet_evaluations=stats.unet_evaluations, clips=-(-written // opts.clip_frames),
             stages={k: round(v, 4) for k, v in stats.stages.items()}, wall_s=round(wall, 4),
+            first_frame_delay_s=None if stats.first_frame_delay_s is None else round(stats.first_frame_delay_s, 4),
             rtf=round(wall / duration, 4), device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
             seed=opts.seed, init=opts.init, weights=self.models.source,
         )
@@ -561,10 +521,12 @@ class RenderJob:
     options: RenderOptions
     decode_s: float = 0.0
     face_box: tuple[float, float, float, float] | None = None  # ``options.face_box`` in frame pixels
+    audio_features: Path | None = None  # a features file from ``avatar audio encode``
 
 
 def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str | Path,
-                options: RenderOptions | None = None, overwrite: bool = False) -> RenderJob:
+                options: RenderOptions | None = None, overwrite: bool = False,
+                audio_features: str | Path | None = None) -> RenderJob:
     """Read and check everything a render needs except the models (so bad input fails fast).
 
     Raises:
@@ -581,6 +543,9 @@ def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str
             raise InputError(f"--face-box {x},{y},{w},{h} lies outside the {geometry.width}x{geometry.height} "
                              f"image; give x,y,w,h in its pixels")
         face_box = geometry.box_to_frame(opts.face_box)
+    if audio_features is not None:
+        load_features(audio_features)  # readable, and a features file: fail before any model loads
     start = time.perf_counter()
     waveform = load_speech(audio_path)
-    return RenderJob(image, waveform, Path(audio_path), output, opts, time.perf_counter() - start, face_box)
+    return RenderJob(image, waveform, Path(audio_path), output, opts, time.perf_counter() - start, face_box,
+                     None if audio_features is None else Path(audio_features))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -42,7 +43,8 @@ def load_speech(path: str | Path) -> np.ndarray:
         path: any audio file ffmpeg reads, or a video file with an audio track.
 
     Returns:
-        (samples,) float32 array at :data:`SAMPLE_RATE` Hz.
+        (samples,) float32 array at :data:`SAMPLE_RATE` Hz, read-only, memory-mapped from a
+        temporary file (already unlinked), so its length does not count against resident memory.
 
     Raises:
         InputError: missing, unreadable, empty, not audio, without an audio stream, or with no
@@ -57,16 +59,23 @@ def load_speech(path: str | Path) -> np.ndarray:
         raise InputError(f"audio {path} is not readable (permission denied); check its permissions")
     if path.stat().st_size == 0:
         raise InputError(f"audio {path} is an empty file (0 bytes); give a speech recording")
-    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
-           "-map", "0:a:0", "-vn", "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        reason = _ffmpeg_reason(proc.stderr.decode(errors="replace"))
-        raise InputError(f"cannot read audio {path}: {reason}; give a wav, mp3, flac, ogg or m4a file")
-    samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
-    if samples.size == 0:
-        raise InputError(f"audio {path} contains no samples (zero length); give a speech recording")
-    return samples
+    # ffmpeg writes the samples to a temporary file that is memory-mapped and unlinked at once: an
+    # hour of speech (230 MB) costs page cache, not resident memory.
+    fd, tmp = tempfile.mkstemp(prefix="avatar-speech-", suffix=".f32")
+    os.close(fd)
+    try:
+        cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(path),
+               "-map", "0:a:0", "-vn", "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(SAMPLE_RATE),
+               "-f", "f32le", tmp]
+        proc = subprocess.run(cmd, capture_output=True)
+        if proc.returncode != 0:
+            reason = _ffmpeg_reason(proc.stderr.decode(errors="replace"))
+            raise InputError(f"cannot read audio {path}: {reason}; give a wav, mp3, flac, ogg or m4a file")
+        if os.path.getsize(tmp) == 0:
+            raise InputError(f"audio {path} contains no samples (zero length); give a speech recording")
+        return np.memmap(tmp, dtype="<f4", mode="r")
+    finally:
+        os.unlink(tmp)
 
 
 def num_video_frames(num_samples: int, fps: float) -> int:

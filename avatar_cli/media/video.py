@@ -110,3 +110,52 @@ class VideoWriter:
         finally:
             if self._tmp is not None and self._tmp.exists():
                 self._tmp.unlink()
+
+
+class BackgroundWriter:
+    """Feed a :class:`VideoWriter` from a thread, so that converting and piping frames to ffmpeg
+    overlaps with the sampling of the next clip. At most ``depth`` clips wait in the queue.
+
+    ``put`` re-raises an error of the writing thread; ``close`` waits for the queue to drain;
+    ``abort`` stops without draining (on an error or Ctrl-C of the main thread).
+    """
+
+    def __init__(self, writer: VideoWriter, depth: int = 2):
+        import queue
+        import threading
+
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="avatar-video-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            frames = self.queue.get()
+            if frames is None or self._stop.is_set():
+                return
+            try:
+                self.writer.write(frames)
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread
+                self.error = err
+                return
+
+    def put(self, frames: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(frames)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        self._stop.set()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put(None)
+        self.thread.join(timeout=30)

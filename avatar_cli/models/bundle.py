@@ -37,7 +37,7 @@ INDEX_FILE = "avatar_index.json"
 
 
 @contextmanager
-def _quiet_libraries():
+def quiet_libraries():
     """No per-file progress bars or info chatter from transformers/diffusers while loading or saving."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -163,7 +163,7 @@ class AvatarModels:
             raise WeightsError(f"weights folder {root} lacks {', '.join(missing)}")
         kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         try:
-            with _quiet_libraries():
+            with quiet_libraries():
                 parts = {name: klass.from_pretrained(root / name, **kwargs) for name, klass in _DIFFUSERS.items()}
                 parts["audio_encoder"] = Wav2Vec2Model.from_pretrained(
                     root / "audio_encoder", **({"dtype": torch_dtype} if torch_dtype else {}))
@@ -184,7 +184,7 @@ class AvatarModels:
 
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
-        with _quiet_libraries():
+        with quiet_libraries():
             for name in _DIFFUSERS:
                 getattr(self, name).save_pretrained(root / name)
             self.audio_encoder.save_pretrained(root / "audio_encoder")

@@ -50,6 +50,7 @@ _FULL = {
     "audio_projector": {"window": 5, "num_layers": 12, "hidden_size": 768, "intermediate_dim": 512,
                         "context_tokens": 32, "output_dim": 768},
     "image_projector": {"embedding_dim": 512, "cross_attention_dim": 768, "tokens": 4},
+    "taesd": {},  # madebyollin/taesd: diffusers AutoencoderTiny's defaults (the --decoder taesd option)
     "scheduler": SD15_SCHEDULER,
 }
 
@@ -85,6 +86,8 @@ _TINY = {
     "audio_projector": {"window": 5, "num_layers": 2, "hidden_size": 32, "intermediate_dim": 64,
                         "context_tokens": 4, "output_dim": 32},
     "image_projector": {"embedding_dim": 512, "cross_attention_dim": 32, "tokens": 4},
+    "taesd": {"encoder_block_out_channels": [8, 8, 8, 8], "decoder_block_out_channels": [8, 8, 8, 8],
+              "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [1, 1, 1, 1]},
     "scheduler": SD15_SCHEDULER,
 }
 

@@ -134,11 +134,13 @@ class GuidedDenoiser:
         self.branches = {"multi-cfg": 3, "cfg": 2}.get(rule, 1)
 
     def __call__(self, latents: torch.Tensor, t: int) -> torch.Tensor:
+        """latents (B=1, 4, F, h, w) in the sampler's dtype -> the guided prediction, same shape and dtype."""
         kwargs = {**self.conditions.unet_kwargs(), "region_scales": self.region_scales}
         if self.rule == "cfg-tokens":
             kwargs["guidance_scales"] = self.scales
         batch = latents.repeat(self.branches, 1, 1, 1, 1) if self.branches > 1 else latents
-        out = self.unet(batch, t, **kwargs)
+        dtype = getattr(self.unet, "dtype", batch.dtype)  # the network's precision; the result in the sampler's
+        out = self.unet(batch.to(dtype), t, **kwargs).to(latents.dtype)
         self.evaluations += batch.shape[0]
         if self.rule == "multi-cfg":
             eps_a, eps_r, eps_b = out.chunk(3)

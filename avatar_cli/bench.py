@@ -1,0 +1,248 @@
+"""`avatar bench`: time the real render path (the same ``AvatarPipeline.render_job`` as `render`).
+
+For each sampling method: build the pipeline (the cold start: model building or loading plus the
+first render), then ``repeat`` warm renders of the same inputs into a temporary folder, and report
+the median and the minimum of: RTF (wall seconds / video seconds), first-frame delay (start of
+sampling to the first frames handed to the encoder), frames per second, seconds per stage and
+"other" (wall minus the stages: pipeline overhead, shown, never hidden). Also: NFE, the model FLOPs
+of one clip counted with ``torch.utils.flop_counter`` (TFLOP per video second and the achieved
+TFLOP/s), peak memory (CUDA max allocated, or the CPU process's peak RSS), and with ``--decoder
+taesd`` the PSNR of TAESD's frames against the full VAE decoder's on the same latents.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .options import RenderOptions
+from .pipeline import STAGES, AvatarPipeline, prepare_job
+
+
+def synthetic_speech(path: Path, seconds: float, sample_rate: int = 16000, seed: int = 0) -> Path:
+    """A speech-like test signal (voiced syllables: harmonics of a wandering pitch, 4 Hz envelope)
+    written as 16-bit mono WAV. Speed does not depend on the sound; the file keeps runs reproducible."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2
+    signal = 0.3 * voice * envelope + 0.01 * rng.standard_normal(t.shape)
+    pcm = np.clip(signal / np.abs(signal).max() * 0.8 * 32767, -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def synthetic_portrait(path: Path, size: int = 512) -> Path:
+    """A smooth colour portrait-sized test image (PNG)."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size] / size
+    face = np.exp(-((x - 0.5) ** 2 + (y - 0.45) ** 2) / 0.05)
+    rgb = np.stack([0.4 + 0.5 * face, 0.3 + 0.4 * face, 0.5 - 0.2 * face], -1)
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _count_cpu_attention() -> None:
+    """Give FlopCounterMode a formula for the CPU attention kernel, which it lacks (it counts the
+    CUDA kernels only): the same 4 B H L S D as for those."""
+    from torch.utils import flop_counter
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op in flop_counter.flop_registry or op.default in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_counter_mode():
+    """A ``FlopCounterMode`` (no display) that also counts attention on the CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _count_cpu_attention()
+    return FlopCounterMode(display=False)
+
+
+def count_clip_flops(pipe: AvatarPipeline, image: np.ndarray, options: RenderOptions) -> int:
+    """FLOPs of rendering one clip (reference features, sampling, decoding), counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention)."""
+    seconds = options.clip_frames / options.fps
+    waveform = np.zeros(int(round(seconds * 16000)), np.float32)
+    counter = flop_counter_mode()
+    with counter:
+        for _ in pipe.generate(image, waveform, options):
+            pass
+    return counter.get_total_flops()
+
+
+def decoder_psnr(pipe: AvatarPipeline, image: np.ndarray, options: RenderOptions) -> float:
+    """Mean per-frame PSNR (dB, 8-bit) of TAESD's frames against the full VAE decoder's, on the
+    latents of one clip."""
+    seen = []
+    decode = pipe.decode_latents
+
+    def both(latents, batch_size=4, decoder="vae"):
+        fast = decode(latents, batch_size, "taesd")
+        full = decode(latents, batch_size, "vae")
+        seen.append((pipe.to_uint8(fast).astype(np.float64), pipe.to_uint8(full).astype(np.float64)))
+        return fast
+
+    pipe.decode_latents = both
+    try:
+        waveform = np.zeros(int(round(options.clip_frames / options.fps * 16000)), np.float32)
+        for _ in pipe.generate(image, waveform, options):
+            pass
+    finally:
+        del pipe.decode_latents
+    fast, full = seen[0]
+    mse = ((fast - full) ** 2).reshape(len(fast), -1).mean(axis=1)
+    return float(np.mean([99.0 if m == 0 else 10 * math.log10(255 ** 2 / m) for m in mse]))
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4)}
+
+
+def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: float = 10.0,
+          audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
+          dtype: str = "auto", decoder: str = "vae", compile: bool = False, repeat: int = 3,
+          weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
+          log=lambda message: None) -> dict:
+    """Benchmark one sampling method. Returns the report (see module docstring); times in seconds.
+
+    Args:
+        model: sampling method. arch: preset for random weights (when ``weights`` is None).
+        seconds: synthetic speech length when ``audio`` is None. image: portrait (default synthetic).
+        repeat: warm runs (median and min over them); the cold start is reported separately.
+        count_flops: count one clip's FLOPs (one extra, untimed clip).
+        log: progress notes.
+    """
+    from . import __version__
+    from .models.bundle import AvatarModels
+    from .pipeline import resolve_device, resolve_dtype
+    from .sampling.methods import METHODS
+
+    import diffusers
+    import transformers
+
+    method = METHODS[model]
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    options = RenderOptions(model=model, size=size, decoder=decoder, overlap=overlap,
+                            face_embedding="none")
+    with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
+        tmp = Path(tmp)
+        audio_path = Path(audio) if audio else synthetic_speech(tmp / "speech.wav", seconds)
+        image_path = Path(image) if image else synthetic_portrait(tmp / "portrait.png", size)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        cold_start = time.perf_counter()
+        if weights is not None:
+            pipe = AvatarPipeline(AvatarModels.from_pretrained(weights, torch_dtype=dt), dev, dt, compile=compile)
+        else:
+            models = AvatarModels.from_preset(arch, cfg_tokens=4 if method.guidance == "cfg-tokens" else 0,
+                                              family=method.family)
+            pipe = AvatarPipeline(models, dev, dt, compile=compile)
+        load_s = time.perf_counter() - cold_start
+        log(f"{model}: models ready in {load_s:.1f} s; cold render")
+        job = prepare_job(image_path, audio_path, tmp / "cold.mp4", options)
+        cold = pipe.render_job(job)
+        cold_start_s = time.perf_counter() - cold_start
+        runs = []
+        for i in range(repeat):
+            log(f"{model}: warm render {i + 1}/{repeat}")
+            job = prepare_job(image_path, audio_path, tmp / f"warm{i}.mp4", options)
+            runs.append(pipe.render_job(job))
+        peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        flops = None
+        if count_flops:
+            log(f"{model}: counting the FLOPs of one clip")
+            flops = count_clip_flops(pipe, job.image, options)
+        psnr = decoder_psnr(pipe, job.image, options) if decoder == "taesd" else None
+
+    video_s = runs[0].duration_s
+    walls = [r.wall_s for r in runs]
+    others = [r.wall_s - sum(r.stages.values()) for r in runs]
+    stages = {stage: _summary([r.stages[stage] for r in runs]) for stage in STAGES}
+    stages["other"] = _summary(others)
+    rtf = _summary([w / video_s for w in walls])
+    ffd = [r.first_frame_delay_s for r in runs if r.first_frame_delay_s is not None]
+    tflop_per_video_s = None if flops is None else flops / (options.clip_frames / options.fps) / 1e12
+    return {
+        "model": model, "arch": arch if weights is None else None,
+        "weights": str(weights) if weights is not None else f"random:{arch}",
+        "size": size, "fps": options.fps, "video_s": round(video_s, 4), "frames": runs[0].frames,
+        "decoder": decoder, "repeat": repeat,
+        "rtf": rtf, "wall_s": _summary(walls),
+        "first_frame_delay_s": _summary(ffd) if ffd else None,
+        "fps_rendered": _summary([runs[0].frames / w for w in walls]),
+        "stages": stages,
+        "nfe": method.nfe(options.steps),
+        "unet_evaluations": runs[0].unet_evaluations,
+        "tflop_per_video_s": None if tflop_per_video_s is None else round(tflop_per_video_s, 4),
+        "tflops_achieved": None if tflop_per_video_s is None else round(tflop_per_video_s / rtf["median"], 4),
+        "cold_start_s": round(cold_start_s, 4), "cold_render_s": round(cold.wall_s, 4), "load_s": round(load_s, 4),
+        "peak_memory_bytes": int(peak),
+        "taesd_psnr_db": None if psnr is None else round(psnr, 2),
+        "device": _device_name(dev), "dtype": str(dt).replace("torch.", ""),
+        "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "command": " ".join(["avatar", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("avatar") else None,
+    }
+
+
+def plot(reports: list[dict], path: str | Path) -> None:
+    """A PNG with each method's per-stage split of the median wall time and its RTF (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["model"] for r in reports]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(reports), 4.5))
+    bottom = np.zeros(len(reports))
+    for stage in (*STAGES, "other"):
+        values = np.array([r["stages"][stage]["median"] for r in reports])
+        ax.bar(names, values, bottom=bottom, label=stage)
+        bottom += values
+    for i, r in enumerate(reports):
+        ax.text(i, bottom[i], f"RTF {r['rtf']['median']:.2f}", ha="center", va="bottom", fontsize=9)
+    ax.set_ylabel("seconds (median)")
+    ax.set_title(f"avatar bench: {reports[0]['device']}, {reports[0]['dtype']}, {reports[0]['size']} px, "
+                 f"{reports[0]['video_s']:.1f} s video", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

@@ -1,0 +1,188 @@
+"""What to render (:class:`RenderOptions`, validated with one-line errors) and what a render did
+(:class:`RenderResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import InputError
+from .media.image import FITS
+from .sampling.clip_init import INIT_MODES
+from .sampling.methods import METHODS, Method
+
+_MAX_STEPS = {"lcm": 50, "perflow": 100, "ddim": 1000}
+
+
+@dataclass
+class RenderOptions:
+    """What to render. Units: fps in frames per second, size in pixels, noise_level a timestep.
+
+    Attributes:
+        model: sampling method, a key of ``METHODS`` (``sampling/methods.py``).
+        num_inference_steps: steps per clip; None = the method's default (osa-lcm 1, adv-lcm 2,
+            fada and fada-balanced 6, teacher 25).
+        guidance_audio, guidance_ref: cfg_a, cfg_r of FADA eqs. 9-10; None = the method's default.
+        guidance_scale: the single CFG scale of ``hallo``; None = 3.5.
+        window_steps: PeRFlow steps per window, nearest t = 1 first (e.g. (2, 2, 1, 1)).
+        init: clip initialisation, one of ``INIT_MODES`` (rolling ones: LCM and DDIM methods).
+        noise_level: tau for rolling starts, in [1, 999].
+        seed: noise seed; same seed, device and dtype give identical frames.
+        fps: video frame rate (audio features are computed at this rate).
+        size: square frame side, a multiple of 64.
+        fit: "crop" (centre square) or "pad" (black borders) for non-square portraits.
+        clip_frames: F, frames generated together.
+        motion_frames: M, latents carried from one clip to the next; None = the model's own.
+        crf: libx264 quality (lower is better, 18 looks lossless).
+        decode_batch_size: frames per VAE decode call (memory bound).
+        face_box: (x, y, w, h) of the face in the input image's pixels; None = detect (Hallo family).
+        face_embedding: "auto" (ArcFace through InsightFace), "none" (the zero embedding), or a
+            .npy file of 512 floats (Hallo family).
+        motion_scale: weights of the audio branches (pose/full, face, lip); Hallo's motion scale.
+        decoder: "vae" (the model's) or "taesd" (the tiny autoencoder's decoder: faster, blurrier).
+        overlap: encode the video in a background thread while the next clip is sampled.
+    """
+
+    model: str = "osa-lcm"
+    num_inference_steps: int | None = None
+    guidance_audio: float | None = None
+    guidance_ref: float | None = None
+    guidance_scale: float | None = None
+    window_steps: tuple[int, ...] | None = None
+    init: str = "gaussian"
+    noise_level: int = 980
+    seed: int = 0
+    fps: float = 25.0
+    size: int = 512
+    fit: str = "crop"
+    clip_frames: int = 16
+    motion_frames: int | None = None
+    crf: int = 18
+    decode_batch_size: int = 4
+    face_box: tuple[int, int, int, int] | None = None
+    face_embedding: str = "auto"
+    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    decoder: str = "vae"
+    overlap: bool = True
+
+    @property
+    def method(self) -> Method:
+        return METHODS[self.model]
+
+    @property
+    def steps(self) -> int:
+        """num_inference_steps after defaults (the window split's sum for PeRFlow, if given)."""
+        if self.num_inference_steps is not None:
+            return self.num_inference_steps
+        if self.window_steps is not None:
+            return sum(self.window_steps)
+        return self.method.default_steps
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """Guidance scales after defaults: (cfg_a, cfg_r), (s,) for CFG, () without guidance."""
+        m = self.method
+        if m.guidance == "cfg":
+            return (m.scales[0] if self.guidance_scale is None else self.guidance_scale,)
+        if m.guidance == "none":
+            return ()
+        return (m.scales[0] if self.guidance_audio is None else self.guidance_audio,
+                m.scales[1] if self.guidance_ref is None else self.guidance_ref)
+
+    @property
+    def guidance(self) -> dict | None:
+        """The guidance used, for reports: {"rule", "audio", "ref"} or {"rule", "scale"}; None."""
+        rule, scales = self.method.guidance, self.scales
+        if rule == "none":
+            return None
+        if rule == "cfg":
+            return {"rule": rule, "scale": scales[0]}
+        return {"rule": rule, "audio": scales[0], "ref": scales[1]}
+
+    def validate(self, max_sequence: int | None = None) -> None:
+        """Raise :class:`InputError` naming the first option out of range.
+
+        ``max_sequence``: the model's temporal positions (motion + clip frames); None skips that check.
+        """
+        if self.model not in METHODS:
+            raise InputError(f"--model must be one of {', '.join(METHODS)} (got {self.model!r})")
+        method = self.method
+        top = _MAX_STEPS[method.scheduler]
+        low = 4 if method.scheduler == "perflow" else 1
+        checks = [
+            (low <= self.steps <= top, f"--steps for {self.model} must be {low}..{top} (got {self.steps})"),
+            (self.init in INIT_MODES, f"--init must be one of {', '.join(INIT_MODES)} (got {self.init!r})"),
+            (self.init == "gaussian" or method.supports_rolling,
+             f"--init {self.init} cannot start PeRFlow's windows; use it with the LCM or DDIM methods"),
+            (self.window_steps is None or method.scheduler == "perflow",
+             f"--window-steps applies to the PeRFlow methods (fada, fada-balanced), not {self.model}"),
+            (self.window_steps is None or (len(self.window_steps) == 4 and min(self.window_steps) >= 1
+                                           and sum(self.window_steps) == self.steps),
+             f"--window-steps must be 4 counts >= 1 summing to --steps (got {self.window_steps})"),
+            (method.guidance != "none" or (self.guidance_audio is None and self.guidance_ref is None
+                                           and self.guidance_scale is None),
+             f"{self.model} is distilled without guidance; the --guidance-* options do not apply"),
+            (method.guidance == "cfg" or self.guidance_scale is None,
+             f"--guidance-scale is the single CFG scale of --model hallo; {self.model} takes "
+             f"--guidance-audio/--guidance-ref"),
+            (method.guidance in ("multi-cfg", "cfg-tokens") or (self.guidance_audio is None and self.guidance_ref is None),
+             f"--guidance-audio/--guidance-ref apply to multi-CFG methods; {self.model} takes --guidance-scale"),
+            (all(g is None or 0 <= g <= 30 for g in (self.guidance_audio, self.guidance_ref, self.guidance_scale)),
+             "guidance scales must be 0..30"),
+            (self.face_box is None or (len(self.face_box) == 4 and self.face_box[2] > 0 and self.face_box[3] > 0),
+             f"--face-box must be x,y,w,h with w, h > 0 (got {self.face_box})"),
+            (self.decoder in ("vae", "taesd"), f"--decoder must be vae or taesd (got {self.decoder!r})"),
+            (len(self.motion_scale) == 3 and all(0 <= v <= 10 for v in self.motion_scale),
+             f"--motion-scale must be three weights pose,face,lip in 0..10 (got {self.motion_scale})"),
+            (1 <= self.noise_level <= 999, f"--noise-level must be 1..999 (got {self.noise_level})"),
+            (1 <= self.fps <= 120, f"--fps must be 1..120 (got {self.fps:g})"),
+            (self.size % 64 == 0 and 64 <= self.size <= 2048,
+             f"--size must be a multiple of 64 in 64..2048 (got {self.size}); try --size 512"),
+            (self.fit in FITS, f"--fit must be one of {', '.join(FITS)} (got {self.fit!r})"),
+            (0 <= self.crf <= 51, f"--crf must be 0..51 (got {self.crf})"),
+            (self.decode_batch_size >= 1, f"decode batch size must be >= 1 (got {self.decode_batch_size})"),
+            (self.seed >= 0, f"--seed must be >= 0 (got {self.seed})"),
+        ]
+        m = self.motion_frames if self.motion_frames is not None else 0
+        checks += [
+            (self.clip_frames >= 1, f"--clip-frames must be >= 1 (got {self.clip_frames})"),
+            (0 <= m <= self.clip_frames, f"--motion-frames must be 0..clip frames (got {m})"),
+            (max_sequence is None or m + self.clip_frames <= max_sequence,
+             f"--clip-frames plus --motion-frames must be at most {max_sequence}, the temporal attention's "
+             f"positions (got {self.clip_frames} + {m})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+
+@dataclass
+class RenderResult:
+    """What a render did. Times in seconds; ``rtf`` = wall seconds / video seconds; ``nfe`` =
+    denoising-U-Net evaluations per clip (the method's table value); ``unet_evaluations`` = the
+    evaluations counted over the whole video; ``guidance`` = {"rule", "audio", "ref"},
+    {"rule", "scale"} or None; ``first_frame_delay_s`` = start of sampling to the first frames
+    handed to the video encoder."""
+
+    output: str
+    frames: int
+    fps: float
+    duration_s: float
+    size: int
+    model: str
+    nfe: int
+    num_inference_steps: int
+    guidance: dict | None
+    unet_evaluations: int
+    clips: int
+    stages: dict[str, float]
+    wall_s: float
+    first_frame_delay_s: float | None
+    rtf: float
+    device: str
+    dtype: str
+    seed: int
+    init: str
+    weights: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
