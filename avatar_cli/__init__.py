@@ -7,6 +7,17 @@
 
 __version__ = "0.1.0"
 
-from .pipeline import AvatarPipeline, RenderOptions, RenderResult  # noqa: E402
-
 __all__ = ["AvatarPipeline", "RenderOptions", "RenderResult", "__version__"]
+
+
+def __getattr__(name: str):
+    # torch and diffusers load only when the pipeline is used, so `avatar --help` answers at once.
+    if name == "AvatarPipeline":
+        from .pipeline import AvatarPipeline
+
+        return AvatarPipeline
+    if name in ("RenderOptions", "RenderResult"):
+        from . import options
+
+        return getattr(options, name)
+    raise AttributeError(f"module 'avatar_cli' has no attribute {name!r}")

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .options import RenderOptions
-from .pipeline import STAGES, AvatarPipeline, prepare_job
+from .options import RenderOptions, prepare_job
+from .pipeline import STAGES, AvatarPipeline
 
 
 def synthetic_speech(path: Path, seconds: float, sample_rate: int = 16000, seed: int = 0) -> Path:

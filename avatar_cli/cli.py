@@ -7,6 +7,7 @@ Errors are one line on stderr: ``avatar: error: <problem>; <fix>``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -109,63 +110,11 @@ def _numbers(option: str, value: str | None, kind=int, example: str = "2,2,1,1")
         raise InputError(f"{option} takes comma-separated numbers such as {example} (got {value!r})") from None
 
 
-@app.command(epilog=RENDER_EPILOG)
-def render(
-    image: Annotated[Path, typer.Argument(help="Portrait image (any format Pillow reads).", show_default=False)],
-    audio: Annotated[Path, typer.Argument(help="Speech (wav, mp3, flac, ogg, m4a, or a video's audio track).",
-                                          show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output mp4 [default: <image stem>.mp4]",
-                                                   show_default=False)] = None,
-    model: Annotated[Model, typer.Option(help="Sampling method (see Methods below).")] = Model.osa_lcm,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="num_inference_steps per clip [default: the method's]",
-                                                 show_default=False)] = None,
-    guidance_audio: Annotated[Optional[float], typer.Option(
-        help="cfg_a, audio guidance (FADA eqs. 9-10) [default: the method's]", show_default=False)] = None,
-    guidance_ref: Annotated[Optional[float], typer.Option(
-        help="cfg_r, reference guidance [default: the method's]", show_default=False)] = None,
-    guidance_scale: Annotated[Optional[float], typer.Option(
-        help="The CFG scale of --model hallo [default: 3.5]", show_default=False)] = None,
-    window_steps: Annotated[Optional[str], typer.Option(
-        help="PeRFlow steps per window, nearest t=1 first, e.g. 2,2,1,1.", show_default=False)] = None,
-    face_box: Annotated[Optional[str], typer.Option(
-        help="Hallo: the face as x,y,w,h in the image's pixels [default: detected]", show_default=False)] = None,
-    no_face_embedding: Annotated[bool, typer.Option(
-        "--no-face-embedding", help="Hallo: use the zero face embedding (no ArcFace model needed).")] = False,
-    face_embedding: Annotated[Optional[Path], typer.Option(
-        help="Hallo: a .npy file with the face's 512-d ArcFace embedding.", show_default=False)] = None,
-    motion_scale: Annotated[str, typer.Option(
-        help="Hallo: weights of the pose/background, face and lip audio branches.")] = "1,1,1",
-    init: Annotated[Init, typer.Option(help="Clip initialisation.")] = Init.gaussian,
-    noise_level: Annotated[int, typer.Option(help="Rolling start timestep tau, 1..999.")] = 980,
-    seed: Annotated[int, typer.Option(help="Noise seed (same seed, device, dtype: same frames).")] = 0,
-    size: Annotated[int, typer.Option(help="Frame side in pixels, a multiple of 64.")] = 512,
-    fit: Annotated[Fit, typer.Option(help="Non-square portraits: crop the centre or pad with black.")] = Fit.crop,
-    fps: Annotated[float, typer.Option(help="Video frame rate, 1..120.")] = 25.0,
-    clip_frames: Annotated[int, typer.Option(help="Frames generated together (F).")] = 16,
-    motion_frames: Annotated[Optional[int], typer.Option(
-        help="Latents carried between clips (M) [default: the model's, 4]", show_default=False)] = None,
-    crf: Annotated[int, typer.Option(help="x264 quality, 0 (lossless)..51.")] = 18,
-    decoder: Annotated[str, typer.Option(help="Latent decoder: vae, or taesd (fast tiny autoencoder).")] = "vae",
-    overlap: Annotated[bool, typer.Option("--overlap/--no-overlap",
-                                          help="Encode the video in a background thread.")] = True,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoising U-Net and decoder.")] = False,
-    audio_features: Annotated[Optional[Path], typer.Option(
-        help="Features from 'avatar audio encode' instead of the speech's own (the speech is still muxed).",
-        show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16.")] = "auto",
-    weights: Annotated[Optional[Path], typer.Option(help="Weights folder (as save_pretrained writes it).",
-                                                    show_default=False)] = None,
-    random_weights: Annotated[bool, typer.Option("--random-weights", help="Use random weights (tests, demos, speed).")] = False,
-    add_cfg_layers: Annotated[bool, typer.Option(
-        "--add-cfg-layers", help="For --model fada with weights lacking CFG-token layers: add zero-initialised ones.")] = False,
-    arch: Annotated[Arch, typer.Option(help="Architecture for --random-weights.")] = Arch.full,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
-) -> None:
-    """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
-    from .pipeline import RenderOptions, prepare_job, resolve_device, resolve_dtype
+def _render_options(model, steps, guidance_audio, guidance_ref, guidance_scale, window_steps, face_box,
+                    no_face_embedding, face_embedding, motion_scale, init, noise_level, seed, size, fit, fps,
+                    clip_frames, motion_frames, crf, decoder, overlap):
+    """The command line's render options as :class:`RenderOptions` (checked)."""
+    from .options import RenderOptions
 
     if no_face_embedding and face_embedding is not None:
         raise InputError("--no-face-embedding and --face-embedding exclude each other; pick one")
@@ -178,9 +127,108 @@ def render(
                             face_box=_numbers("--face-box", face_box, float, "120,80,200,240"),
                             face_embedding=embedding, decoder=decoder, overlap=overlap,
                             motion_scale=_numbers("--motion-scale", motion_scale, float, "1,1,1"))
+    options.validate()
+    return options
+
+
+# Render options shared by `render` and `batch`.
+_Model = Annotated[Model, typer.Option(help="Sampling method (see Methods below).")]
+_Steps = Annotated[Optional[int], typer.Option("--steps", help="num_inference_steps per clip [default: the method's]",
+                                                 show_default=False)]
+_GuidanceAudio = Annotated[Optional[float], typer.Option(
+        help="cfg_a, audio guidance (FADA eqs. 9-10) [default: the method's]", show_default=False)]
+_GuidanceRef = Annotated[Optional[float], typer.Option(
+        help="cfg_r, reference guidance [default: the method's]", show_default=False)]
+_GuidanceScale = Annotated[Optional[float], typer.Option(
+        help="The CFG scale of --model hallo [default: 3.5]", show_default=False)]
+_WindowSteps = Annotated[Optional[str], typer.Option(
+        help="PeRFlow steps per window, nearest t=1 first, e.g. 2,2,1,1.", show_default=False)]
+_FaceBox = Annotated[Optional[str], typer.Option(
+        help="Hallo: the face as x,y,w,h in the image's pixels [default: detected]", show_default=False)]
+_NoFaceEmbedding = Annotated[bool, typer.Option(
+        "--no-face-embedding", help="Hallo: use the zero face embedding (no ArcFace model needed).")]
+_FaceEmbedding = Annotated[Optional[Path], typer.Option(
+        help="Hallo: a .npy file with the face's 512-d ArcFace embedding.", show_default=False)]
+_MotionScale = Annotated[str, typer.Option(
+        help="Hallo: weights of the pose/background, face and lip audio branches.")]
+_Init = Annotated[Init, typer.Option(help="Clip initialisation.")]
+_NoiseLevel = Annotated[int, typer.Option(help="Rolling start timestep tau, 1..999.")]
+_Seed = Annotated[int, typer.Option(help="Noise seed (same seed, device, dtype: same frames).")]
+_Size = Annotated[int, typer.Option(help="Frame side in pixels, a multiple of 64.")]
+_Fit = Annotated[Fit, typer.Option(help="Non-square portraits: crop the centre or pad with black.")]
+_Fps = Annotated[float, typer.Option(help="Video frame rate, 1..120.")]
+_ClipFrames = Annotated[int, typer.Option(help="Frames generated together (F).")]
+_MotionFrames = Annotated[Optional[int], typer.Option(
+        help="Latents carried between clips (M) [default: the model's, 4]", show_default=False)]
+_Crf = Annotated[int, typer.Option(help="x264 quality, 0 (lossless)..51.")]
+_Decoder = Annotated[str, typer.Option(help="Latent decoder: vae, or taesd (fast tiny autoencoder).")]
+_Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap",
+                                          help="Encode the video in a background thread.")]
+_Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the denoising U-Net and decoder.")]
+_AudioFeatures = Annotated[Optional[Path], typer.Option(
+        help="Features from 'avatar audio encode' instead of the speech's own (the speech is still muxed).",
+        show_default=False)]
+_Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+_Dtype = Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16.")]
+_Weights = Annotated[Optional[Path], typer.Option(help="Weights folder (as save_pretrained writes it).",
+                                                    show_default=False)]
+_RandomWeights = Annotated[bool, typer.Option("--random-weights", help="Use random weights (tests, demos, speed).")]
+_AddCfgLayers = Annotated[bool, typer.Option(
+        "--add-cfg-layers", help="For --model fada with weights lacking CFG-token layers: add zero-initialised ones.")]
+_Arch = Annotated[Arch, typer.Option(help="Architecture for --random-weights.")]
+
+
+@app.command(epilog=RENDER_EPILOG)
+def render(
+    image: Annotated[Path, typer.Argument(help="Portrait image (any format Pillow reads).", show_default=False)],
+    audio: Annotated[Path, typer.Argument(help="Speech (wav, mp3, flac, ogg, m4a, or a video's audio track).",
+                                          show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output mp4 [default: <image stem>.mp4]",
+                                                   show_default=False)] = None,
+    model: _Model = Model.osa_lcm,
+    steps: _Steps = None,
+    guidance_audio: _GuidanceAudio = None,
+    guidance_ref: _GuidanceRef = None,
+    guidance_scale: _GuidanceScale = None,
+    window_steps: _WindowSteps = None,
+    face_box: _FaceBox = None,
+    no_face_embedding: _NoFaceEmbedding = False,
+    face_embedding: _FaceEmbedding = None,
+    motion_scale: _MotionScale = "1,1,1",
+    init: _Init = Init.gaussian,
+    noise_level: _NoiseLevel = 980,
+    seed: _Seed = 0,
+    size: _Size = 512,
+    fit: _Fit = Fit.crop,
+    fps: _Fps = 25.0,
+    clip_frames: _ClipFrames = 16,
+    motion_frames: _MotionFrames = None,
+    crf: _Crf = 18,
+    decoder: _Decoder = "vae",
+    overlap: _Overlap = True,
+    compile: _Compile = False,
+    audio_features: _AudioFeatures = None,
+    device: _Device = "auto",
+    dtype: _Dtype = "auto",
+    weights: _Weights = None,
+    random_weights: _RandomWeights = False,
+    add_cfg_layers: _AddCfgLayers = False,
+    arch: _Arch = Arch.full,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
+) -> None:
+    """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
+    from .options import prepare_job
+
+    options = _render_options(model, steps, guidance_audio, guidance_ref, guidance_scale, window_steps, face_box,
+                              no_face_embedding, face_embedding, motion_scale, init, noise_level, seed, size, fit, fps,
+                              clip_frames, motion_frames, crf, decoder, overlap)
     output = output if output is not None else Path(f"{image.stem}.mp4")
     # Inputs are read and checked before the models load, so that bad input fails in a second.
     job = prepare_job(image, audio, output, options, overwrite, audio_features)
+    from .pipeline import resolve_device, resolve_dtype
+
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
 
@@ -196,6 +244,196 @@ def render(
         _note(f"wrote {result.output}: {result.frames} frames, {result.duration_s:.2f} s at {result.fps:g} fps, "
               f"{result.model} NFE {result.nfe}, {result.wall_s:.1f} s wall (RTF {result.rtf:.2f}) on {result.device}",
               quiet)
+
+
+BATCH_EPILOG = """\
+[bold]Jobs file[/bold]: CSV with the header image,audio,output (optional columns: seed, init, model, steps,
+noise_level, fps, size, fit, crf, decoder, guidance_audio, guidance_ref, guidance_scale, clip_frames,
+face_box, motion_scale, face_embedding, audio_features), or JSON Lines with the same keys, or - for
+standard input (a headerless CSV is read as image,audio,output). Relative paths start at the jobs
+file's folder.
+
+[bold]Examples[/bold]
+
+  avatar batch jobs.csv --weights ./weights --json > results.jsonl
+  find faces -name '*.png' -printf '%p,speech.wav,out/%f.mp4\\n' | avatar batch - --weights ./w
+  avatar batch jobs.csv --weights ./w --resume          [dim]# after a crash: finished jobs are kept[/dim]
+  avatar batch jobs.csv --weights ./w --shard $SLURM_ARRAY_TASK_ID/8
+
+[bold]Exit codes[/bold]: 0 every job ok (or skipped), 1 at least one job failed (the others rendered),
+2 bad jobs file or option (nothing rendered), 130 interrupted (the running job leaves no file).
+"""
+
+
+@app.command(epilog=BATCH_EPILOG)
+def batch(
+    jobs: Annotated[str, typer.Argument(help="Jobs file (CSV or JSON Lines), or - for standard input.",
+                                        show_default=False)],
+    resume: Annotated[bool, typer.Option("--resume", help="Skip jobs the ledger shows finished and unchanged.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: only the jobs whose index mod N is I.",
+                                                 show_default=False)] = None,
+    devices: Annotated[Optional[str], typer.Option(
+        help="Comma-separated devices (cuda:0,cuda:1): one process per device, each a shard.",
+        show_default=False)] = None,
+    ledger: Annotated[Optional[Path], typer.Option(help="Ledger file [default: JOBS.ledger.jsonl beside the jobs file]",
+                                                   show_default=False)] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job.")] = False,
+    model: _Model = Model.osa_lcm,
+    steps: _Steps = None,
+    guidance_audio: _GuidanceAudio = None,
+    guidance_ref: _GuidanceRef = None,
+    guidance_scale: _GuidanceScale = None,
+    window_steps: _WindowSteps = None,
+    face_box: _FaceBox = None,
+    no_face_embedding: _NoFaceEmbedding = False,
+    face_embedding: _FaceEmbedding = None,
+    motion_scale: _MotionScale = "1,1,1",
+    init: _Init = Init.gaussian,
+    noise_level: _NoiseLevel = 980,
+    seed: _Seed = 0,
+    size: _Size = 512,
+    fit: _Fit = Fit.crop,
+    fps: _Fps = 25.0,
+    clip_frames: _ClipFrames = 16,
+    motion_frames: _MotionFrames = None,
+    crf: _Crf = 18,
+    decoder: _Decoder = "vae",
+    overlap: _Overlap = True,
+    compile: _Compile = False,
+    device: _Device = "auto",
+    dtype: _Dtype = "auto",
+    weights: _Weights = None,
+    random_weights: _RandomWeights = False,
+    add_cfg_layers: _AddCfgLayers = False,
+    arch: _Arch = Arch.full,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-job status lines.")] = False,
+) -> None:
+    """Render many jobs with the models loaded once: a ledger, --resume, --shard, no lost work."""
+    import time as _time
+
+    from . import batch as batchmod
+    from .pipeline import resolve_device, resolve_dtype
+
+    options = _render_options(model, steps, guidance_audio, guidance_ref, guidance_scale, window_steps, face_box,
+                              no_face_embedding, face_embedding, motion_scale, init, noise_level, seed, size, fit, fps,
+                              clip_frames, motion_frames, crf, decoder, overlap)
+    if devices:
+        raise typer.Exit(_batch_on_devices(jobs, devices, shard, quiet))
+    job_list = batchmod.select_shard(batchmod.read_jobs(jobs), shard)
+    batchmod.check_outputs(job_list, overwrite, resume)
+    ledger_path = ledger or batchmod.default_ledger(jobs)
+    book = batchmod.Ledger(ledger_path)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    pipe = _load_pipeline(weights, random_weights, arch, str(dev), str(dt).replace("torch.", ""), options.model,
+                          True, compile=compile, add_cfg_layers=add_cfg_layers)
+    pipe.warn = lambda message: _note(message, quiet)
+
+    def report(result, position, total):
+        if as_json:
+            typer.echo(json.dumps(result.to_dict()))
+            sys.stdout.flush()
+        if quiet:
+            return
+        if result.status == "failed":
+            line = f"[{position}/{total}] FAILED {result.error}"
+        elif result.status == "skipped":
+            line = f"[{position}/{total}] skipped {result.output} (finished, unchanged)"
+        else:
+            line = f"[{position}/{total}] ok {result.output} ({result.seconds:.1f} s, RTF {result.rtf:.2f})"
+        typer.echo(line, err=True)
+
+    start = _time.perf_counter()
+    with _signals_interrupt():
+        results = batchmod.run(pipe, job_list, options, book, resume=resume, fail_fast=fail_fast, report=report)
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    _note(f"batch: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
+          f"in {_time.perf_counter() - start:.1f} s; ledger {ledger_path}", quiet)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+class _signals_interrupt:
+    """SIGTERM acts like Ctrl-C (KeyboardInterrupt: the running job cleans up); a second Ctrl-C or
+    SIGTERM exits at once with code 130."""
+
+    def __enter__(self):
+        import signal
+
+        self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.seen = False
+
+        def handler(signum, frame):
+            if self.seen:
+                os._exit(130)
+            self.seen = True
+            raise KeyboardInterrupt
+
+        for sig in self.previous:
+            signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+        return False
+
+
+def _batch_on_devices(jobs: str, devices: str, shard: str | None, quiet: bool) -> int:
+    """One `avatar batch` process per device, each taking shard i/N; returns the worst exit code."""
+    import signal
+    import subprocess
+    import tempfile
+
+    from . import batch as batchmod
+
+    if shard is not None:
+        raise InputError("--devices makes its own shards; leave out --shard")
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    argv = list(_ARGV)
+    drop = {"--devices", "--device"}
+    rest, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in drop:
+            skip = True
+            continue
+        if any(arg.startswith(d + "=") for d in drop):
+            continue
+        rest.append(arg)
+    source = jobs
+    if jobs == "-":  # children cannot share our stdin: write the jobs once, paths made absolute
+        parsed = batchmod.read_jobs("-")
+        handle = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, prefix="avatar-jobs-")
+        for job in parsed:
+            row = {"image": str(job.image.absolute()), "audio": str(job.audio.absolute()),
+                   "output": str(job.output.absolute())}
+            handle.write(json.dumps(row) + "\n")
+        handle.close()
+        source = handle.name
+    if "--ledger" not in rest and not any(a.startswith("--ledger=") for a in rest):
+        rest += ["--ledger", str(batchmod.default_ledger(jobs))]  # one ledger, appended by every shard
+    rest = [source if a == jobs else a for a in rest]
+    children = []
+    for i, name in enumerate(names):
+        cmd = [sys.executable, "-m", "avatar_cli", *rest, "--shard", f"{i}/{len(names)}", "--device", name]
+        children.append(subprocess.Popen(cmd))
+        _note(f"batch: shard {i}/{len(names)} on {name} (pid {children[-1].pid})", quiet)
+    try:
+        codes = [child.wait() for child in children]
+    except KeyboardInterrupt:
+        for child in children:
+            child.send_signal(signal.SIGINT)
+        for child in children:
+            child.wait()
+        raise
+    return max(codes)
 
 
 class _progress:
@@ -645,8 +883,13 @@ def weights_convert(
     _note(f"wrote {report.output}; {hint}")
 
 
+_ARGV: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=argv, standalone_mode=False, prog_name="avatar")
         return result if isinstance(result, int) else 0

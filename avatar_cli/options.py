@@ -1,12 +1,22 @@
-"""What to render (:class:`RenderOptions`, validated with one-line errors) and what a render did
-(:class:`RenderResult`)."""
+"""What to render (:class:`RenderOptions`, validated with one-line errors), a render's checked
+inputs (:class:`RenderJob`, :func:`prepare_job`) and what a render did (:class:`RenderResult`).
+
+Nothing here imports torch: bad input is reported before any model loads.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
 
 from .errors import InputError
-from .media.image import FITS
+from .media.audio import load_speech
+from .media.features import load_features
+from .media.image import FITS, load_portrait
+from .media.video import check_output_path
 from .sampling.clip_init import INIT_MODES
 from .sampling.methods import METHODS, Method
 
@@ -186,3 +196,45 @@ class RenderResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class RenderJob:
+    """A render's checked inputs: the portrait (S, S, 3) uint8, the speech (samples,) float32 at
+    16 kHz, where to write, and the options. ``decode_s``: seconds spent decoding the speech."""
+
+    image: np.ndarray
+    waveform: np.ndarray
+    audio_path: Path
+    output: Path
+    options: RenderOptions
+    decode_s: float = 0.0
+    face_box: tuple[float, float, float, float] | None = None  # ``options.face_box`` in frame pixels
+    audio_features: Path | None = None  # a features file from ``avatar audio encode``
+
+
+def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str | Path,
+                options: RenderOptions | None = None, overwrite: bool = False,
+                audio_features: str | Path | None = None) -> RenderJob:
+    """Read and check everything a render needs except the models (so bad input fails fast).
+
+    Raises:
+        InputError: bad options, image, audio or output path.
+    """
+    opts = options or RenderOptions()
+    opts.validate()
+    output = check_output_path(output_path, overwrite)
+    image, geometry = load_portrait(image_path, opts.size, opts.fit, with_geometry=True)
+    face_box = None
+    if opts.face_box is not None:
+        x, y, w, h = opts.face_box
+        if x < 0 or y < 0 or x + w > geometry.width or y + h > geometry.height:
+            raise InputError(f"--face-box {x},{y},{w},{h} lies outside the {geometry.width}x{geometry.height} "
+                             f"image; give x,y,w,h in its pixels")
+        face_box = geometry.box_to_frame(opts.face_box)
+    if audio_features is not None:
+        load_features(audio_features)  # readable, and a features file: fail before any model loads
+    start = time.perf_counter()
+    waveform = load_speech(audio_path)
+    return RenderJob(image, waveform, Path(audio_path), output, opts, time.perf_counter() - start, face_box,
+                     None if audio_features is None else Path(audio_features))

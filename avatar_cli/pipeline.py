@@ -37,12 +37,11 @@ from .media.audio import SAMPLE_RATE, load_speech, num_video_frames
 from .media.face import FaceConditions
 from .media.face import face_conditions as build_face_conditions
 from .media.features import file_sha256, fingerprint, load_features
-from .media.image import load_portrait
-from .media.video import BackgroundWriter, VideoWriter, check_output_path
+from .media.video import BackgroundWriter, VideoWriter
 from .models.audio_encoder import encode_audio, encode_audio_windowed, frame_windows
 from .models.attention import ReferenceFeatures
 from .models.bundle import AvatarModels, quiet_libraries
-from .options import RenderOptions, RenderResult
+from .options import RenderJob, RenderOptions, RenderResult, prepare_job  # noqa: F401 (prepare_job re-exported)
 from .sampling.clip_init import initial_latents
 from .sampling.guidance import Conditions, GuidedDenoiser
 from .sampling.methods import make_scheduler, sample, set_schedule
@@ -134,6 +133,7 @@ class AvatarPipeline:
             models.vae.decoder.compile()
         self.vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
         self._decoders: dict[str, torch.nn.Module] = {"vae": models.vae}
+        self._portraits: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self.reference_net_calls = 0  # counted, so tests can see features are computed once per video
         self.warn: Callable[[str], None] = lambda message: print(f"avatar: {message}", file=sys.stderr)
 
@@ -162,6 +162,20 @@ class AvatarPipeline:
     def _reference_features(self, latents: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         self.reference_net_calls += 1
         return self.models.reference_net.extract_features(latents, tokens)
+
+    def _portrait(self, image: np.ndarray, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """z_ref and the reference features of a portrait: once per video, and once per portrait
+        across videos (a batch that reuses a portrait computes them once; the last 8 are kept)."""
+        import hashlib
+
+        key = (hashlib.sha1(image.tobytes()).hexdigest(), image.shape,
+               hashlib.sha1(tokens.float().cpu().numpy().tobytes()).hexdigest())
+        if key not in self._portraits:
+            z_ref = self.encode_image(image)
+            self._portraits[key] = (z_ref, self._reference_features(z_ref, tokens))
+            while len(self._portraits) > 8:
+                self._portraits.pop(next(iter(self._portraits)))
+        return self._portraits[key]
 
     @torch.no_grad()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -368,7 +382,6 @@ class AvatarPipeline:
 
         latent = opts.size // self.vae_scale
         with stats("reference"):
-            z_ref = self.encode_image(image)
             null_tokens = models.image_projector.null_tokens(1)
             face_tokens, locator, masks = null_tokens, None, None
             if face is not None:
@@ -379,7 +392,7 @@ class AvatarPipeline:
                     locator = locator[:, :, None].expand(-1, -1, frames_per_clip, -1, -1)
                 masks = {k: v.to(self.device)[None] for k, v in face.region_masks.items()} \
                     if face.region_masks is not None else None
-            reference = self._reference_features(z_ref, face_tokens)
+            z_ref, reference = self._portrait(image, face_tokens)
             null_reference = None
             if guided and settings.null_reference == "none":  # Hallo: no reference keys/values
                 null_reference = ReferenceFeatures(reference, keep=torch.zeros(1, dtype=torch.bool))
@@ -507,45 +520,3 @@ def _alternating(cond: torch.Tensor, null: torch.Tensor, branch: int, images: in
     m = images - 1
     rows = [cond if (branch * images + 1 + j) % 2 else null for j in range(m)]
     return torch.cat(rows)
-
-
-@dataclass
-class RenderJob:
-    """A render's checked inputs: the portrait (S, S, 3) uint8, the speech (samples,) float32 at
-    16 kHz, where to write, and the options. ``decode_s``: seconds spent decoding the speech."""
-
-    image: np.ndarray
-    waveform: np.ndarray
-    audio_path: Path
-    output: Path
-    options: RenderOptions
-    decode_s: float = 0.0
-    face_box: tuple[float, float, float, float] | None = None  # ``options.face_box`` in frame pixels
-    audio_features: Path | None = None  # a features file from ``avatar audio encode``
-
-
-def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str | Path,
-                options: RenderOptions | None = None, overwrite: bool = False,
-                audio_features: str | Path | None = None) -> RenderJob:
-    """Read and check everything a render needs except the models (so bad input fails fast).
-
-    Raises:
-        InputError: bad options, image, audio or output path.
-    """
-    opts = options or RenderOptions()
-    opts.validate()
-    output = check_output_path(output_path, overwrite)
-    image, geometry = load_portrait(image_path, opts.size, opts.fit, with_geometry=True)
-    face_box = None
-    if opts.face_box is not None:
-        x, y, w, h = opts.face_box
-        if x < 0 or y < 0 or x + w > geometry.width or y + h > geometry.height:
-            raise InputError(f"--face-box {x},{y},{w},{h} lies outside the {geometry.width}x{geometry.height} "
-                             f"image; give x,y,w,h in its pixels")
-        face_box = geometry.box_to_frame(opts.face_box)
-    if audio_features is not None:
-        load_features(audio_features)  # readable, and a features file: fail before any model loads
-    start = time.perf_counter()
-    waveform = load_speech(audio_path)
-    return RenderJob(image, waveform, Path(audio_path), output, opts, time.perf_counter() - start, face_box,
-                     None if audio_features is None else Path(audio_features))

@@ -44,14 +44,23 @@ def test_same_seed_same_frames_other_seed_other_frames(tiny_pipeline, portrait):
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 1
 
 
-def test_reference_features_once_per_video_motion_features_once_per_clip(tiny_pipeline, portrait):
-    before = tiny_pipeline.reference_net_calls
-    clips, _ = _run(tiny_pipeline, portrait, _speech(2.0))  # 50 frames -> 4 clips
+def test_reference_features_once_per_portrait_motion_features_once_per_clip(portrait):
+    from avatar_cli import AvatarPipeline
+
+    pipe = AvatarPipeline.from_preset("tiny", device="cpu", dtype="float32")
+    clips, _ = _run(pipe, portrait, _speech(2.0))  # 50 frames -> 4 clips
     assert len(clips) == 4
-    assert tiny_pipeline.reference_net_calls - before == 1 + 4
+    assert pipe.reference_net_calls == 1 + 4
+    _run(pipe, portrait, _speech(1.0))            # the same portrait again (a batch): only motion features
+    assert pipe.reference_net_calls == 1 + 4 + 2
+    _run(pipe, portrait[:, ::-1].copy(), _speech(1.0))  # another portrait
+    assert pipe.reference_net_calls == 1 + 4 + 2 + 1 + 2
 
 
-def test_motion_frames_are_the_previous_clips_last_latents(tiny_pipeline, portrait, monkeypatch):
+def test_motion_frames_are_the_previous_clips_last_latents(portrait, monkeypatch):
+    from avatar_cli import AvatarPipeline
+
+    tiny_pipeline = AvatarPipeline.from_preset("tiny", device="cpu", dtype="float32")
     seen_motion, sampled = [], []
     extract = tiny_pipeline.models.reference_net.extract_features
     sample = pipeline_module.sample

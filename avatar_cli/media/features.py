@@ -10,6 +10,11 @@ JSON header, raw little-endian data) by streaming and memory-mapping, so an hour
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import hashlib
 import json
 import os
@@ -17,13 +22,14 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 
 
-def fingerprint(model: torch.nn.Module) -> str:
+def fingerprint(model: "torch.nn.Module") -> str:
     """sha256 (first 16 hex digits) over a model's parameter and buffer bytes, in state-dict order."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -39,7 +45,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_features(path: str | Path, features: torch.Tensor, metadata: dict[str, str], chunk_frames: int = 4096) -> None:
+def save_features(path: str | Path, features: "torch.Tensor", metadata: dict[str, str], chunk_frames: int = 4096) -> None:
     """Write (frames, layers, dim) float32 features as safetensors, streaming; atomic (temporary
     file renamed when complete)."""
     path = Path(path)
@@ -62,7 +68,7 @@ def save_features(path: str | Path, features: torch.Tensor, metadata: dict[str, 
             tmp.unlink()
 
 
-def load_features(path: str | Path) -> tuple[torch.Tensor, dict[str, str]]:
+def load_features(path: str | Path) -> tuple["torch.Tensor", dict[str, str]]:
     """Memory-map a features file. Returns (features (frames, layers, dim), metadata).
 
     Raises:
@@ -83,4 +89,6 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, dict[str, str]]:
         data = np.memmap(path, dtype="<f4", mode="c", offset=start, shape=shape)  # copy-on-write: no copy made
     except (OSError, ValueError, KeyError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path} is not an audio-features file ({err}); make one with 'avatar audio encode'") from None
+    import torch
+
     return torch.from_numpy(data), header.get("__metadata__", {})

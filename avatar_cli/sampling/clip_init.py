@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 INIT_MODES = ("gaussian", "rolling", "combined-rolling")
 
@@ -41,6 +44,8 @@ def initial_latents(
     Raises:
         ValueError: unknown mode.
     """
+    import torch  # here, not at the top: the modes are read before any model loads
+
     if mode not in INIT_MODES:
         raise ValueError(f"unknown init mode {mode!r}; choose one of {', '.join(INIT_MODES)}")
     if mode == "gaussian" or (mode == "combined-rolling" and clip_index == 0):

@@ -12,15 +12,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-from diffusers import DDIMScheduler, LCMScheduler
-from diffusers.utils import logging as diffusers_logging
-
-from .perflow import PeRFlowScheduler
+# The table below is read when options are checked, before any model loads: torch and diffusers
+# are imported by the functions that use them, so that bad input is reported at once.
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("hallo", "Hallo (DDIM, CFG)", "ddim", 40, "cfg", (3.5,), family="hallo"),
 )}
 
-_SCHEDULERS = {"lcm": LCMScheduler, "ddim": DDIMScheduler, "perflow": PeRFlowScheduler}
-
-
 def make_scheduler(method: Method, training_schedule: dict):
     """The method's scheduler on the model's training noise schedule (unknown keys dropped)."""
-    klass = _SCHEDULERS[method.scheduler]
+    from diffusers import DDIMScheduler, LCMScheduler
+
+    from .perflow import PeRFlowScheduler
+
+    klass = {"lcm": LCMScheduler, "ddim": DDIMScheduler, "perflow": PeRFlowScheduler}[method.scheduler]
     accepted = set(inspect.signature(klass.__init__).parameters)
     return klass(**{k: v for k, v in training_schedule.items() if k in accepted})
 
@@ -89,6 +92,9 @@ def set_schedule(scheduler, method: Method, num_inference_steps: int, start: int
         start: a rolling start timestep tau (LCM only); None = from pure noise.
         window_steps: PeRFlow steps per window (overrides the even split).
     """
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
     if method.scheduler == "perflow":
         scheduler.set_timesteps(num_inference_steps, window_steps=window_steps)
     elif method.scheduler == "ddim":
@@ -113,8 +119,8 @@ def set_schedule(scheduler, method: Method, num_inference_steps: int, start: int
     return [int(t) for t in scheduler.timesteps]
 
 
-def sample(model: Callable[[torch.Tensor, int], torch.Tensor], latents: torch.Tensor, scheduler,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(model: Callable[["torch.Tensor", int], "torch.Tensor"], latents: "torch.Tensor", scheduler,
+           generator: "torch.Generator | None" = None) -> "torch.Tensor":
     """Run a scheduler's timesteps over a model; returns the final latents.
 
     One loop for every method: ``latents = scheduler.step(model(latents, t), t, latents).prev_sample``

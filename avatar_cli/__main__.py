@@ -1,0 +1,5 @@
+"""``python -m avatar_cli`` = the ``avatar`` command."""
+
+from .cli import entry
+
+entry()

@@ -1,0 +1,261 @@
+"""`avatar batch`: many renders from one jobs file, the models loaded once.
+
+A jobs file is CSV (header ``image,audio,output`` plus optional per-job option columns; the header
+may be left out when the first field is an existing image, then the three columns come in that
+order) or JSON Lines (one object per line),
+or ``-`` for standard input. Relative paths are resolved against the jobs file's folder (standard
+input: the working directory). Everything is checked before any model loads; a bad jobs file is a
+usage error (exit 2) naming its row and column.
+
+Each finished job is appended to a ledger (``JOBS.ledger.jsonl`` beside the jobs file) with its
+output's sha256, flushed and synced; ``--resume`` skips a job whose output exists and matches the
+ledger and renders again one whose output is missing or altered. ``--shard I/N`` takes the jobs
+whose index (0-based) mod N is I, so N machines split one jobs file without coordination.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import AvatarError, InputError
+from .media.features import file_sha256
+from .options import RenderOptions
+
+REQUIRED = ("image", "audio", "output")
+
+
+def _numbers(kind):
+    return lambda text: tuple(kind(v) for v in str(text).split(","))
+
+
+# Per-job option columns: column -> (RenderOptions field, parser).
+OPTION_COLUMNS: dict[str, tuple[str, Callable]] = {
+    "seed": ("seed", int), "init": ("init", str), "model": ("model", str), "steps": ("num_inference_steps", int),
+    "noise_level": ("noise_level", int), "fps": ("fps", float), "size": ("size", int), "fit": ("fit", str),
+    "crf": ("crf", int), "decoder": ("decoder", str), "guidance_audio": ("guidance_audio", float),
+    "guidance_ref": ("guidance_ref", float), "guidance_scale": ("guidance_scale", float),
+    "clip_frames": ("clip_frames", int), "face_box": ("face_box", _numbers(float)),
+    "motion_scale": ("motion_scale", _numbers(float)), "face_embedding": ("face_embedding", str),
+}
+COLUMNS = (*REQUIRED, "audio_features", *OPTION_COLUMNS)
+
+
+@dataclass
+class Job:
+    """One render: ``index`` (0-based, the shard key), ``where`` (e.g. "jobs.csv row 3") for messages."""
+
+    index: int
+    where: str
+    image: Path
+    audio: Path
+    output: Path
+    options: dict = field(default_factory=dict)
+    audio_features: Path | None = None
+
+    def render_options(self, base: RenderOptions) -> RenderOptions:
+        return replace(base, **self.options)
+
+
+def _rows(text: str, name: str, base: Path) -> Iterator[tuple[str, dict]]:
+    """(where, row dict) for a CSV or JSON Lines text. A CSV without a header is recognised by its
+    first field naming an existing file (a portrait)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError(f"jobs file {name} is empty; it needs rows of image,audio,output")
+    if lines[0].lstrip().startswith("{"):
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{name} line {number}: not JSON ({err.msg}); write one object per line") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{name} line {number}: not a JSON object; write one object per line")
+            yield f"{name} line {number}", {str(k): "" if v is None else v for k, v in row.items()}
+        return
+    reader = csv.reader(io.StringIO(text))
+    first = next(reader)
+    lead = first[0].strip() if first else ""
+    has_header = not (lead and (Path(lead) if Path(lead).is_absolute() else base / lead).is_file())
+    header = [h.strip() for h in first] if has_header else list(REQUIRED)
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise InputError(f"{name} header lacks the column(s) {', '.join(missing)}; it needs image,audio,output")
+    unknown = [c for c in header if c not in COLUMNS]
+    if unknown:
+        raise InputError(f"{name} header has unknown column(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
+    rows = reader if has_header else [first, *reader]
+    for number, values in enumerate(rows, 2 if has_header else 1):
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) > len(header):
+            raise InputError(f"{name} row {number}: {len(values)} fields for {len(header)} columns; quote commas")
+        yield f"{name} row {number}", dict(zip(header, [v.strip() for v in values] + [""] * (len(header) - len(values))))
+
+
+def read_jobs(source: str | Path) -> list[Job]:
+    """Parse and check a jobs file (``"-"``: standard input).
+
+    Raises:
+        InputError: missing or empty file, wrong header, a missing value, a bad option value, a
+            duplicate output, or an output folder that is missing or not writable; the message
+            names the row and column.
+    """
+    import sys
+
+    if str(source) == "-":
+        text, name, base = sys.stdin.read(), "standard input", Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"jobs file {path} does not exist; give a CSV or JSON Lines file, or - for stdin")
+        text, name, base = path.read_text(), path.name, path.resolve().parent
+    jobs, outputs = [], {}
+    for index, (where, row) in enumerate(_rows(text, name, base)):
+        for column in REQUIRED:
+            if not str(row.get(column, "")).strip():
+                raise InputError(f"{where}, column {column}: missing; every job needs image, audio and output")
+        unknown = [c for c in row if c not in COLUMNS]
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
+        resolve = lambda p: (base / p) if not Path(p).is_absolute() else Path(p)  # noqa: E731
+        output = resolve(str(row["output"]))
+        key = os.path.normpath(output.absolute())
+        if key in outputs:
+            raise InputError(f"{where}, column output: {output} is also the output of {outputs[key]}; "
+                             f"give each job its own output")
+        outputs[key] = where
+        if not output.parent.is_dir():
+            raise InputError(f"{where}, column output: folder {output.parent} does not exist; create it first")
+        if not os.access(output.parent, os.W_OK):
+            raise InputError(f"{where}, column output: folder {output.parent} is not writable")
+        options = {}
+        for column, (attr, parse) in OPTION_COLUMNS.items():
+            value = row.get(column, "")
+            if str(value).strip():
+                try:
+                    options[attr] = parse(value)
+                except ValueError:
+                    raise InputError(f"{where}, column {column}: {value!r} is not a valid {column}") from None
+        features = str(row.get("audio_features", "")).strip()
+        jobs.append(Job(index, where, resolve(str(row["image"])), resolve(str(row["audio"])), output, options,
+                        resolve(features) if features else None))
+    return jobs
+
+
+def check_outputs(jobs: list[Job], overwrite: bool, resume: bool) -> None:
+    """Refuse to replace an existing output unless ``overwrite`` or ``resume`` (which replaces only
+    outputs that are not finished and unchanged). Raises InputError naming the row."""
+    if overwrite or resume:
+        return
+    for job in jobs:
+        if job.output.exists():
+            raise InputError(f"{job.where}, column output: {job.output} exists; pass --resume or --overwrite")
+
+
+def select_shard(jobs: list[Job], shard: str | None) -> list[Job]:
+    """Jobs whose index mod N == I for ``shard`` = "I/N" (None: all)."""
+    if shard is None:
+        return jobs
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise InputError(f"--shard takes I/N such as 0/4 (got {shard!r})") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard I/N needs 0 <= I < N (got {shard})")
+    return [job for job in jobs if job.index % n == i]
+
+
+def default_ledger(jobs: str | Path) -> Path:
+    """JOBS.ledger.jsonl beside the jobs file (standard input: stdin.ledger.jsonl here)."""
+    if str(jobs) == "-":
+        return Path("stdin.ledger.jsonl")
+    path = Path(jobs)
+    return path.with_name(path.stem + ".ledger.jsonl")
+
+
+class Ledger:
+    """Append-only JSON Lines record of finished jobs: output path and sha256. Each entry is one
+    ``write`` on a file opened with O_APPEND, then fsync: shards running side by side can share it,
+    and a crash leaves at most a cut last line (ignored when read)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[str, str] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if entry.get("status") == "ok":
+                    self.done[entry["output"]] = entry["sha256"]
+
+    def finished(self, output: Path) -> bool:
+        """The output exists and is the file this ledger recorded."""
+        key = str(output.resolve())
+        return key in self.done and output.is_file() and file_sha256(output) == self.done[key]
+
+    def record(self, job: Job, seconds: float) -> None:
+        digest = file_sha256(job.output)
+        entry = {"job": job.index, "where": job.where, "output": str(job.output.resolve()), "sha256": digest,
+                 "status": "ok", "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                        time.gmtime())}
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.done[entry["output"]] = digest
+
+
+@dataclass
+class JobResult:
+    job: int
+    status: str  # ok | failed | skipped
+    output: str
+    seconds: float = 0.0
+    rtf: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def run(pipe, jobs: list[Job], base: RenderOptions, ledger: Ledger, resume: bool = False, fail_fast: bool = False,
+        report: Callable[[JobResult, int, int], None] = lambda r, i, n: None) -> list[JobResult]:
+    """Render the jobs one after another with one pipeline; a failed job does not stop the others
+    (unless ``fail_fast``). KeyboardInterrupt propagates (the running job leaves no file)."""
+    from .options import prepare_job
+
+    results = []
+    for position, job in enumerate(jobs, 1):
+        if resume and ledger.finished(job.output):
+            result = JobResult(job.index, "skipped", str(job.output))
+        else:
+            start = time.perf_counter()
+            try:
+                options = job.render_options(base)
+                prepared = prepare_job(job.image, job.audio, job.output, options, overwrite=True,
+                                       audio_features=job.audio_features)
+                rendered = pipe.render_job(prepared)
+                ledger.record(job, time.perf_counter() - start)
+                result = JobResult(job.index, "ok", str(job.output), round(time.perf_counter() - start, 3),
+                                   rendered.rtf)
+            except AvatarError as err:
+                result = JobResult(job.index, "failed", str(job.output), round(time.perf_counter() - start, 3),
+                                   error=f"{job.where}: {err}")
+        results.append(result)
+        report(result, position, len(jobs))
+        if fail_fast and result.status == "failed":
+            break
+    return results
