@@ -36,15 +36,15 @@ def _ffmpeg_reason(stderr: str) -> str:
     return lines[-1] if lines else "ffmpeg failed"
 
 
-def load_speech(path: str | Path) -> np.ndarray:
+def load_speech(path: str | Path) -> "Waveform":
     """Decode a speech recording to mono 16 kHz float32 in [-1, 1].
 
     Args:
         path: any audio file ffmpeg reads, or a video file with an audio track.
 
     Returns:
-        (samples,) float32 array at :data:`SAMPLE_RATE` Hz, read-only, memory-mapped from a
-        temporary file (already unlinked), so its length does not count against resident memory.
+        (samples,) float32 samples at :data:`SAMPLE_RATE` Hz as a :class:`Waveform` (array-like,
+        read on demand from a temporary file, so its length costs no memory).
 
     Raises:
         InputError: missing, unreadable, empty, not audio, without an audio stream, or with no
@@ -59,8 +59,8 @@ def load_speech(path: str | Path) -> np.ndarray:
         raise InputError(f"audio {path} is not readable (permission denied); check its permissions")
     if path.stat().st_size == 0:
         raise InputError(f"audio {path} is an empty file (0 bytes); give a speech recording")
-    # ffmpeg writes the samples to a temporary file that is memory-mapped and unlinked at once: an
-    # hour of speech (230 MB) costs page cache, not resident memory.
+    # ffmpeg writes the samples to a temporary file (unlinked at once) that is read on demand: an
+    # hour of speech (230 MB) never sits in the process's memory.
     fd, tmp = tempfile.mkstemp(prefix="avatar-speech-", suffix=".f32")
     os.close(fd)
     try:
@@ -73,9 +73,47 @@ def load_speech(path: str | Path) -> np.ndarray:
             raise InputError(f"cannot read audio {path}: {reason}; give a wav, mp3, flac, ogg or m4a file")
         if os.path.getsize(tmp) == 0:
             raise InputError(f"audio {path} contains no samples (zero length); give a speech recording")
-        return np.memmap(tmp, dtype="<f4", mode="r")
+        return Waveform(tmp)
     finally:
         os.unlink(tmp)
+
+
+class Waveform:
+    """Mono 16 kHz float32 samples kept in an (unlinked) file and read on demand.
+
+    Array-like: ``shape``, ``len``, ``dtype``, slicing returns a NumPy array of that range, and
+    ``np.asarray`` reads all samples. Reads go through the page cache, not the process's memory, so
+    a long recording costs nothing until a window of it is read.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 1
+
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_RDONLY)
+        self.shape = (os.fstat(self._fd).st_size // 4,)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            return np.asarray(self)[key]
+        start, stop, _ = key.indices(self.shape[0])
+        if stop <= start:
+            return np.zeros(0, np.float32)
+        data = os.pread(self._fd, (stop - start) * 4, start * 4)
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[0:self.shape[0]]
+        return data if dtype is None else data.astype(dtype)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
 
 
 def num_video_frames(num_samples: int, fps: float) -> int:

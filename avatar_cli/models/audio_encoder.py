@@ -119,7 +119,7 @@ def _scratch(shape: tuple[int, ...]) -> np.ndarray:
 def encode_audio_windowed(model: Wav2Vec2Model, feature_extractor: Wav2Vec2FeatureExtractor,
                           waveform: np.ndarray, num_frames: int, pad_samples: int = 0,
                           window_frames: int = 750, margin_frames: int = 100,
-                          chunk_samples: int = 320 * 5000) -> torch.Tensor:
+                          chunk_samples: int = 320 * 500) -> torch.Tensor:
     """:func:`encode_audio` for long speech, with memory flat in the length.
 
     Everything up to the transformer is computed exactly as one pass would, window by window: the
