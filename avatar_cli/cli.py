@@ -236,7 +236,7 @@ def render(
                           quiet, compile=compile, add_cfg_layers=add_cfg_layers)
     pipe.warn = lambda message: _note(message, quiet)
 
-    with _progress(quiet) as on_clip:
+    with _progress(quiet) as on_clip, _signals_interrupt():  # SIGTERM cleans up like Ctrl-C
         result = pipe.render_job(job, on_clip=on_clip)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
@@ -882,6 +882,12 @@ def weights_convert(
         typer.echo("ignored: " + ", ".join(ignored))
     _note(f"wrote {report.output}; {hint}")
 
+
+from .train_cli import data_app, distill_app, train_app  # noqa: E402  (after the app it extends)
+
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(distill_app, name="distill")
 
 _ARGV: list[str] = []
 

@@ -1,14 +1,12 @@
 """`avatar batch`: jobs files, ledger and --resume, shards, failures, interruption."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from avatar_cli import AvatarPipeline, RenderOptions

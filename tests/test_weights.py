@@ -3,7 +3,6 @@
 import hashlib
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest

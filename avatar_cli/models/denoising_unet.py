@@ -19,6 +19,7 @@ motion modules, as AnimateDiff and Hallo do, but run only their resnets unless
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -63,7 +64,7 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
     cross-attention layer then follows every audio block, ``<block>.cfg_modules.<j>``).
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True  # per layer (resnet + its attentions), for training
 
     @register_to_config
     def __init__(
@@ -87,6 +88,7 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         cfg_tokens: int = 0,
     ):
         super().__init__()
+        self.gradient_checkpointing = False
         # The 2D part is diffusers' SD U-Net itself: build it and adopt its modules, so that every
         # parameter keeps SD1.5's name and an SD1.5 checkpoint loads into it unchanged.
         base = UNet2DConditionModel(
@@ -222,8 +224,8 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         skips = [x]
         for i, block in enumerate(self.down_blocks):
             for j, resnet in enumerate(block.resnets):
-                x = resnet(x, emb)
-                x = step.after_resnet(f"down_blocks.{i}", block, j, x)
+                x = self._layer(lambda x, emb, r=resnet, b=block, n=f"down_blocks.{i}", j=j:
+                                step.after_resnet(n, b, j, r(x, emb)), x, emb)
                 skips.append(x)
             if block.downsamplers is not None:
                 x = block.downsamplers[0](x)
@@ -231,18 +233,25 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
 
         x = self.mid_block.resnets[0](x, emb)
         for j, resnet in enumerate(self.mid_block.resnets[1:]):
-            x = step.after_resnet("mid_block", self.mid_block, j, x)
-            x = resnet(x, emb)
+            x = self._layer(lambda x, emb, r=resnet, j=j: r(step.after_resnet("mid_block", self.mid_block, j, x), emb),
+                            x, emb)
 
         for i, block in enumerate(self.up_blocks):
             for j, resnet in enumerate(block.resnets):
-                x = resnet(torch.cat([x, skips.pop()], dim=1), emb)
-                x = step.after_resnet(f"up_blocks.{i}", block, j, x)
+                x = self._layer(lambda x, skip, emb, r=resnet, b=block, n=f"up_blocks.{i}", j=j:
+                                step.after_resnet(n, b, j, r(torch.cat([x, skip], dim=1), emb)), x, skips.pop(), emb)
             if block.upsamplers is not None:
                 x = block.upsamplers[0](x, skips[-1].shape[2:])
 
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
         return x.reshape(b, f, -1, h, w).permute(0, 2, 1, 3, 4)
+
+
+    def _layer(self, fn, *args):
+        """fn(*args), recomputed in the backward pass when gradient checkpointing is on."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
 
 class _Step:
