@@ -88,6 +88,12 @@ def make_accelerator(config: TrainConfig):
     if config.mixed_precision not in ("no", "bf16", "fp16"):
         raise InputError(f"--mixed-precision must be no, bf16 or fp16 (got {config.mixed_precision!r})")
     # cpu=True also selects accelerate's multi-CPU (gloo) data parallel under a multi-process launch
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, config.mixed_precision):
+        raise InputError(f"this process already trained with mixed precision {state['_mixed_precision']}; "
+                         f"accelerate keeps that per process: run the {config.mixed_precision} training in a new one")
     cpu = config.cpu or not torch.cuda.is_available()
     return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu,
                        gradient_accumulation_steps=config.gradient_accumulation_steps,

@@ -225,6 +225,26 @@ def test_interrupt_and_resume_give_the_same_next_loss(synthetic, teacher, monkey
                  "-o", str(broken), "--cpu", "-q"]) == 2
 
 
+def test_train_teacher_command_with_bf16_and_gradient_checkpointing(synthetic):
+    out = synthetic / "teacher-cli"
+    # a process of its own: accelerate keeps one mixed precision per process (the other tests use "no")
+    done = subprocess.run([sys.executable, "-m", "avatar_cli", "train", "teacher", "--arch", "tiny",
+                           "--data", str(synthetic / "data"), "-o", str(out), "--max-steps", "2",
+                           "--clip-frames", str(CLIP), "--mixed-precision", "bf16", "--gradient-checkpointing",
+                           "--checkpoint-every", "1", "--keep-checkpoints", "1", "--json", "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["last"]["lr"] == 1e-5
+    assert [p.name for p in checkpoints(out)] == ["step-2"]                   # older ones deleted
+    assert AvatarModels.from_pretrained(out / "weights").settings.default_method == "teacher"
+    # bad options: one line, exit 2
+    assert main(["train", "teacher", "--data", str(synthetic / "data"), "-o", str(synthetic / "x"),
+                 "--drop", "1.5"]) == 2
+    assert main(["distill", "fada", "--teacher", str(synthetic / "nowhere"), "--data", str(synthetic / "data"),
+                 "-o", str(synthetic / "y")]) == 2
+
+
 def test_processes_draw_different_examples():
     from avatar_cli.training.trainer import _example_seed
     seeds = {_example_seed(0, step, micro, rank) for step in range(50) for micro in range(2) for rank in range(4)}

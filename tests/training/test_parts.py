@@ -140,3 +140,25 @@ def test_noise_schedule_conversions_invert_the_forward_process():
         # DDIM to t' = 400 with the true (eps, x0) equals the forward process at 400
         torch.testing.assert_close(schedule.ddim(xt, got_eps, got_x0, 400), schedule.add_noise(x0, eps, 400),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_models):
+    """``enable_gradient_checkpointing`` recomputes each U-Net layer in the backward pass: same
+    loss, same gradients, less memory."""
+    from avatar_cli.training.conditioning import float32_copy
+
+    cond = Conditioner(tiny_models, torch.device("cpu"), torch.float32)(_example())
+    x = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for checkpointing in (False, True):
+        unet = float32_copy(tiny_models.denoising_unet).train().requires_grad_(True)
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        loss = (unet(x, 400, **cond.unet_kwargs()) ** 2).mean()
+        loss.backward()
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}))
+    (loss_a, a), (loss_b, b) = grads
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    assert a.keys() == b.keys() and len(a) > 100
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
