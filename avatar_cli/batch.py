@@ -35,6 +35,15 @@ def _numbers(kind):
     return lambda text: tuple(kind(v) for v in str(text).split(","))
 
 
+def _flag(text) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a yes/no value: {text!r}")
+
+
 # Per-job option columns: column -> (RenderOptions field, parser).
 OPTION_COLUMNS: dict[str, tuple[str, Callable]] = {
     "seed": ("seed", int), "init": ("init", str), "model": ("model", str), "steps": ("num_inference_steps", int),
@@ -43,6 +52,7 @@ OPTION_COLUMNS: dict[str, tuple[str, Callable]] = {
     "guidance_ref": ("guidance_ref", float), "guidance_scale": ("guidance_scale", float),
     "clip_frames": ("clip_frames", int), "face_box": ("face_box", _numbers(float)),
     "motion_scale": ("motion_scale", _numbers(float)), "face_embedding": ("face_embedding", str),
+    "separate_vocals": ("separate_vocals", _flag),
 }
 COLUMNS = (*REQUIRED, "audio_features", *OPTION_COLUMNS)
 

@@ -112,7 +112,7 @@ def _numbers(option: str, value: str | None, kind=int, example: str = "2,2,1,1")
 
 def _render_options(model, steps, guidance_audio, guidance_ref, guidance_scale, window_steps, face_box,
                     no_face_embedding, face_embedding, motion_scale, init, noise_level, seed, size, fit, fps,
-                    clip_frames, motion_frames, crf, decoder, overlap):
+                    clip_frames, motion_frames, crf, decoder, overlap, separate_vocals=False):
     """The command line's render options as :class:`RenderOptions` (checked)."""
     from .options import RenderOptions
 
@@ -126,6 +126,7 @@ def _render_options(model, steps, guidance_audio, guidance_ref, guidance_scale, 
                             clip_frames=clip_frames, motion_frames=motion_frames, crf=crf,
                             face_box=_numbers("--face-box", face_box, float, "120,80,200,240"),
                             face_embedding=embedding, decoder=decoder, overlap=overlap,
+                            separate_vocals=separate_vocals,
                             motion_scale=_numbers("--motion-scale", motion_scale, float, "1,1,1"))
     options.validate()
     return options
@@ -165,6 +166,9 @@ _Decoder = Annotated[str, typer.Option(help="Latent decoder: vae, or taesd (fast
 _Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap",
                                           help="Encode the video in a background thread.")]
 _Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the denoising U-Net and decoder.")]
+_SeparateVocals = Annotated[bool, typer.Option(
+        "--separate-vocals", help="Audio features from the speech's separated vocals (music or noise behind it; "
+        "needs the vocals extra and 'avatar weights download hallo-audio-separator').")]
 _AudioFeatures = Annotated[Optional[Path], typer.Option(
         help="Features from 'avatar audio encode' instead of the speech's own (the speech is still muxed).",
         show_default=False)]
@@ -207,6 +211,7 @@ def render(
     decoder: _Decoder = "vae",
     overlap: _Overlap = True,
     compile: _Compile = False,
+    separate_vocals: _SeparateVocals = False,
     audio_features: _AudioFeatures = None,
     device: _Device = "auto",
     dtype: _Dtype = "auto",
@@ -223,7 +228,7 @@ def render(
 
     options = _render_options(model, steps, guidance_audio, guidance_ref, guidance_scale, window_steps, face_box,
                               no_face_embedding, face_embedding, motion_scale, init, noise_level, seed, size, fit, fps,
-                              clip_frames, motion_frames, crf, decoder, overlap)
+                              clip_frames, motion_frames, crf, decoder, overlap, separate_vocals)
     output = output if output is not None else Path(f"{image.stem}.mp4")
     # Inputs are read and checked before the models load, so that bad input fails in a second.
     job = prepare_job(image, audio, output, options, overwrite, audio_features)
@@ -249,7 +254,7 @@ def render(
 BATCH_EPILOG = """\
 [bold]Jobs file[/bold]: CSV with the header image,audio,output (optional columns: seed, init, model, steps,
 noise_level, fps, size, fit, crf, decoder, guidance_audio, guidance_ref, guidance_scale, clip_frames,
-face_box, motion_scale, face_embedding, audio_features), or JSON Lines with the same keys, or - for
+face_box, motion_scale, face_embedding, separate_vocals, audio_features), or JSON Lines with the same keys, or - for
 standard input (a headerless CSV is read as image,audio,output). Relative paths start at the jobs
 file's folder.
 
@@ -301,6 +306,7 @@ def batch(
     decoder: _Decoder = "vae",
     overlap: _Overlap = True,
     compile: _Compile = False,
+    separate_vocals: _SeparateVocals = False,
     device: _Device = "auto",
     dtype: _Dtype = "auto",
     weights: _Weights = None,
@@ -318,7 +324,7 @@ def batch(
 
     options = _render_options(model, steps, guidance_audio, guidance_ref, guidance_scale, window_steps, face_box,
                               no_face_embedding, face_embedding, motion_scale, init, noise_level, seed, size, fit, fps,
-                              clip_frames, motion_frames, crf, decoder, overlap)
+                              clip_frames, motion_frames, crf, decoder, overlap, separate_vocals)
     if devices:
         raise typer.Exit(_batch_on_devices(jobs, devices, shard, quiet))
     job_list = batchmod.select_shard(batchmod.read_jobs(jobs), shard)
@@ -648,6 +654,7 @@ def audio_encode(
     model: Annotated[Model, typer.Option(help="The sampling method the features are for (its model family).")]
     = Model.osa_lcm,
     clip_frames: Annotated[int, typer.Option(help="Clip length (Hallo pads the audio to whole clips).")] = 16,
+    separate_vocals: _SeparateVocals = False,
     weights: Annotated[Optional[Path], typer.Option(help="Weights folder.", show_default=False)] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights (tests, demos).")] = False,
     arch: Annotated[Arch, typer.Option(help="Architecture for --random-weights.")] = Arch.full,
@@ -670,8 +677,12 @@ def audio_encode(
         raise InputError(f"--fps must be 1..120 (got {fps:g})")
     check_output_path(output, overwrite)
     load_speech(audio)  # fail on bad audio before loading a model
+    if separate_vocals:
+        from .media.vocals import check_separator_installed
+
+        check_separator_installed()
     pipe = _load_pipeline(weights, random_weights, arch, str(resolve_device(device)), "float32", model.value, quiet)
-    features, meta = pipe.encode_audio_file(audio, fps, clip_frames)
+    features, meta = pipe.encode_audio_file(audio, fps, clip_frames, separate_vocals)
     save_features(output, features, meta)
     result = {"output": str(output), "frames": int(meta["frames"]), "fps": fps,
               "duration_s": round(int(meta["frames"]) / fps, 4), "feature_shape": list(features.shape),

@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import InputError
 from .media.audio import load_speech
+from .media.vocals import check_separator_installed
 from .media.features import load_features
 from .media.image import FITS, load_portrait
 from .media.video import check_output_path
@@ -50,6 +51,8 @@ class RenderOptions:
         motion_scale: weights of the audio branches (pose/full, face, lip); Hallo's motion scale.
         decoder: "vae" (the model's) or "taesd" (the tiny autoencoder's decoder: faster, blurrier).
         overlap: encode the video in a background thread while the next clip is sampled.
+        separate_vocals: compute the audio features from the recording's separated vocals
+            (``media/vocals.py``, Hallo's UVR model); the original is still muxed.
     """
 
     model: str = "osa-lcm"
@@ -73,6 +76,7 @@ class RenderOptions:
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     decoder: str = "vae"
     overlap: bool = True
+    separate_vocals: bool = False
 
     @property
     def method(self) -> Method:
@@ -234,6 +238,8 @@ def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str
         face_box = geometry.box_to_frame(opts.face_box)
     if audio_features is not None:
         load_features(audio_features)  # readable, and a features file: fail before any model loads
+    elif opts.separate_vocals:
+        check_separator_installed()
     start = time.perf_counter()
     waveform = load_speech(audio_path)
     return RenderJob(image, waveform, Path(audio_path), output, opts, time.perf_counter() - start, face_box,

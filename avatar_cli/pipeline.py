@@ -275,6 +275,19 @@ class AvatarPipeline:
         return build_face_conditions(image, opts.size // self.vae_scale, face_box, opts.face_embedding, root,
                                      warn=self.warn)
 
+    def separated_vocals(self, audio_path: str | Path, num_samples: int | None = None) -> np.ndarray:
+        """The recording's vocals, (samples,) float32 at 16 kHz, padded or trimmed to ``num_samples``
+        (``media/vocals.py``; the model from ``<weights>/audio_separator`` or the manifest).
+
+        Raises:
+            InputError: audio-separator not installed.
+            WeightsError: the separator's model is not found.
+        """
+        from .media.vocals import check_separator_installed, find_vocal_model, separate_vocals
+
+        check_separator_installed()
+        return separate_vocals(audio_path, find_vocal_model(self.models.source), num_samples)
+
     def audio_fingerprint(self) -> str:
         """A fingerprint of the audio encoder's weights (features files record and check it)."""
         if not hasattr(self, "_audio_fingerprint"):
@@ -284,19 +297,23 @@ class AvatarPipeline:
     def _padding(self, opts: RenderOptions) -> int | None:
         return opts.clip_frames if self.models.settings.audio_padding == "clip" else None
 
-    def encode_audio_file(self, audio_path: str | Path, fps: float = 25.0, clip_frames: int = 16
-                          ) -> tuple[torch.Tensor, dict[str, str]]:
+    def encode_audio_file(self, audio_path: str | Path, fps: float = 25.0, clip_frames: int = 16,
+                          separate_vocals: bool = False) -> tuple[torch.Tensor, dict[str, str]]:
         """Decode a speech file and compute its per-frame features as render would, with the
-        metadata a features file records (see ``media/features.py``)."""
+        metadata a features file records (see ``media/features.py``). ``separate_vocals``: from
+        the recording's separated vocals, as ``render --separate-vocals`` computes them."""
         from . import __version__
 
         waveform = load_speech(audio_path)
+        if separate_vocals:
+            waveform = self.separated_vocals(audio_path, waveform.shape[0])
         pad = clip_frames if self.models.settings.audio_padding == "clip" else None
         features = self.audio_features(waveform, fps, pad)
         frames = num_video_frames(waveform.shape[0], fps)
         meta = {"fps": repr(float(fps)), "sample_rate": str(SAMPLE_RATE), "model": self.audio_fingerprint(),
                 "audio_sha256": file_sha256(audio_path), "frames": str(frames),
-                "padding": str(features.shape[0] - frames), "avatar_cli_version": __version__}
+                "padding": str(features.shape[0] - frames), "vocals": "separated" if separate_vocals else "original",
+                "avatar_cli_version": __version__}
         return features, meta
 
     def _features_for(self, job: "RenderJob") -> torch.Tensor | None:
@@ -472,11 +489,14 @@ class AvatarPipeline:
                 face = self.face_conditions(job.image, opts, job.face_box)
         with stats("audio"):
             features = self._features_for(job)
+            waveform = job.waveform
+            if features is None and opts.separate_vocals:
+                waveform = self.separated_vocals(job.audio_path, job.waveform.shape[0])
         written = 0
         with VideoWriter(job.output, opts.size, opts.fps, audio_path=job.audio_path, crf=opts.crf) as writer:
             sink = BackgroundWriter(writer) if opts.overlap else None
             try:
-                for frames in self.generate(job.image, job.waveform, opts, on_clip=on_clip, stats=stats, face=face,
+                for frames in self.generate(job.image, waveform, opts, on_clip=on_clip, stats=stats, face=face,
                                             audio_features=features):
                     if stats.first_frame_at is None:
                         stats.first_frame_at = time.perf_counter()

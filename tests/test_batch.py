@@ -126,6 +126,7 @@ def test_the_models_load_once_and_a_portrait_is_encoded_once(media, shared_data)
     ("image,audio,output\n{img},one.wav,nowhere/a.mp4", "row 2, column output: folder"),
     ("image,audio,output,seed\n{img},one.wav,out/a.mp4,x", "column seed"),
     ("image,audio,output,colour\n{img},one.wav,out/a.mp4,red", "unknown column"),
+    ("image,audio,output,separate_vocals\n{img},one.wav,out/a.mp4,maybe", "column separate_vocals"),
 ])
 def test_bad_jobs_files_are_usage_errors_naming_row_and_column(media, shared_data, capsys, content, words):
     path = media / "jobs.csv"
@@ -200,3 +201,13 @@ def test_devices_run_one_shard_process_each(media, shared_data, capsys):
     assert sorted(p.name for p in (media / "out").iterdir()) == ["a.mp4", "b.mp4", "c.mp4"]
     ledger = [json.loads(line)["job"] for line in (media / "jobs.ledger.jsonl").read_text().splitlines()]
     assert sorted(ledger) == [0, 1, 2]  # one ledger, appended by both shards
+
+
+def test_separate_vocals_column_reads_yes_and_no(media, shared_data):
+    from avatar_cli.batch import read_jobs
+
+    path = media / "jobs.csv"
+    path.write_text(f"image,audio,output,separate_vocals\n{shared_data / 'astronaut.png'},one.wav,out/a.mp4,yes\n"
+                    f"{shared_data / 'astronaut.png'},one.wav,out/b.mp4,no\n"
+                    f"{shared_data / 'astronaut.png'},one.wav,out/c.mp4,\n")
+    assert [job.options.get("separate_vocals") for job in read_jobs(path)] == [True, False, None]

@@ -22,7 +22,7 @@ def test_shipped_manifest_is_complete_and_honest():
     assert (ROOT / "weights.toml").read_bytes() == (ROOT / "avatar_cli" / "weights.toml").read_bytes()
     manifest = w.load_manifest()
     for name in ("sd-vae-ft-mse", "sd15-unet", "wav2vec2-base-960h", "animatediff-mm-sd-v15-v2", "taesd",
-                 "hallo", "hallo-face-analysis", "osa-lcm", "fada"):
+                 "hallo", "hallo-face-analysis", "hallo-audio-separator", "osa-lcm", "fada"):
         assert name in manifest, name
     for c in manifest.values():
         assert c.licence and c.description and c.used_by

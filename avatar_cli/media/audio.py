@@ -36,11 +36,13 @@ def _ffmpeg_reason(stderr: str) -> str:
     return lines[-1] if lines else "ffmpeg failed"
 
 
-def load_speech(path: str | Path) -> "Waveform":
+def load_speech(path: str | Path, num_samples: int | None = None) -> "Waveform":
     """Decode a speech recording to mono 16 kHz float32 in [-1, 1].
 
     Args:
         path: any audio file ffmpeg reads, or a video file with an audio track.
+        num_samples: pad with silence or trim to exactly this many samples at 16 kHz; None keeps
+            the recording's length.
 
     Returns:
         (samples,) float32 samples at :data:`SAMPLE_RATE` Hz as a :class:`Waveform` (array-like,
@@ -67,6 +69,8 @@ def load_speech(path: str | Path) -> "Waveform":
         cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(path),
                "-map", "0:a:0", "-vn", "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(SAMPLE_RATE),
                "-f", "f32le", tmp]
+        if num_samples is not None:  # resample first, so that the padding counts 16 kHz samples
+            cmd[-3:-3] = ["-af", f"aresample={SAMPLE_RATE},apad=whole_len={num_samples},atrim=end_sample={num_samples}"]
         proc = subprocess.run(cmd, capture_output=True)
         if proc.returncode != 0:
             reason = _ffmpeg_reason(proc.stderr.decode(errors="replace"))
