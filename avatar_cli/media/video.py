@@ -88,8 +88,9 @@ class VideoWriter:
         frames = np.ascontiguousarray(frames, dtype=np.uint8)
         if frames.ndim == 3:
             frames = frames[None]
-        for frame in frames:
-            self._gen.send(frame)
+        if frames.shape[1:] != (self.size, self.size, 3):
+            raise ValueError(f"frames of shape {frames.shape[1:]} for a {self.size}x{self.size} video")
+        self._gen.send(frames)  # one pipe write per clip: ffmpeg reads the raw frames back to back
         self.frames_written += len(frames)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -136,11 +137,12 @@ class BackgroundWriter:
             frames = self.queue.get()
             if frames is None or self._stop.is_set():
                 return
+            if self.error is not None:
+                continue  # after a failure keep draining, so that a put() never waits forever
             try:
                 self.writer.write(frames)
             except BaseException as err:  # noqa: BLE001 - handed to the main thread
                 self.error = err
-                return
 
     def put(self, frames: np.ndarray) -> None:
         if self.error is not None:

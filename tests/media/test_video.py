@@ -52,3 +52,47 @@ def test_output_path_checks(tmp_path):
     with pytest.raises(InputError, match="--overwrite"):
         check_output_path(tmp_path / "exists.mp4")
     assert check_output_path(tmp_path / "exists.mp4", overwrite=True) == tmp_path / "exists.mp4"
+
+
+def test_background_writer_reports_a_failure_without_blocking(tmp_path):
+    """The writing thread fails on its first clip while the queue is full: put() and close() must
+    still return (no deadlock) and close() raises the thread's error."""
+    import threading
+    import time
+
+    from avatar_cli.media.video import BackgroundWriter
+
+    class FailingWriter:
+        def __init__(self):
+            self.started = threading.Event()
+            self.release = threading.Event()
+            self.calls = 0
+
+        def write(self, frames):
+            self.calls += 1
+            self.started.set()
+            self.release.wait(10)
+            raise OSError("disk full")
+
+    writer = FailingWriter()
+    sink = BackgroundWriter(writer, depth=2)
+    clip = np.zeros((4, 64, 64, 3), np.uint8)
+    sink.put(clip)
+    assert writer.started.wait(10)
+    sink.put(clip)
+    sink.put(clip)  # the queue is now full, the writer stuck in its failing call
+    done = threading.Event()
+
+    def finish():
+        with pytest.raises(OSError, match="disk full"):
+            for _ in range(5):
+                sink.put(clip)
+            sink.close()
+        done.set()
+
+    thread = threading.Thread(target=finish, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # finish() is now waiting in put() on the full queue
+    writer.release.set()
+    assert done.wait(20), "BackgroundWriter blocked after its thread failed"
+    assert writer.calls == 1  # the clips after the failure are dropped, not written
