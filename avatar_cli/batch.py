@@ -68,6 +68,7 @@ class Job:
     output: Path
     options: dict = field(default_factory=dict)
     audio_features: Path | None = None
+    row: dict = field(default_factory=dict)  # the row as read (column -> text), paths made absolute
 
     def render_options(self, base: RenderOptions) -> RenderOptions:
         return replace(base, **self.options)
@@ -94,7 +95,9 @@ def _rows(text: str, name: str, base: Path) -> Iterator[tuple[str, dict]]:
     reader = csv.reader(io.StringIO(text))
     first = next(reader)
     lead = first[0].strip() if first else ""
-    has_header = not (lead and (Path(lead) if Path(lead).is_absolute() else base / lead).is_file())
+    # A header names columns; a headerless first row holds paths (an image file, even a missing one).
+    has_header = any(f.strip() in COLUMNS for f in first) or not (
+        lead and ((Path(lead) if Path(lead).is_absolute() else base / lead).is_file() or Path(lead).suffix))
     header = [h.strip() for h in first] if has_header else list(REQUIRED)
     missing = [c for c in REQUIRED if c not in header]
     if missing:
@@ -111,8 +114,11 @@ def _rows(text: str, name: str, base: Path) -> Iterator[tuple[str, dict]]:
         yield f"{name} row {number}", dict(zip(header, [v.strip() for v in values] + [""] * (len(header) - len(values))))
 
 
-def read_jobs(source: str | Path) -> list[Job]:
+def read_jobs(source: str | Path, defaults: RenderOptions | None = None) -> list[Job]:
     """Parse and check a jobs file (``"-"``: standard input).
+
+    ``defaults``: the command line's render options; each row's options are applied to them and
+    checked (range, choice), so a bad value is a usage error before any model loads.
 
     Raises:
         InputError: missing or empty file, wrong header, a missing value, a bad option value, a
@@ -155,9 +161,24 @@ def read_jobs(source: str | Path) -> list[Job]:
                     options[attr] = parse(value)
                 except ValueError:
                     raise InputError(f"{where}, column {column}: {value!r} is not a valid {column}") from None
+                if defaults is not None:
+                    try:
+                        replace(defaults, **{attr: options[attr]}).validate()
+                    except InputError as err:
+                        raise InputError(f"{where}, column {column}: {err}") from None
+        if defaults is not None:
+            try:
+                replace(defaults, **options).validate()
+            except InputError as err:
+                raise InputError(f"{where}: {err}") from None
         features = str(row.get("audio_features", "")).strip()
+        absolute = {k: v for k, v in row.items() if str(v).strip()}
+        for column in ("image", "audio", "output", "audio_features", "face_embedding"):
+            value = str(absolute.get(column, "")).strip()
+            if value and not (column == "face_embedding" and value in ("auto", "none")):
+                absolute[column] = str(resolve(value).absolute())
         jobs.append(Job(index, where, resolve(str(row["image"])), resolve(str(row["audio"])), output, options,
-                        resolve(features) if features else None))
+                        resolve(features) if features else None, absolute))
     return jobs
 
 
@@ -241,6 +262,12 @@ class JobResult:
         return dict(vars(self))
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run(pipe, jobs: list[Job], base: RenderOptions, ledger: Ledger, resume: bool = False, fail_fast: bool = False,
         report: Callable[[JobResult, int, int], None] = lambda r, i, n: None) -> list[JobResult]:
     """Render the jobs one after another with one pipeline; a failed job does not stop the others
@@ -264,6 +291,14 @@ def run(pipe, jobs: list[Job], base: RenderOptions, ledger: Ledger, resume: bool
             except AvatarError as err:
                 result = JobResult(job.index, "failed", str(job.output), round(time.perf_counter() - start, 3),
                                    error=f"{job.where}: {err}")
+            except Exception as err:  # noqa: BLE001 - an unexpected failure (e.g. CUDA out of memory) fails one job
+                lines = str(err).strip().splitlines()
+                result = JobResult(job.index, "failed", str(job.output), round(time.perf_counter() - start, 3),
+                                   error=f"{job.where}: {type(err).__name__}: {lines[0] if lines else 'no message'}")
+                if torch_cuda_available():
+                    import torch
+
+                    torch.cuda.empty_cache()
         results.append(result)
         report(result, position, len(jobs))
         if fail_fast and result.status == "failed":

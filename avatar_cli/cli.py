@@ -327,7 +327,7 @@ def batch(
                               clip_frames, motion_frames, crf, decoder, overlap, separate_vocals)
     if devices:
         raise typer.Exit(_batch_on_devices(jobs, devices, shard, quiet))
-    job_list = batchmod.select_shard(batchmod.read_jobs(jobs), shard)
+    job_list = batchmod.select_shard(batchmod.read_jobs(jobs, options), shard)
     batchmod.check_outputs(job_list, overwrite, resume)
     ledger_path = ledger or batchmod.default_ledger(jobs)
     book = batchmod.Ledger(ledger_path)
@@ -417,10 +417,8 @@ def _batch_on_devices(jobs: str, devices: str, shard: str | None, quiet: bool) -
     if jobs == "-":  # children cannot share our stdin: write the jobs once, paths made absolute
         parsed = batchmod.read_jobs("-")
         handle = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, prefix="avatar-jobs-")
-        for job in parsed:
-            row = {"image": str(job.image.absolute()), "audio": str(job.audio.absolute()),
-                   "output": str(job.output.absolute())}
-            handle.write(json.dumps(row) + "\n")
+        for job in parsed:  # every column of the row, paths made absolute
+            handle.write(json.dumps(job.row) + "\n")
         handle.close()
         source = handle.name
     if "--ledger" not in rest and not any(a.startswith("--ledger=") for a in rest):

@@ -127,6 +127,8 @@ def test_the_models_load_once_and_a_portrait_is_encoded_once(media, shared_data)
     ("image,audio,output,seed\n{img},one.wav,out/a.mp4,x", "column seed"),
     ("image,audio,output,colour\n{img},one.wav,out/a.mp4,red", "unknown column"),
     ("image,audio,output,separate_vocals\n{img},one.wav,out/a.mp4,maybe", "column separate_vocals"),
+    ("image,audio,output,init\n{img},one.wav,out/a.mp4,sideways", "row 2, column init: --init must be"),
+    ("image,audio,output,size\n{img},one.wav,out/a.mp4,100", "row 2, column size: --size"),
 ])
 def test_bad_jobs_files_are_usage_errors_naming_row_and_column(media, shared_data, capsys, content, words):
     path = media / "jobs.csv"
@@ -192,6 +194,47 @@ def test_sigterm_acts_like_ctrl_c(media, shared_data):
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 130 and list((media / "out").iterdir()) == []
+
+
+def test_an_unexpected_error_fails_one_job_and_the_others_render(media, shared_data, monkeypatch, capsys):
+    img = shared_data / "astronaut.png"
+    jobs = _write_jobs(media, [f"{img},one.wav,out/a.mp4,", f"{img},two.wav,out/b.mp4,"])
+    real = AvatarPipeline.render_job
+
+    def flaky(self, job, *args, **kwargs):
+        if job.output.name == "a.mp4":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+        return real(self, job, *args, **kwargs)
+
+    monkeypatch.setattr(AvatarPipeline, "render_job", flaky)
+    assert main(["batch", str(jobs), "--json", *TINY]) == 1
+    results = _results(capsys.readouterr().out)
+    assert [r["status"] for r in results] == ["failed", "ok"]
+    assert results[0]["error"].endswith("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert sorted(p.name for p in (media / "out").iterdir()) == ["b.mp4"]
+
+
+def test_headerless_rows_with_a_missing_first_image_fail_that_job_only(media, shared_data, monkeypatch, capsys):
+    img = shared_data / "astronaut.png"
+    monkeypatch.chdir(media)
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"missing.png,one.wav,out/a.mp4\n{img},one.wav,out/b.mp4\n"))
+    assert main(["batch", "-", "--json", *TINY]) == 1
+    results = _results(capsys.readouterr().out)
+    assert [r["status"] for r in results] == ["failed", "ok"] and "missing.png" in results[0]["error"]
+
+
+def test_devices_from_stdin_keep_every_column(media, shared_data, monkeypatch):
+    img = shared_data / "astronaut.png"
+    monkeypatch.chdir(media)
+    import io
+
+    rows = [{"image": str(img), "audio": "one.wav", "output": "out/a.mp4", "size": 128, "seed": 3},
+            {"image": str(img), "audio": "one.wav", "output": "out/b.mp4"}]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(json.dumps(r) + "\n" for r in rows)))
+    assert main(["batch", "-", "--devices", "cpu,cpu", "--quiet", *TINY]) == 0
+    assert probe(media / "out" / "a.mp4")["width"] == 128 and probe(media / "out" / "b.mp4")["width"] == 64
 
 
 def test_devices_run_one_shard_process_each(media, shared_data, capsys):
