@@ -82,8 +82,10 @@ def flop_counter_mode():
 
 
 def count_clip_flops(pipe: AvatarPipeline, image: np.ndarray, options: RenderOptions) -> int:
-    """FLOPs of rendering one clip (reference features, sampling, decoding), counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention)."""
+    """FLOPs of rendering one clip (audio features, motion-frame reference features, sampling,
+    decoding), counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
+    attention). The portrait's VAE encode and reference-net pass run once per video, not per clip,
+    and are already cached here, so they are not in the count (a per-clip figure)."""
     seconds = options.clip_frames / options.fps
     waveform = np.zeros(int(round(seconds * 16000)), np.float32)
     counter = flop_counter_mode()
@@ -117,6 +119,42 @@ def decoder_psnr(pipe: AvatarPipeline, image: np.ndarray, options: RenderOptions
     return float(np.mean([99.0 if m == 0 else 10 * math.log10(255 ** 2 / m) for m in mse]))
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name substring
+# (first match wins); the achieved TFLOP/s is reported as a share of these.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
+                    ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10G", 70.0))
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The device's dense bf16 peak in TFLOP/s, or None (CPUs and unlisted GPUs)."""
+    for key, peak in BF16_PEAK_TFLOPS:
+        if key in device_name:
+            return peak
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (Linux: write 5 to /proc/self/clear_refs), so that each method
+    of a multi-method bench reports its own peak. Returns False where it cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process since the last reset (VmHWM), in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -137,7 +175,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
           audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
           dtype: str = "auto", decoder: str = "vae", compile: bool = False, repeat: int = 3,
           weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
-          log=lambda message: None) -> dict:
+          log=lambda message: None, command: str | None = None) -> dict:
     """Benchmark one sampling method. Returns the report (see module docstring); times in seconds.
 
     Args:
@@ -145,7 +183,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         seconds: synthetic speech length when ``audio`` is None. image: portrait (default synthetic).
         repeat: warm runs (median and min over them); the cold start is reported separately.
         count_flops: count one clip's FLOPs (one extra, untimed clip).
-        log: progress notes.
+        log: progress notes. command: the command line to record (None: ``avatar`` + sys.argv).
     """
     from . import __version__
     from .models.bundle import AvatarModels
@@ -166,6 +204,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         image_path = Path(image) if image else synthetic_portrait(tmp / "portrait.png", size)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
+        peak_scope = "method" if dev.type == "cuda" or reset_peak_rss() else "process"
         cold_start = time.perf_counter()
         if weights is not None:
             pipe = AvatarPipeline(AvatarModels.from_pretrained(weights, torch_dtype=dt), dev, dt, compile=compile)
@@ -184,7 +223,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
             job = prepare_job(image_path, audio_path, tmp / f"warm{i}.mp4", options)
             runs.append(pipe.render_job(job))
         peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                else peak_rss_bytes())
         flops = None
         if count_flops:
             log(f"{model}: counting the FLOPs of one clip")
@@ -199,26 +238,33 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
     rtf = _summary([w / video_s for w in walls])
     ffd = [r.first_frame_delay_s for r in runs if r.first_frame_delay_s is not None]
     tflop_per_video_s = None if flops is None else flops / (options.clip_frames / options.fps) / 1e12
+    tflops = None if tflop_per_video_s is None else tflop_per_video_s / rtf["median"]
+    device_name = _device_name(dev)
+    peak_tflops = bf16_peak_tflops(device_name) if dev.type == "cuda" else None
+    evaluations = runs[0].unet_evaluations
     return {
         "model": model, "arch": arch if weights is None else None,
         "weights": str(weights) if weights is not None else f"random:{arch}",
-        "size": size, "fps": options.fps, "video_s": round(video_s, 4), "frames": runs[0].frames,
+        "size": size, "video_fps": options.fps, "video_s": round(video_s, 4), "frames": runs[0].frames,
         "decoder": decoder, "repeat": repeat,
         "rtf": rtf, "wall_s": _summary(walls),
         "first_frame_delay_s": _summary(ffd) if ffd else None,
-        "fps_rendered": _summary([runs[0].frames / w for w in walls]),
+        "fps": _summary([runs[0].frames / w for w in walls]),  # frames rendered per wall second
         "stages": stages,
         "nfe": method.nfe(options.steps),
-        "unet_evaluations": runs[0].unet_evaluations,
+        "unet_evaluations": evaluations,
+        "sampling_per_nfe_s": _summary([r.stages["sampling"] / max(r.unet_evaluations, 1) for r in runs]),
         "tflop_per_video_s": None if tflop_per_video_s is None else round(tflop_per_video_s, 4),
-        "tflops_achieved": None if tflop_per_video_s is None else round(tflop_per_video_s / rtf["median"], 4),
+        "tflops_achieved": None if tflops is None else round(tflops, 4),
+        "bf16_peak_tflops": peak_tflops,
+        "tflops_share_of_peak": None if tflops is None or peak_tflops is None else round(tflops / peak_tflops, 4),
         "cold_start_s": round(cold_start_s, 4), "cold_render_s": round(cold.wall_s, 4), "load_s": round(load_s, 4),
-        "peak_memory_bytes": int(peak),
+        "peak_memory_bytes": int(peak), "peak_memory_scope": peak_scope,
         "taesd_psnr_db": None if psnr is None else round(psnr, 2),
-        "device": _device_name(dev), "dtype": str(dt).replace("torch.", ""),
+        "device": device_name, "dtype": str(dt).replace("torch.", ""),
         "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
-        "command": " ".join(["avatar", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("avatar") else None,
+        "command": command if command is not None else " ".join(["avatar", *sys.argv[1:]]),
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -95,7 +96,7 @@ Guidance defaults (--guidance-audio / --guidance-ref): fada 6.5 / 2.0, fada-bala
 
 [bold]Hallo[/bold] (--model hallo, weights from 'avatar weights convert --from hallo'): the face is found with MediaPipe (the face extra) or --face-box; its ArcFace embedding comes from InsightFace (the arcface extra), --face-embedding FILE.npy, or --no-face-embedding.
 
-[bold]Clip initialisation[/bold] (LCM methods): gaussian starts every clip from noise at t=999; rolling starts clip n from clip n-1's latents noised to --noise-level; combined-rolling is gaussian for the first clip and rolling after.
+[bold]Clip initialisation[/bold] (LCM and DDIM methods; PeRFlow takes gaussian only): gaussian starts every clip from noise at t=999; rolling starts clip n from clip n-1's latents noised to --noise-level; combined-rolling is gaussian for the first clip and rolling after.
 
 [bold]Exit codes[/bold]: 0 ok, 1 failed, 2 bad input or option, 130 interrupted.
 """
@@ -568,13 +569,14 @@ def bench(
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise InputError("--plot needs matplotlib: pip install matplotlib") from None
+            raise InputError("--plot needs matplotlib: pip install 'avatar-cli[plot]'") from None
     if weights is None:
         _note(f"note: RANDOM weights ({arch.value} architecture): timings are real, the frames are noise", quiet)
     reports = []
     for name in models:
         report = benchmod.bench(name, arch.value, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
-                                weights, flops, overlap, log=lambda m: _note(m, quiet))
+                                weights, flops, overlap, log=lambda m: _note(m, quiet),
+                                command=shlex.join(["avatar", *_ARGV]))
         reports.append(report)
         if as_json:
             typer.echo(json.dumps(report))
@@ -598,14 +600,18 @@ def _print_bench(r: dict) -> None:
     if r["first_frame_delay_s"]:
         table.add_row("first-frame delay (s)", f"{r['first_frame_delay_s']['median']:.3f}",
                       f"{r['first_frame_delay_s']['min']:.3f}")
-    table.add_row("frames per second", f"{r['fps_rendered']['median']:.2f}", f"{r['fps_rendered']['min']:.2f}")
+    table.add_row("frames per second", f"{r['fps']['median']:.2f}", f"{r['fps']['min']:.2f}")
     for stage, v in r["stages"].items():
         table.add_row(f"  {stage} (s)", f"{v['median']:.3f}", f"{v['min']:.3f}")
+    table.add_row("  sampling per NFE (s)", f"{r['sampling_per_nfe_s']['median']:.4f}",
+                  f"{r['sampling_per_nfe_s']['min']:.4f}")
     console = Console()
     console.print(table)
     facts = [f"NFE {r['nfe']}", f"cold start {r['cold_start_s']:.1f} s", f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB"]
     if r["tflop_per_video_s"] is not None:
         facts += [f"{r['tflop_per_video_s']:.3g} TFLOP per video second", f"{r['tflops_achieved']:.3g} TFLOP/s achieved"]
+        if r["tflops_share_of_peak"] is not None:
+            facts.append(f"{100 * r['tflops_share_of_peak']:.1f} % of the {r['bf16_peak_tflops']:g} TFLOP/s bf16 peak")
     if r["taesd_psnr_db"] is not None:
         facts.append(f"TAESD vs VAE PSNR {r['taesd_psnr_db']:.1f} dB")
     console.print(", ".join(facts))

@@ -205,7 +205,8 @@ class RenderResult:
 @dataclass
 class RenderJob:
     """A render's checked inputs: the portrait (S, S, 3) uint8, the speech (samples,) float32 at
-    16 kHz, where to write, and the options. ``decode_s``: seconds spent decoding the speech."""
+    16 kHz, where to write, and the options. ``decode_s``: seconds spent decoding the speech;
+    ``image_s``: seconds spent reading the portrait (both count in the render's wall time)."""
 
     image: np.ndarray
     waveform: np.ndarray
@@ -215,6 +216,7 @@ class RenderJob:
     decode_s: float = 0.0
     face_box: tuple[float, float, float, float] | None = None  # ``options.face_box`` in frame pixels
     audio_features: Path | None = None  # a features file from ``avatar audio encode``
+    image_s: float = 0.0
 
 
 def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str | Path,
@@ -228,7 +230,9 @@ def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str
     opts = options or RenderOptions()
     opts.validate()
     output = check_output_path(output_path, overwrite)
+    start = time.perf_counter()
     image, geometry = load_portrait(image_path, opts.size, opts.fit, with_geometry=True)
+    image_s = time.perf_counter() - start
     face_box = None
     if opts.face_box is not None:
         x, y, w, h = opts.face_box
@@ -243,4 +247,4 @@ def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str
     start = time.perf_counter()
     waveform = load_speech(audio_path)
     return RenderJob(image, waveform, Path(audio_path), output, opts, time.perf_counter() - start, face_box,
-                     None if audio_features is None else Path(audio_features))
+                     None if audio_features is None else Path(audio_features), image_s)

@@ -483,6 +483,7 @@ class AvatarPipeline:
         start = time.perf_counter()
         stats = RenderStats(self.device)
         stats.stages["audio"] += job.decode_s
+        stats.stages["reference"] += job.image_s  # reading the portrait: the reference's input
         face = None
         if self.models.face_locator is not None:  # Hallo family: face box, masks, embedding
             with stats("reference"):
@@ -515,7 +516,7 @@ class AvatarPipeline:
                     sink.abort()
                 raise
         stats.stages["write"] += time.perf_counter() - finish  # ffmpeg finishing, mux, rename
-        wall = time.perf_counter() - start + job.decode_s
+        wall = time.perf_counter() - start + job.decode_s + job.image_s
         duration = written / opts.fps
         guidance = opts.guidance
         return RenderResult(

@@ -13,21 +13,65 @@ from avatar_cli.pipeline import STAGES
 
 
 def test_bench_json_is_consistent(capsys):
-    code = main(["bench", "--arch", "tiny", "--size", "64", "--seconds", "1.5", "--repeat", "1", "--json", "--quiet"])
+    import time
+
+    args = ["bench", "--arch", "tiny", "--size", "64", "--seconds", "1.5", "--repeat", "2", "--json", "--quiet"]
+    start = time.perf_counter()
+    code = main(args)
+    elapsed = time.perf_counter() - start
     assert code == 0
     r = json.loads(capsys.readouterr().out)
-    for key in ("rtf", "first_frame_delay_s", "fps_rendered", "stages", "nfe", "tflop_per_video_s", "tflops_achieved",
-                "peak_memory_bytes", "device", "dtype", "versions", "command", "cold_start_s", "wall_s"):
+    for key in ("rtf", "first_frame_delay_s", "fps", "stages", "nfe", "tflop_per_video_s", "tflops_achieved",
+                "peak_memory_bytes", "device", "dtype", "versions", "command", "cold_start_s", "wall_s",
+                "sampling_per_nfe_s", "tflops_share_of_peak"):
         assert key in r, key
     assert set(r["stages"]) == {*STAGES, "other"}
-    wall = r["wall_s"]["median"]
-    total = sum(v["median"] for v in r["stages"].values())
-    assert abs(total - wall) <= 0.01 * wall                      # stages + other = wall
-    assert abs(r["rtf"]["median"] - wall / r["video_s"]) <= 1e-3  # rtf = wall / video seconds
-    assert r["frames"] == round(1.5 * 25) + 1 or r["frames"] == int(1.5 * 25 + 0.5)
+    assert r["command"] == "avatar " + " ".join(args)
+    # The report against clocks outside it: the cold start and the warm runs fit in the command's time,
+    # no stage is counted twice (other >= 0), and the video is as long as the speech.
+    assert r["cold_start_s"] + 2 * r["wall_s"]["min"] <= elapsed
+    assert r["stages"]["other"]["min"] >= 0
+    assert r["frames"] == round(1.5 * 25) and abs(r["video_s"] - r["frames"] / 25) < 1e-3
+    assert r["video_fps"] == 25.0
+    assert abs(r["fps"]["median"] - r["frames"] / r["wall_s"]["median"]) <= 0.02 * r["fps"]["median"]
     assert r["nfe"] == 1 and r["unet_evaluations"] == 3 and r["peak_memory_bytes"] > 0
+    assert r["sampling_per_nfe_s"]["median"] <= r["stages"]["sampling"]["median"]
     assert r["tflop_per_video_s"] > 0 and r["first_frame_delay_s"]["median"] > 0
+    assert r["tflops_share_of_peak"] is None  # a CPU has no bf16 tensor-core peak to compare with
     assert r["versions"]["torch"] == torch.__version__
+
+
+def test_bf16_peaks_and_peak_rss_reset():
+    from avatar_cli.bench import bf16_peak_tflops, peak_rss_bytes, reset_peak_rss
+
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("AMD EPYC 7B13 (2 threads)") is None
+    if not reset_peak_rss():
+        pytest.skip("no /proc/self/clear_refs here")
+    big = bytearray(300 * 2**20)  # touch 300 MiB, free it, reset: the peak drops back
+    for i in range(0, len(big), 4096):
+        big[i] = 1
+    high = peak_rss_bytes()
+    del big
+    assert reset_peak_rss()
+    assert peak_rss_bytes() < high - 200 * 2**20
+
+
+def test_bench_taesd_reports_the_decoder_psnr(capsys):
+    code = main(["bench", "--arch", "tiny", "--size", "64", "--seconds", "0.64", "--repeat", "1", "--no-flops",
+                 "--decoder", "taesd", "--json", "--quiet"])
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["decoder"] == "taesd" and isinstance(r["taesd_psnr_db"], float) and r["taesd_psnr_db"] > 0
+
+
+def test_bench_plot_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (the plot extra)")
+    out = tmp_path / "bench.png"
+    assert main(["bench", "--arch", "tiny", "--size", "64", "--seconds", "0.64", "--repeat", "1", "--no-flops",
+                 "--model", "osa-lcm,fada", "--plot", str(out), "--quiet"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_unet_flops_equal_a_count_made_from_the_layers(monkeypatch):
