@@ -135,18 +135,18 @@ def _render_options(model, steps, guidance_audio, guidance_ref, guidance_scale, 
 
 # Render options shared by `render` and `batch`.
 _Model = Annotated[Model, typer.Option(help="Sampling method (see Methods below).")]
-_Steps = Annotated[Optional[int], typer.Option("--steps", help="num_inference_steps per clip [default: the method's]",
-                                                 show_default=False)]
+_Steps = Annotated[Optional[int], typer.Option("--steps", help="num_inference_steps per clip",
+                                                 show_default="the method's")]
 _GuidanceAudio = Annotated[Optional[float], typer.Option(
-        help="cfg_a, audio guidance (FADA eqs. 9-10) [default: the method's]", show_default=False)]
+        help="cfg_a, audio guidance (FADA eqs. 9-10)", show_default="the method's")]
 _GuidanceRef = Annotated[Optional[float], typer.Option(
-        help="cfg_r, reference guidance [default: the method's]", show_default=False)]
+        help="cfg_r, reference guidance", show_default="the method's")]
 _GuidanceScale = Annotated[Optional[float], typer.Option(
-        help="The CFG scale of --model hallo [default: 3.5]", show_default=False)]
+        help="The CFG scale of --model hallo", show_default="3.5")]
 _WindowSteps = Annotated[Optional[str], typer.Option(
         help="PeRFlow steps per window, nearest t=1 first, e.g. 2,2,1,1.", show_default=False)]
 _FaceBox = Annotated[Optional[str], typer.Option(
-        help="Hallo: the face as x,y,w,h in the image's pixels [default: detected]", show_default=False)]
+        help="Hallo: the face as x,y,w,h in the image's pixels", show_default="detected")]
 _NoFaceEmbedding = Annotated[bool, typer.Option(
         "--no-face-embedding", help="Hallo: use the zero face embedding (no ArcFace model needed).")]
 _FaceEmbedding = Annotated[Optional[Path], typer.Option(
@@ -161,7 +161,7 @@ _Fit = Annotated[Fit, typer.Option(help="Non-square portraits: crop the centre o
 _Fps = Annotated[float, typer.Option(help="Video frame rate, 1..120.")]
 _ClipFrames = Annotated[int, typer.Option(help="Frames generated together (F).")]
 _MotionFrames = Annotated[Optional[int], typer.Option(
-        help="Latents carried between clips (M) [default: the model's, 4]", show_default=False)]
+        help="Latents carried between clips (M)", show_default="the model's, 4")]
 _Crf = Annotated[int, typer.Option(help="x264 quality, 0 (lossless)..51.")]
 _Decoder = Annotated[str, typer.Option(help="Latent decoder: vae, or taesd (fast tiny autoencoder).")]
 _Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap",
@@ -188,8 +188,8 @@ def render(
     image: Annotated[Path, typer.Argument(help="Portrait image (any format Pillow reads).", show_default=False)],
     audio: Annotated[Path, typer.Argument(help="Speech (wav, mp3, flac, ogg, m4a, or a video's audio track).",
                                           show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output mp4 [default: <image stem>.mp4]",
-                                                   show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output mp4",
+                                                   show_default="<image stem>.mp4")] = None,
     model: _Model = Model.osa_lcm,
     steps: _Steps = None,
     guidance_audio: _GuidanceAudio = None,
@@ -282,8 +282,8 @@ def batch(
     devices: Annotated[Optional[str], typer.Option(
         help="Comma-separated devices (cuda:0,cuda:1): one process per device, each a shard.",
         show_default=False)] = None,
-    ledger: Annotated[Optional[Path], typer.Option(help="Ledger file [default: JOBS.ledger.jsonl beside the jobs file]",
-                                                   show_default=False)] = None,
+    ledger: Annotated[Optional[Path], typer.Option(help="Ledger file",
+                                                   show_default="JOBS.ledger.jsonl beside the jobs file")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job.")] = False,
     model: _Model = Model.osa_lcm,
     steps: _Steps = None,
@@ -536,7 +536,7 @@ def bench(
     size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 512,
     seconds: Annotated[float, typer.Option(help="Length of the synthetic speech.")] = 10.0,
     audio: Annotated[Optional[Path], typer.Option(help="Speech to use instead.", show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Option(help="Portrait to use [default: synthetic]", show_default=False)] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Portrait to use", show_default="synthetic")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
     decoder: Annotated[str, typer.Option(help="vae or taesd.")] = "vae",
@@ -709,7 +709,7 @@ LocalDirOption = Annotated[Optional[Path], typer.Option(
     "instead of the Hugging Face cache.", show_default=False)]
 
 
-@weights_app.command("list")
+@weights_app.command("list", epilog="[bold]Examples[/bold]\n\n  avatar weights list\n\n  avatar weights list --json\n\n  AVATAR_WEIGHTS_DIR=/media/usb/avatar-weights avatar weights list")
 def weights_list(
     manifest: ManifestOption = None,
     local_dir: LocalDirOption = None,
@@ -747,7 +747,7 @@ def weights_list(
     Console().print(table)
 
 
-@weights_app.command("download")
+@weights_app.command("download", epilog="[bold]Examples[/bold]\n\n  avatar weights download hallo\n\n  avatar weights download sd-vae-ft-mse wav2vec2-base-960h --quiet\n\n  avatar weights download --all --local-dir /media/usb/avatar-weights")
 def weights_download(
     names: Annotated[Optional[list[str]], typer.Argument(help="Components to download.", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every available component.")] = False,
@@ -776,10 +776,10 @@ def weights_download(
             _note(f"{c.name}: {len(reports)} file(s) verified in {path}", quiet)
 
 
-@weights_app.command("verify")
+@weights_app.command("verify", epilog="[bold]Examples[/bold]\n\n  avatar weights verify\n\n  avatar weights verify hallo --json")
 def weights_verify(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Components [default: every installed one].",
-                                                         show_default=False)] = None,
+    names: Annotated[Optional[list[str]], typer.Argument(help="Components.",
+                                                         show_default="every installed one")] = None,
     manifest: ManifestOption = None,
     local_dir: LocalDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -809,7 +809,7 @@ def weights_verify(
         raise typer.Exit(1)
 
 
-@weights_app.command("path")
+@weights_app.command("path", epilog="[bold]Examples[/bold]\n\n  avatar weights path taesd\n\n  ls \"$(avatar weights path hallo)/hallo\"")
 def weights_path(
     name: Annotated[str, typer.Argument(help="Component name.", show_default=False)],
     manifest: ManifestOption = None,
@@ -831,12 +831,12 @@ class Source(str, Enum):
     hallo = "hallo"
 
 
-@weights_app.command("convert")
+@weights_app.command("convert", epilog="[bold]Examples[/bold]\n\n  avatar weights convert --from hallo\n\n  avatar weights convert --from hallo net.pth --vae sd-vae-ft-mse --wav2vec2 wav2vec2-base-960h -o ./hallo-weights\n\n  avatar weights convert --from sd15 v1-5-pruned.safetensors --motion-module mm_sd_v15_v2.ckpt -o ./weights")
 def weights_convert(
     source: Annotated[Source, typer.Option("--from", help="What the checkpoint is.", show_default=False)],
     checkpoint: Annotated[Optional[Path], typer.Argument(
-        help="sd15: the single-file checkpoint; hallo: hallo/net.pth [default: the installed 'hallo' component's]",
-        show_default=False)] = None,
+        help="sd15: the single-file checkpoint; hallo: hallo/net.pth",
+        show_default="the installed 'hallo' component's")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Folder to write [default for hallo: $AVATAR_HOME/converted/hallo, which render "
         "uses without --weights]", show_default=False)] = None,

@@ -125,8 +125,8 @@ _Data = Annotated[Path, typer.Option("--data", help="Dataset folder ('avatar dat
 _Out = Annotated[Path, typer.Option("--output", "-o", help="Run folder: checkpoints/, weights/, metrics.jsonl.",
                                     show_default=False)]
 _MaxSteps = Annotated[int, typer.Option("--max-steps", help="Optimizer steps of the student.")]
-_Lr = Annotated[Optional[float], typer.Option("--lr", help="Learning rate [default: the paper's, see --help text].",
-                                              show_default=False)]
+_Lr = Annotated[Optional[float], typer.Option("--lr", help="Learning rate.",
+                                              show_default="the paper's, see --help text")]
 _Accum = Annotated[int, typer.Option("--gradient-accumulation", help="Examples per process per update.")]
 _Precision = Annotated[Precision, typer.Option("--mixed-precision", help="accelerate's mixed precision.")]
 _Every = Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints (0: at the end only).")]
@@ -252,8 +252,8 @@ def distill_osa_lcm_command(
     gan_loss: Annotated[GanLoss, typer.Option(help="Adversarial loss form (eqs. 4-5).")] = GanLoss.hinge,
     lambda_adv: Annotated[float, typer.Option(help="Weight of the adversarial term (eq. 9).")] = 0.1,
     lambda_motion: Annotated[float, typer.Option(help="Weight of the motion loss (eq. 9).")] = 1.0,
-    huber_c: Annotated[Optional[float], typer.Option(help="Pseudo-Huber c [default: 0.00054 sqrt(d)].",
-                                                     show_default=False)] = None,
+    huber_c: Annotated[Optional[float], typer.Option(help="Pseudo-Huber c.",
+                                                     show_default="0.00054 sqrt(d)")] = None,
     disc_t_start: Annotated[int, typer.Option(help="Discriminator noise at the start (eq. 6).")] = 500,
     disc_t_end: Annotated[int, typer.Option(help="Discriminator noise at the end (eq. 6).")] = 100,
     eft_t_min: Annotated[int, typer.Option(help="EFT: t drawn from [this, 999] (high noise).")] = 800,

@@ -248,11 +248,15 @@ def download(component: Component, local_dir: str | Path | None = None, quiet: b
                                         RepositoryNotFoundError, RevisionNotFoundError)
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
+    from huggingface_hub.utils import logging as hub_logging
+
     root = _local_root(local_dir)
     target = None if root is None else root / component.name
     reports = []
     if quiet:
         disable_progress_bars()
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()  # no "Retrying in 4s" lines: a failure ends in one line of ours
     try:
         for f in component.files:
             try:
@@ -264,9 +268,14 @@ def download(component: Component, local_dir: str | Path | None = None, quiet: b
                 raise WeightsError(f"{component.repo_id} is gated: accept its licence on huggingface.co and set "
                                    f"HF_TOKEN (or run 'hf auth login')") from None
             except LocalEntryNotFoundError:
-                raise WeightsError(f"offline and {component.name}/{f.path} is not downloaded: download it on a "
-                                   f"connected machine ('avatar weights download {component.name} --local-dir DIR') "
-                                   f"and set AVATAR_WEIGHTS_DIR=DIR here") from None
+                if _offline():
+                    raise WeightsError(f"offline and {component.name}/{f.path} is not downloaded: download it on a "
+                                       f"connected machine ('avatar weights download {component.name} --local-dir "
+                                       f"DIR') and set AVATAR_WEIGHTS_DIR=DIR here") from None
+                endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+                raise WeightsError(f"cannot reach {endpoint} and {component.name}/{f.path} is not in the cache: check "
+                                   f"the network (or HF_ENDPOINT), or download on a connected machine with --local-dir "
+                                   f"and set AVATAR_WEIGHTS_DIR here") from None
             except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
                 raise WeightsError(f"{component.repo_id}@{component.revision} has no {f.path} "
                                    f"({type(err).__name__}); the manifest entry [{component.name}] is out of date") from None
@@ -279,6 +288,7 @@ def download(component: Component, local_dir: str | Path | None = None, quiet: b
                 _remove_download(path)
                 raise WeightsError(f"{component.name}/{f.path}: {reports[-1].detail}; the file was deleted")
     finally:
+        hub_logging.set_verbosity(verbosity)
         if quiet:
             enable_progress_bars()
     return path.parents[len(Path(component.files[-1].path).parts) - 1], reports

@@ -148,8 +148,12 @@ def test_console_script_error_exit_code_and_no_traceback(tmp_path, shared_data):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("avatar: error: image") and "Traceback" not in proc.stderr
     assert avatar("--version").stdout.startswith("avatar-cli ")
-    helptext = avatar("render", "--help").stdout
+    helptext = subprocess.run([str(Path(sys.executable).with_name("avatar")), "render", "--help"], capture_output=True,
+                              text=True, env={**os.environ, "COLUMNS": "200"}).stdout
     assert "Examples" in helptext and "--random-weights" in helptext
+    for method, nfe in (("osa-lcm", "NFE 1"), ("fada", "NFE 6"), ("fada-balanced", "NFE 18"), ("teacher", "NFE 75")):
+        assert any(line.split()[:1] == [method] and nfe in line for line in helptext.splitlines()), method
+    assert "[default: (<image stem>.mp4)]" in helptext  # defaults that are not values are shown too
 
 
 def test_ctrl_c_removes_the_partial_file_and_exits_130(tmp_path, shared_data):

@@ -169,6 +169,20 @@ def test_trust_on_first_use_is_recorded_then_enforced(hub_env, capsys):
     assert _run(capsys, "weights", "verify", "tofu")[0] == 1
 
 
+def test_no_network_is_one_line(hub_env, capsys, monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's retry back-off
+    code, _, err = _run(capsys, "weights", "download", "vae", "--quiet")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"avatar: error: cannot reach http://127.0.0.1:{port}") and "Retrying" not in err
+
+
 def test_offline_and_unavailable_and_unknown(hub_env, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = _run(capsys, "weights", "download", "vae", "--quiet")
