@@ -58,6 +58,11 @@ def _echo(result: dict, as_json: bool, text: str, quiet: bool) -> None:
         typer.echo(f"avatar: {text}", err=True)
 
 
+def _echo_note(text: str, quiet: bool) -> None:
+    if not quiet:
+        typer.echo(text, err=True)
+
+
 def _pair(option: str, value: str) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in value.split(","))
@@ -160,6 +165,33 @@ def _config(output, max_steps, lr, lr_decay_at, lr_decay, disc_lr, accum, precis
                        optimizer=optimizer.value, gradient_checkpointing=checkpointing, cpu=cpu, progress=not quiet)
 
 
+def _teacher(value: str) -> Path:
+    """``--teacher``: a weights folder; ``hallo:DIR`` (a converted Hallo folder, checked to hold
+    Hallo's face locator); or ``hallo`` (the folder 'avatar weights convert --from hallo' wrote)."""
+    from .weights import converted_folder
+
+    if value == "hallo":
+        folder = converted_folder("hallo")
+        if folder is None:
+            raise InputError("--teacher hallo needs Hallo's converted weights: 'avatar weights download hallo' and "
+                             "'avatar weights convert --from hallo', or pass --teacher hallo:DIR")
+        return folder
+    if value.startswith("hallo:"):
+        folder = Path(value[len("hallo:"):])
+        _folder("--teacher", folder)
+        if not (folder / "face_locator").is_dir():
+            raise InputError(f"--teacher {value}: {folder} holds no Hallo weights (no face_locator/); convert them "
+                             f"with 'avatar weights convert --from hallo -o {folder}'")
+        return folder
+    folder = Path(value)
+    _folder("--teacher", folder)
+    return folder
+
+
+_Teacher = Annotated[str, typer.Option(help="Teacher: a weights folder, hallo:DIR (converted Hallo weights) or hallo "
+                                            "(the installed conversion).", show_default=False)]
+
+
 def _folder(option: str, path: Path | None) -> None:
     if path is not None and not path.is_dir():
         raise InputError(f"{option} {path} is not a folder; give a weights folder (e.g. a run's weights/)")
@@ -240,7 +272,7 @@ Defaults are the paper's: Adv-LCM lr 3e-6 for the first half, then 1.5e-6; EFT 1
 
 @distill_app.command("osa-lcm", epilog=OSA_EPILOG)
 def distill_osa_lcm_command(
-    teacher: Annotated[Path, typer.Option(help="Teacher weights folder.", show_default=False)],
+    teacher: _Teacher,
     data: _Data,
     output: _Out,
     stage: Annotated[Stage, typer.Option(help="adv-lcm (Algorithm 1) or eft (Algorithm 2, from --init adv/weights).")]
@@ -257,6 +289,8 @@ def distill_osa_lcm_command(
     disc_t_start: Annotated[int, typer.Option(help="Discriminator noise at the start (eq. 6).")] = 500,
     disc_t_end: Annotated[int, typer.Option(help="Discriminator noise at the end (eq. 6).")] = 100,
     eft_t_min: Annotated[int, typer.Option(help="EFT: t drawn from [this, 999] (high noise).")] = 800,
+    gen_noise_max: Annotated[int, typer.Option(help="The generator's samples reach the discriminator noised to "
+                                                    "s ~ U(0, this) (eq. 6's fake side).")] = 100,
     train_what: Annotated[Trainable, typer.Option("--train", help="temporal (the paper) or all weights.")]
     = Trainable.temporal,
     max_steps: _MaxSteps = 30000,
@@ -279,7 +313,7 @@ def distill_osa_lcm_command(
     from .training.osa_lcm import LCMConfig
     from .training.recipes import distill_osa_lcm
 
-    _folder("--teacher", teacher)
+    teacher = _teacher(teacher)
     _folder("--init", init)
     if not 1 <= skip < 1000:
         raise InputError(f"--skip must be 1..999 (got {skip})")
@@ -287,12 +321,17 @@ def distill_osa_lcm_command(
         raise InputError("--disc-t-start and --disc-t-end must be 0..999")
     if not 0 <= eft_t_min <= 999:
         raise InputError(f"--eft-t-min must be 0..999 (got {eft_t_min})")
+    if not 0 <= gen_noise_max <= 999:
+        raise InputError(f"--gen-noise-max must be 0..999 (got {gen_noise_max})")
     eft = stage == Stage.eft
+    if eft and init is None:
+        _echo_note("note: --stage eft without --init starts from the teacher; the paper starts EFT from the Adv-LCM "
+                   "student (--init ADV/weights)", quiet)
     config = _config(output, max_steps, lr or (1.5e-6 if eft else 3e-6), 1.0 if eft else 0.5, 1.0 if eft else 0.5,
                      disc_lr, accum, precision, every, keep, resume, seed, optimizer, checkpointing, cpu, quiet)
     lcm = LCMConfig(skip=skip, guidance=(guidance_audio, guidance_ref), huber_c=huber_c, gan_loss=gan_loss.value,
                     lambda_adv=lambda_adv, lambda_motion=lambda_motion, disc_t_start=disc_t_start,
-                    disc_t_end=disc_t_end, eft_t_min=eft_t_min, train=train_what.value)
+                    disc_t_end=disc_t_end, eft_t_min=eft_t_min, gen_noise_max=gen_noise_max, train=train_what.value)
     summary = distill_osa_lcm(teacher, data, config, stage=stage.value, lcm=lcm, init=init, clip_frames=clip_frames)
     _finish(summary, as_json, quiet)
 
@@ -312,7 +351,7 @@ drawn per sample from --cfg-audio-range and --cfg-ref-range. Default --lr 1e-5.
 
 @distill_app.command("fada", epilog=FADA_EPILOG)
 def distill_fada_command(
-    teacher: Annotated[Path, typer.Option(help="Teacher weights folder.", show_default=False)],
+    teacher: _Teacher,
     data: _Data,
     output: _Out,
     init: _Init = None,
@@ -346,7 +385,7 @@ def distill_fada_command(
     from .training.fada import FADAConfig
     from .training.recipes import distill_fada
 
-    _folder("--teacher", teacher)
+    teacher = _teacher(teacher)
     _folder("--init", init)
     if solver_steps < 1 or cfg_tokens < 1:
         raise InputError("--solver-steps and --cfg-tokens must be >= 1")

@@ -15,7 +15,10 @@ from ..sampling.guidance import Conditions
 
 class Conditioner:
     """Batch example -> the denoising U-Net's :class:`Conditions`, with the frozen reference net,
-    audio projector and image projector of ``models`` (the face tokens are the null tokens).
+    audio projector and image projector of ``models`` (the face tokens are the null tokens: the
+    zero face embedding). For the Hallo family (a face locator) also the face-locator features and
+    the audio-region masks, from the example's ``face_box`` and ``lip_box`` (frame pixels, found by
+    ``avatar data prepare``; the whole frame where absent), as Hallo's inference builds them.
 
     Args:
         models: :class:`AvatarModels` (the teacher's).
@@ -35,7 +38,24 @@ class Conditioner:
         motion_latents = example["motion"].to(self.device, self.dtype)  # (M, 4, h, w): one clip per process
         motion = models.reference_net.extract_features(motion_latents, tokens[:1]) if motion_latents.shape[0] else None
         audio = models.audio_projector(example["audio"].to(self.device, self.dtype))
-        return Conditions(tokens, audio, ref, motion)
+        locator = masks = None
+        if models.face_locator is not None:
+            locator, masks = self._face(example, reference.shape[-1], example["latents"].shape[2])
+        return Conditions(tokens, audio, ref, motion, locator, masks)
+
+    def _face(self, example: dict, latent: int, frames: int):
+        """Face-locator features (1, C, F, h, w) and region masks {region: (1, h, w)} (Hallo)."""
+        from ..media.face import face_mask_image, lip_box_from_face, region_masks
+
+        size = latent * 8  # the VAE's downsampling factor
+        box = example.get("face_box")
+        face_box = tuple(float(v) for v in box.reshape(-1)) if box is not None else (0.0, 0.0, float(size), float(size))
+        lip = example.get("lip_box")
+        lip_box = tuple(float(v) for v in lip.reshape(-1)) if lip is not None else lip_box_from_face(face_box)
+        image = face_mask_image(face_box, size).to(self.device, self.dtype)[None]
+        locator = self.models.face_locator(image)[:, :, None].expand(-1, -1, frames, -1, -1)
+        masks = {k: v.to(self.device)[None] for k, v in region_masks(face_box, lip_box, size, latent).items()}
+        return locator, masks
 
     @torch.no_grad()
     def null(self, conditions: Conditions) -> Conditions:
@@ -48,8 +68,9 @@ class Conditioner:
             zeros = torch.zeros(conditions.encoder_hidden_states.shape[0], 4, *self._latent_size(conditions),
                                 device=self.device, dtype=self.dtype)
             reference = self.models.reference_net.extract_features(zeros, conditions.encoder_hidden_states)
+        # Hallo's unconditional branch also drops the face-locator features; the masks stay.
         return Conditions(conditions.encoder_hidden_states, torch.zeros_like(conditions.audio_embeds), reference,
-                          conditions.motion_features)
+                          conditions.motion_features, None, conditions.region_masks)
 
     @staticmethod
     def _latent_size(conditions: Conditions) -> tuple[int, int]:

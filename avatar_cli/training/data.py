@@ -57,12 +57,17 @@ def read_video_frames(path: Path, fps: float, size: int) -> np.ndarray:
 
 
 def prepare(videos: list[Path], output: Path, pipe, fps: float = 25.0, size: int = 512, quality: str = "high",
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print, clip_frames: int = 16) -> dict:
     """Encode videos into a dataset (see module docstring). Returns {"added", "skipped", "failed"}.
 
     Args:
         pipe: an ``AvatarPipeline`` whose VAE and audio encoder are used.
         quality: "high" (FADA's data set A) or "moderate" (the larger set B).
+        clip_frames: for the Hallo family, whose audio is padded to whole clips before wav2vec2.
+
+    For the Hallo family (weights with a face locator) the face and lip boxes of each video's first
+    frame are found too (MediaPipe with the ``face`` extra, else the whole frame with a warning)
+    and kept in the index, for the face-locator features and region masks of training.
     """
     from safetensors.torch import save_file
 
@@ -84,8 +89,16 @@ def prepare(videos: list[Path], output: Path, pipe, fps: float = 25.0, size: int
         try:
             frames = read_video_frames(Path(video), fps, size)
             waveform = load_speech(video)
-            features = pipe.audio_features(waveform, fps)
+            pad = clip_frames if pipe.models.settings.audio_padding == "clip" else None
+            features = pipe.audio_features(waveform, fps, pad)
             total = min(len(frames), features.shape[0], num_video_frames(waveform.shape[0], fps))
+            boxes = {}
+            if pipe.models.face_locator is not None:
+                from ..media.face import face_conditions
+
+                face = face_conditions(frames[0], size // 8, None, "none", warn=lambda m: log(f"{video}: {m}"))
+                boxes = {"face_box": [round(v, 2) for v in face.face_box],
+                         "lip_box": [round(v, 2) for v in face.lip_box]}
             if total < 2:
                 raise InputError(f"video {video} is shorter than two frames")
             latents = []
@@ -101,7 +114,7 @@ def prepare(videos: list[Path], output: Path, pipe, fps: float = 25.0, size: int
             counts["failed"] += 1
             continue
         entry = {"id": vid, "source": str(video), "frames": int(total), "quality": quality, "fps": fps,
-                 "size": size, "shard": shard, "audio_model": model_id}
+                 "size": size, "shard": shard, "audio_model": model_id, **boxes}
         with open(index_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()
@@ -117,6 +130,8 @@ class Video:
     latents: torch.Tensor  # (T, 4, h, w)
     audio: torch.Tensor    # (T, layers, dim)
     quality: str
+    face_box: list[float] | None = None  # (x, y, w, h) in frame pixels (Hallo family)
+    lip_box: list[float] | None = None
 
 
 class ClipDataset:
@@ -145,7 +160,7 @@ class ClipDataset:
             if (quality is None or entry["quality"] == quality) and entry["frames"] >= needed:
                 tensors = load_file(root / entry["shard"])
                 self.videos.append(Video(entry["id"], tensors["latents"].float(), tensors["audio"].float(),
-                                         entry["quality"]))
+                                         entry["quality"], entry.get("face_box"), entry.get("lip_box")))
         if not self.videos:
             raise InputError(f"{root} has no video of at least {needed} frames"
                              + (f" with quality {quality}" if quality else ""))
@@ -173,6 +188,9 @@ class ClipDataset:
         start = int(torch.randint(EDGE_MARGIN, total - f + 1, (1,), generator=generator))
         latents, audio = self._clip(video, start, reference)
         example = {"latents": latents[None], "audio": audio[None], "reference": reference[None]}
+        if video.face_box is not None:
+            example["face_box"] = torch.tensor(video.face_box)[None]
+            example["lip_box"] = torch.tensor(video.lip_box)[None]
         if self.pairs:
             previous, _ = self._clip(video, start - f, reference)
             example["previous"] = previous[None]

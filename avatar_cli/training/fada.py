@@ -33,7 +33,10 @@ from .losses import mixed_supervision_weight
 
 @dataclass
 class FADAConfig:
-    """Settings of FADA's distillation (defaults: the paper's)."""
+    """Settings of FADA's distillation. From the paper: K = 4 windows and eq. 8's W0, s, R_p, R_d.
+    Ours (the paper does not give them): 8 teacher DDIM steps per window, 4 tokens per CFG set,
+    and the (cfg_a, cfg_r) ranges, centred on the inference defaults (6.5, 2.0-2.5) so the tokens
+    learn the neighbourhood they are used in (docs/distillation.md)."""
 
     num_windows: int = 4                         # K
     solver_steps: int = 8                        # DDIM steps of the teacher inside one window

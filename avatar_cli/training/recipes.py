@@ -98,7 +98,12 @@ def distill_fada(teacher: str | Path, data: str | Path, config: TrainConfig, fad
     from .fada import FADAConfig, FADAStep
 
     accelerator = make_accelerator(config)
-    models = load_teacher(teacher).to(accelerator.device)
+    models = load_teacher(teacher)
+    if models.scheduler_config.get("prediction_type", "epsilon") != "epsilon":
+        raise InputError(f"FADA distils an epsilon-prediction PeRFlow student, and the teacher {teacher} predicts "
+                         f"{models.scheduler_config['prediction_type']} on a zero-terminal-SNR schedule (Hallo); "
+                         f"distil it with 'avatar distill osa-lcm' instead")
+    models = models.to(accelerator.device)
     student = load_teacher(init).denoising_unet if init is not None else None
     method = FADAStep(models, accelerator.device, models.denoising_unet.dtype, fada or FADAConfig(), student=student,
                       seed=config.seed)

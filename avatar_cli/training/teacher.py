@@ -8,9 +8,10 @@ trains a tiny one on synthetic videos.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from ..sampling.guidance import Conditions
 from .conditioning import Conditioner, NoiseSchedule
 
 
@@ -41,11 +42,10 @@ class TeacherStep:
         cond = self.conditioner(example)
         null = self.conditioner.null(cond)
         if float(torch.rand((), generator=generator)) < self.drop:
-            cond = Conditions(cond.encoder_hidden_states, null.audio_embeds, cond.reference_features,
-                              cond.motion_features)
+            cond = dataclasses.replace(cond, audio_embeds=null.audio_embeds)
         if float(torch.rand((), generator=generator)) < self.drop:
-            cond = Conditions(cond.encoder_hidden_states, cond.audio_embeds, null.reference_features,
-                              cond.motion_features)
+            cond = dataclasses.replace(cond, reference_features=null.reference_features,
+                                       conditioning_features=null.conditioning_features)
         t = int(torch.randint(0, 1000, (1,), generator=generator))
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         xt = self.schedule.add_noise(x0, noise, t)

@@ -49,7 +49,9 @@ class TrainConfig:
             ``lr_decay``: OSA-LCM's Adv-LCM uses 3e-6 for the first half, then 1.5e-6.
         disc_learning_rate: the discriminator's (OSA-LCM: 1e-5).
         gradient_accumulation_steps: micro-steps (one example each per process) per update.
-        mixed_precision: "no", "bf16" or "fp16" (accelerate's autocast; frozen networks are cast).
+        mixed_precision: "no", "bf16" or "fp16": accelerate's autocast around every step, so the
+            frozen networks' matmuls and convolutions run in that precision too; their weights stay
+            float32 (memory: a bf16 copy of the frozen teacher is not made).
         checkpoint_every: steps between checkpoints (0: only at the end).
         keep_checkpoints: how many checkpoints to keep (older ones are deleted).
         resume: continue from the newest checkpoint in ``output``.
@@ -100,11 +102,6 @@ def make_accelerator(config: TrainConfig):
                        project_config=ProjectConfiguration(project_dir=str(config.output)),
                        # motion modules of blocks without attention exist but may be unused
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
-def frozen_dtype(accelerator) -> torch.dtype:
-    """The dtype of the frozen networks (teacher, reference net, ...): the mixed precision's."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
 
 
 def _optimizer(config: TrainConfig, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
