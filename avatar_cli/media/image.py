@@ -11,6 +11,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import InputError
 
 FITS = ("crop", "pad")
+# Largest image decoded (pixels): 4.5x Pillow's decompression-bomb default, so that 100+ MP phone and
+# camera photos load; beyond it a file is refused as a likely decompression bomb.
+MAX_PIXELS = 400_000_000
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -74,25 +77,35 @@ def load_portrait(path: str | Path, size: int = 512, fit: str = "crop", with_geo
         raise InputError(f"image {path} is a folder; give an image file")
     if fit not in FITS:
         raise InputError(f"--fit must be one of {', '.join(FITS)} (got {fit!r})")
+    default_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             with Image.open(path) as opened:
+                full_width = opened.size[0]
+                if opened.format == "JPEG":  # decode big JPEGs at 1/2..1/8 scale (still >= 2x the output)
+                    opened.draft("RGB", (2 * size, 2 * size))
+                draft_scale = full_width / opened.size[0]
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image Pillow can read; give a PNG, JPEG, WebP, ... portrait") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"image {path} is too large to decode safely; downscale it first") from None
+        raise InputError(f"image {path} has over {MAX_PIXELS // 1_000_000} million pixels, too many to decode "
+                         f"safely; downscale it first") from None
     except PermissionError:
         raise InputError(f"image {path} is not readable (permission denied); check its permissions") from None
     except (OSError, SyntaxError, ValueError) as err:
         reason = "truncated or corrupt" if "truncated" in str(err) or "broken" in str(err) else str(err)
         raise InputError(f"image {path} cannot be decoded ({reason}); re-export it") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = default_limit
 
     image = _to_rgb(image)
     width, height = image.size
-    geometry = Geometry(width, height, size, fit)
+    # --face-box is in the file's pixels: map from the full size, whatever scale JPEG decoding used
+    geometry = Geometry(round(width * draft_scale), round(height * draft_scale), size, fit)
     if fit == "crop":
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2

@@ -88,3 +88,30 @@ def test_bad_images_raise_input_errors(tmp_path, shared_data):
     for path, words in cases.items():
         with pytest.raises(InputError, match=words):
             load_portrait(path, size=64)
+
+
+def test_a_100_megapixel_photo_loads_and_a_decompression_bomb_is_refused(tmp_path):
+    import struct
+    import zlib
+
+    # 12000 x 8400 (100.8 MP, over Pillow's 89.5 MP default): a left half red, right half blue JPEG
+    big = Image.new("RGB", (12000, 8400), (220, 30, 30))
+    big.paste((30, 30, 220), (6000, 0, 12000, 8400))
+    big.save(tmp_path / "big.jpg", quality=90)
+    del big
+    out, geometry = load_portrait(tmp_path / "big.jpg", size=64, with_geometry=True)
+    assert out.shape == (64, 64, 3)
+    assert out[32, 8, 0] > 180 and out[32, 56, 2] > 180  # the crop's left red, right blue
+    # a face box in the file's pixels maps through the full size, whatever scale the JPEG decoder used
+    assert geometry.box_to_frame((1800, 0, 8400, 8400)) == pytest.approx((0.0, 0.0, 64.0, 64.0))
+
+    # A PNG header claiming 30000 x 30000 pixels (900 MP): refused before any decoding
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="over 400 million pixels"):
+        load_portrait(tmp_path / "bomb.png", size=64)
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's own limit is left as it was
