@@ -254,3 +254,30 @@ def test_separate_vocals_column_reads_yes_and_no(media, shared_data):
                     f"{shared_data / 'astronaut.png'},one.wav,out/b.mp4,no\n"
                     f"{shared_data / 'astronaut.png'},one.wav,out/c.mp4,\n")
     assert [job.options.get("separate_vocals") for job in read_jobs(path)] == [True, False, None]
+
+
+def test_the_cli_loads_the_models_once_and_audio_features_columns_are_checked(media, shared_data, monkeypatch,
+                                                                               capsys):
+    builds = []
+    real = AvatarModels.from_preset.__func__
+
+    def counting(cls, *args, **kwargs):
+        builds.append(args)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AvatarModels, "from_preset", classmethod(counting))
+    good, other_fps = media / "one.features.safetensors", media / "one.fps30.safetensors"
+    assert main(["audio", "encode", str(media / "one.wav"), "-o", str(good), "--random-weights", "--arch", "tiny",
+                 "--quiet"]) == 0
+    assert main(["audio", "encode", str(media / "one.wav"), "-o", str(other_fps), "--fps", "30", "--random-weights",
+                 "--arch", "tiny", "--quiet"]) == 0
+    builds.clear()
+    img = shared_data / "astronaut.png"
+    jobs = _write_jobs(media, [f"{img},one.wav,out/a.mp4,{good}", f"{img},one.wav,out/b.mp4,{other_fps}",
+                               f"{img},two.wav,out/c.mp4,"], header="image,audio,output,audio_features")
+    assert main(["batch", str(jobs), "--json", *TINY]) == 1
+    assert len(builds) == 1  # three jobs, one model build
+    results = _results(capsys.readouterr().out)
+    assert [r["status"] for r in results] == ["ok", "failed", "ok"]
+    assert "at 30.0 fps" in results[1]["error"] and "encode again with --fps 25" in results[1]["error"]
+    assert sorted(p.name for p in (media / "out").iterdir()) == ["a.mp4", "c.mp4"]

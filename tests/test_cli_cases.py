@@ -1,0 +1,112 @@
+"""More `avatar render` cases: failed work (exit 1), unreadable inputs as any user, weights
+folders without CFG-token layers, multi-step Adv-LCM, and option values out of range."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from avatar_cli.cli import main
+from avatar_cli.media.audio import load_speech
+from avatar_cli.models.bundle import AvatarModels
+from tests.conftest import ffmpeg, probe
+
+SMALL = ["--size", "64", "--quiet", "--device", "cpu"]
+TINY = ["--random-weights", "--arch", "tiny", *SMALL]
+
+
+@pytest.fixture
+def speech(tmp_path, shared_data):
+    path = tmp_path / "speech.wav"
+    ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", "0.6", str(path))
+    return path
+
+
+def test_unreadable_weights_are_failed_work_exit_1(tmp_path, shared_data, speech, capsys):
+    AvatarModels.from_preset("tiny").save_pretrained(tmp_path / "w")
+    blob = tmp_path / "w" / "denoising_unet" / "diffusion_pytorch_model.safetensors"
+    blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+    out = tmp_path / "talk.mp4"
+    assert main(["render", str(shared_data / "astronaut.png"), str(speech), "--weights", str(tmp_path / "w"),
+                 "-o", str(out), *SMALL]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load weights" in err[0]
+    assert [p.name for p in tmp_path.iterdir() if "talk" in p.name] == []
+
+
+def test_unreadable_inputs_are_named_even_for_root(tmp_path, shared_data, speech, monkeypatch, capsys):
+    """Root reads files whatever their mode, so the permission is taken away by monkeypatching."""
+    import PIL.Image
+
+    locked = str(tmp_path / "locked")
+    real_access, real_open = os.access, PIL.Image.open
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).startswith(locked) else
+                        real_access(p, mode, **kw))
+
+    def guarded_open(fp, *args, **kwargs):
+        if str(fp).startswith(locked):
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", guarded_open)
+    (tmp_path / "locked.wav").write_bytes(speech.read_bytes())
+    (tmp_path / "locked.png").write_bytes((shared_data / "astronaut.png").read_bytes())
+    assert main(["render", str(shared_data / "astronaut.png"), locked + ".wav", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "locked.wav" in err[0] and "is not readable" in err[0]
+    assert main(["render", locked + ".png", str(speech), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "locked.png" in err[0] and "is not readable" in err[0]
+    # the library's own checks, below the command line's
+    from avatar_cli.errors import InputError
+    from avatar_cli.media.image import load_portrait
+
+    with pytest.raises(InputError, match="not readable \\(permission denied\\)"):
+        load_speech(locked + ".wav")
+    with pytest.raises(InputError, match="not readable \\(permission denied\\)"):
+        load_portrait(locked + ".png", 64)
+
+
+@pytest.mark.parametrize("codec", ["pcm_s24le", "pcm_f32le", "pcm_u8"])
+def test_wav_of_24_bit_float_and_8_bit_samples(tmp_path, speech, codec):
+    other = tmp_path / f"{codec}.wav"
+    ffmpeg("-i", str(speech), "-c:a", codec, str(other))
+    reference = np.asarray(load_speech(speech))
+    decoded = np.asarray(load_speech(other))
+    assert decoded.shape == reference.shape
+    tolerance = 1e-2 if codec == "pcm_u8" else 1e-4  # 8-bit quantisation step is 1/128
+    assert np.abs(decoded - reference).max() < tolerance
+
+
+def test_fada_needs_cfg_layers_or_the_explicit_flag(tmp_path, shared_data, speech, capsys):
+    AvatarModels.from_preset("tiny").save_pretrained(tmp_path / "w")  # a teacher: no CFG-token layers
+    args = ["render", str(shared_data / "astronaut.png"), str(speech), "--weights", str(tmp_path / "w"),
+            "--model", "fada", "-o", str(tmp_path / "f.mp4"), "--json", *SMALL]
+    assert main(args) == 2
+    assert "--add-cfg-layers" in capsys.readouterr().err and not (tmp_path / "f.mp4").exists()
+    assert main([*args, "--add-cfg-layers"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["nfe"] == 6 and result["unet_evaluations"] == 6 * result["clips"]
+    assert probe(tmp_path / "f.mp4")["frames"] == 15
+
+
+def test_adv_lcm_four_steps_reports_nfe_4(tmp_path, shared_data, speech, capsys):
+    assert main(["render", str(shared_data / "astronaut.png"), str(speech), "--model", "adv-lcm", "--steps", "4",
+                 "-o", str(tmp_path / "a.mp4"), "--json", *TINY]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["nfe"], result["num_inference_steps"], result["unet_evaluations"]) == (4, 4, 4)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--motion-scale", "1,2"], "--motion-scale must be three weights"),
+    (["--motion-scale", "a,b,c"], "--motion-scale takes comma-separated numbers"),
+    (["--window-steps", "2,2,x"], "--window-steps takes comma-separated numbers"),
+    (["--model", "fada", "--init", "rolling"], "--init"),
+])
+def test_option_values_out_of_range_are_usage_errors(tmp_path, shared_data, speech, capsys, args, words):
+    assert main(["render", str(shared_data / "astronaut.png"), str(speech), "-o", str(tmp_path / "x.mp4"),
+                 *args, *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "x.mp4").exists()
