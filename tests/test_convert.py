@@ -10,6 +10,7 @@ from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_t
 from safetensors.torch import save_file
 
 from avatar_cli.cli import main
+from avatar_cli.convert import convert_motion_module
 from avatar_cli.models.bundle import AvatarModels
 from avatar_cli.models.denoising_unet import DenoisingUNet3D
 from avatar_cli.models.presets import preset
@@ -42,12 +43,15 @@ def test_animatediff_motion_module_keys_map_onto_the_temporal_attention():
     with torch.device("meta"):
         checkpoint = {k: torch.empty(v) for k, v in shapes.items()}
         denoising = DenoisingUNet3D(**preset("full")["denoising_unet"])
-    converted = convert_animatediff_checkpoint_to_diffusers(checkpoint)
+    converted = convert_motion_module(checkpoint)  # the project's converter: diffusers' + the position tables
+    assert set(convert_animatediff_checkpoint_to_diffusers(checkpoint)) < set(converted)
+    tables = [k for k in shapes if k.endswith("pos_encoder.pe")]
+    assert len(tables) == 42 and sum(k.endswith("pos_embed.pe") for k in converted) == 21  # one per transformer block
     own = denoising.state_dict()
     result = denoising.load_state_dict(converted, strict=False, assign=True)
     assert result.unexpected_keys == []
-    motion_own = {k for k in own if ".motion_modules." in k and not k.endswith("pos_embed.pe")}
-    assert motion_own == set(converted)  # every motion parameter filled, shapes checked by load_state_dict
+    motion_own = {k for k in own if ".motion_modules." in k}
+    assert motion_own == set(converted)  # every motion parameter and table filled, shapes checked by load_state_dict
     assert all(tuple(own[k].shape) == tuple(converted[k].shape) for k in converted)
 
 

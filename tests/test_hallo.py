@@ -141,3 +141,10 @@ def test_hallo_clip_loop_follows_hallos_settings(converted, shared_data, monkeyp
     out = list(pipe.generate(image, wave[:8000], RenderOptions(model="teacher", size=64, num_inference_steps=2,
                                                                init="rolling", noise_level=900)))
     assert sum(len(f) for f in out) == 13  # 12.5 frames, halves round up
+    # ... and Hallo's own sampler with every init mode, and the one-step and few-step LCM samplers
+    for model, init, steps in (("hallo", "rolling", 2), ("hallo", "combined-rolling", 2), ("osa-lcm", "gaussian", 1),
+                               ("adv-lcm", "combined-rolling", 2)):
+        out = list(pipe.generate(image, wave, RenderOptions(model=model, size=64, num_inference_steps=steps, init=init,
+                                                            noise_level=900), face=face))
+        frames = np.concatenate(out)
+        assert frames.shape == (28, 64, 64, 3) and frames.std() > 0, (model, init)
