@@ -281,3 +281,18 @@ def test_the_cli_loads_the_models_once_and_audio_features_columns_are_checked(me
     assert [r["status"] for r in results] == ["ok", "failed", "ok"]
     assert "at 30.0 fps" in results[1]["error"] and "encode again with --fps 25" in results[1]["error"]
     assert sorted(p.name for p in (media / "out").iterdir()) == ["a.mp4", "c.mp4"]
+
+
+def test_an_unwritable_output_folder_is_a_usage_error(media, shared_data, monkeypatch, capsys):
+    """Root writes anywhere, so the folder's permission is taken away by monkeypatching os.access."""
+    import os
+
+    locked = media / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked) and mode == os.W_OK
+                        else real(p, mode, **kw))
+    jobs = _write_jobs(media, [f"{shared_data / 'astronaut.png'},one.wav,locked/a.mp4,"])
+    assert main(["batch", str(jobs), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "row 2, column output: folder" in err[0] and "not writable" in err[0]

@@ -110,3 +110,31 @@ def test_option_values_out_of_range_are_usage_errors(tmp_path, shared_data, spee
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_progress_bar_and_notes_on_a_terminal_and_not_with_quiet(tmp_path, shared_data, speech, monkeypatch,
+                                                                 capsys):
+    import sys
+
+    from avatar_cli import cli
+
+    shown = []
+    real = cli._progress
+
+    class Recording(real):
+        def __enter__(self):
+            on_clip = super().__enter__()
+            shown.append(self.enabled)
+            return on_clip
+
+    monkeypatch.setattr(cli, "_progress", Recording)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    base = ["render", str(shared_data / "astronaut.png"), str(speech), "--random-weights", "--arch", "tiny",
+            "--size", "64", "--device", "cpu"]
+    assert main([*base, "-o", str(tmp_path / "a.mp4")]) == 0
+    assert "RANDOM weights" in capsys.readouterr().err and shown == [True]
+    assert main([*base, "-o", str(tmp_path / "b.mp4"), "--quiet"]) == 0
+    assert capsys.readouterr().err == "" and shown == [True, False]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert main([*base, "-o", str(tmp_path / "c.mp4")]) == 0
+    assert shown == [True, False, False]  # not a terminal: no bar, the notes still go to stderr

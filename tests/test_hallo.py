@@ -148,3 +148,41 @@ def test_hallo_clip_loop_follows_hallos_settings(converted, shared_data, monkeyp
                                                             noise_level=900), face=face))
         frames = np.concatenate(out)
         assert frames.shape == (28, 64, 64, 3) and frames.std() > 0, (model, init)
+
+
+def test_the_documented_flow_without_paths(hallo_files, shared_data, tmp_path, monkeypatch, capsys):
+    """docs/hallo.md: 'avatar weights convert --from hallo' reads the installed component and
+    'avatar render --model hallo' then needs no --weights."""
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    (stick / "hallo").symlink_to(hallo_files)  # the component's files in the repo layout, as downloaded
+    monkeypatch.setenv("AVATAR_WEIGHTS_DIR", str(stick))
+    monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))
+    speech = tmp_path / "s.wav"
+    ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", "0.4", str(speech))
+    args = ["render", str(shared_data / "astronaut.png"), str(speech), "--model", "hallo", "--size", "64",
+            "--no-face-embedding", "--face-box", "180,70,100,110", "--steps", "2", "-o", str(tmp_path / "h.mp4"), "-q"]
+    assert main(args) == 2
+    assert "avatar weights convert --from hallo" in capsys.readouterr().err  # not converted yet: says how
+    assert main(["weights", "convert", "--from", "hallo", "--arch", "tiny"]) == 0
+    assert (tmp_path / "home" / "converted" / "hallo" / "avatar_index.json").is_file()
+    assert main(args) == 0
+    assert probe(tmp_path / "h.mp4")["frames"] == 10
+
+
+def test_motion_scale_reaches_the_audio_branches(converted, shared_data):
+    from avatar_cli.media.image import load_portrait
+
+    pipe = AvatarPipeline.from_pretrained(converted, device="cpu", dtype="float32")
+    image = load_portrait(shared_data / "astronaut.png", 64)
+    wave = (0.1 * np.random.default_rng(1).standard_normal(8000)).astype(np.float32)
+    face = FaceConditions(None, torch.zeros(3, 64, 64), None, (0, 0, 64, 64), (0, 0, 1, 1), "test")
+    runs = {}
+    for scale in ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 2.0)):
+        options = RenderOptions(model="hallo", size=64, num_inference_steps=2, motion_scale=scale)
+        runs[scale] = np.concatenate(list(pipe.generate(image, wave, options, face=face)))
+    same = np.concatenate(list(pipe.generate(image, wave, RenderOptions(model="hallo", size=64, num_inference_steps=2),
+                                             face=face)))
+    assert np.array_equal(same, runs[(1.0, 1.0, 1.0)])  # the default is 1,1,1
+    assert not np.array_equal(runs[(1.0, 1.0, 1.0)], runs[(0.0, 0.0, 0.0)])
+    assert not np.array_equal(runs[(1.0, 1.0, 1.0)], runs[(1.0, 1.0, 2.0)])

@@ -33,8 +33,9 @@ def _shapes(models, device, size, frames=16, motion=4):
         audio = models.audio_projector(windows)[None]
         out = models.denoising_unet(torch.randn(1, 4, frames, latent, latent), 999, tokens, audio, ref, mot)
         decoded = models.vae.decode(torch.randn(2, 4, latent, latent)).sample
+        speech = models.audio_encoder(torch.zeros(1, 16000), output_hidden_states=True).hidden_states  # 1 s
     return {"z": z.shape, "tokens": tokens.shape, "ref": ref, "mot": mot, "audio": audio.shape, "out": out.shape,
-            "decoded": decoded.shape, "cfg": cfg}
+            "decoded": decoded.shape, "cfg": cfg, "speech": [h.shape for h in speech]}
 
 
 @pytest.mark.parametrize("arch,device,size", [("tiny", "cpu", 64), ("full", "meta", 512)])
@@ -49,6 +50,11 @@ def test_module_output_shapes(arch, device, size, request):
     assert s["audio"] == (1, 16, cfg["audio_projector"]["context_tokens"], cfg["audio_projector"]["output_dim"])
     assert s["out"] == (1, 4, 16, latent, latent)
     assert s["decoded"] == (2, 3, size, size)
+    # wav2vec2: 1 s at 16 kHz -> 49 conv frames (20 ms hop); embeddings + every hidden layer
+    encoder = cfg["audio_encoder"]
+    assert s["speech"] == [(1, 49, encoder["hidden_size"])] * (encoder["num_hidden_layers"] + 1)
+    if arch == "full":
+        assert len(s["speech"]) == 13 and s["speech"][0][-1] == 768  # wav2vec2-base: 12 layers x 768
     # one recorded feature map per spatial self-attention, at that layer's resolution and width
     down = [n for n in s["ref"] if n.startswith("down_blocks")]
     n_attn = 2 * cfg["reference_net"]["layers_per_block"] + 1  # down + up(+1) per cross-attn level, mid

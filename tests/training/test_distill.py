@@ -119,13 +119,17 @@ def test_osa_lcm_student_is_closer_to_the_teacher_than_the_teachers_own_one_step
     out = synthetic / "adv-lcm"
     summary = distill_osa_lcm(teacher, synthetic / "data",
                               TrainConfig(out, max_steps=STUDENT_STEPS, learning_rate=1e-4, disc_learning_rate=1e-3,
-                                          checkpoint_every=50, progress=False),
+                                          lr_decay_at=0.5, lr_decay=0.5, checkpoint_every=50, progress=False),
                               stage="adv-lcm", lcm=LCMConfig(skip=100), clip_frames=CLIP)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STUDENT_STEPS + 1))
     for key in ("distance", "adversarial", "motion", "disc_loss", "disc_accuracy", "disc_noise_max", "lr", "disc_lr"):
         assert key in rows[-1]
     assert rows[0]["disc_noise_max"] == 500 and rows[-1]["disc_noise_max"] < 110   # eq. 6: falls to 100
+    # the paper's schedule shape: the first half at the rate, the second at half of it (3e-6 -> 1.5e-6)
+    rates = [r["lr"] for r in rows]
+    assert rates[0] == pytest.approx(1e-4) and rates[-1] == pytest.approx(5e-5)
+    assert abs(sum(r == pytest.approx(1e-4) for r in rates) - STUDENT_STEPS // 2) <= 1
     student = AvatarModels.from_pretrained(out / "weights")
     assert student.settings.default_method == "osa-lcm"
     # only the temporal modules trained
@@ -147,7 +151,8 @@ def test_osa_lcm_student_is_closer_to_the_teacher_than_the_teachers_own_one_step
     assert eft["last"]["t"] >= 800 and (synthetic / "eft" / "weights" / "denoising_unet").is_dir()
 
 
-def test_fada_student_is_closer_to_the_teacher_than_the_teachers_own_six_steps(synthetic, teacher, held_out):
+def test_fada_student_is_closer_to_the_teacher_than_the_teachers_own_six_steps(synthetic, teacher, held_out,
+                                                                               shared_data):
     out = synthetic / "fada"
     distill_fada(teacher, synthetic / "data",
                  TrainConfig(out, max_steps=STUDENT_STEPS, learning_rate=1e-5, checkpoint_every=0, progress=False),
@@ -168,6 +173,12 @@ def test_fada_student_is_closer_to_the_teacher_than_the_teachers_own_six_steps(s
           f"teacher PeRFlow-6 {teacher_perflow:.4f}, student {student_six:.4f}")
     assert student_six < 0.9 * teacher_perflow
     assert student_six < teacher_ddim
+    # and the student renders through the command line with its CFG tokens (NFE 6)
+    video = synthetic / "fada.mp4"
+    assert main(["render", str(shared_data / "astronaut.png"), str(synthetic / "talk4.mp4"), "--weights",
+                 str(out / "weights"), "--model", "fada", "--size", "64", "-o", str(video), "--overwrite", "-q",
+                 "--device", "cpu"]) == 0
+    assert probe(video)["frames"] == 100
 
 
 def test_distilled_student_renders_with_avatar_render(synthetic, teacher, held_out, shared_data, tmp_path):
