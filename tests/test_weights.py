@@ -228,3 +228,47 @@ def test_local_dir_download_and_lookup(hub_env, capsys, monkeypatch):
     assert Path(_run(capsys, "weights", "path", "vae")[1].strip()) == stick / "vae"
     assert _run(capsys, "weights", "verify", "vae")[0] == 0
     assert _run(capsys, "weights", "download", "vae", "--quiet")[0] == 0  # already there: no network needed
+
+
+def test_nested_layout_hf_hub_cache_local_dir_all_and_the_table(hub_env, capsys, monkeypatch):
+    """SD1.5's layout (files under unet/), the cache in HF_HUB_CACHE, --local-dir, --all, and the table."""
+    from diffusers import UNet2DConditionModel
+
+    hub, files, tmp = hub_env
+    unet_src = tmp / "unet-src"
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        UNet2DConditionModel(**preset("tiny")["reference_net"]).save_pretrained(unet_src)
+    nested = {f"unet/{p.name}": p.read_bytes() for p in unet_src.iterdir()}
+    hub.add("stable-diffusion-v1-5/stable-diffusion-v1-5", COMMIT, nested)
+    lines = []
+    for name, repo, payload in (("vae", "stabilityai/sd-vae-ft-mse", files),
+                                ("sd15-unet", "stable-diffusion-v1-5/stable-diffusion-v1-5", nested)):
+        lines += [f"[{name}]", f'description = "{name}"', f'repo_id = "{repo}"', f'revision = "{COMMIT}"',
+                  'licence = "MIT"', 'used_by = ["x"]', "available = true", "files = ["]
+        lines += [f'  {{ path = "{p}", sha256 = "{hashlib.sha256(d).hexdigest()}" }},' for p, d in payload.items()]
+        lines += ["]", ""]
+    manifest = tmp / "two.toml"
+    manifest.write_text("\n".join(lines))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp / "hub-cache"))
+
+    code, out, err = _run(capsys, "weights", "download", "--all", "--manifest", str(manifest), "--quiet", "--json")
+    assert code == 0, err
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [r["name"] for r in results] == ["vae", "sd15-unet"]
+    folder = Path(results[1]["path"])
+    assert folder.is_relative_to(tmp / "hub-cache") and folder.name == COMMIT  # HF_HUB_CACHE respected
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")  # the real loading code
+    assert unet.config.block_out_channels == tuple(preset("tiny")["reference_net"]["block_out_channels"]) or \
+        list(unet.config.block_out_channels) == preset("tiny")["reference_net"]["block_out_channels"]
+
+    local = tmp / "usb"
+    assert _run(capsys, "weights", "download", "sd15-unet", "--manifest", str(manifest), "--local-dir", str(local),
+                "--quiet")[0] == 0
+    assert (local / "sd15-unet" / "unet" / "config.json").read_bytes() == nested["unet/config.json"]
+    code, out, _ = _run(capsys, "weights", "path", "sd15-unet", "--manifest", str(manifest), "--local-dir", str(local))
+    assert code == 0 and Path(out.strip()) == local / "sd15-unet"
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = _run(capsys, "weights", "list", "--manifest", str(manifest))
+    assert code == 0 and "sd15-unet" in out and "vae" in out and "MIT" in out
