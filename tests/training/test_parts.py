@@ -162,3 +162,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_models):
     assert a.keys() == b.keys() and len(a) > 100
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
+
+
+def test_eft_noises_clip_n_and_targets_clip_n_plus_1(tiny_models):
+    """EFT (OSA-LCM eqs. 10-12): the student's input is clip n noised to t in [eft_t_min, 999],
+    the target clip n+1; Adv-LCM noises the target clip itself."""
+    from avatar_cli.training.osa_lcm import LCMConfig, LCMStep
+
+    example = _example(frames=4)
+    example["previous"] = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    step = LCMStep(tiny_models, torch.device("cpu"), torch.float32, LCMConfig(eft_t_min=800), "eft", 10)
+    xt, t, target, _ = step._source(example, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)  # the same draws, in the same order: noise, then t
+    noise = torch.randn(example["latents"].shape, generator=g)
+    expected_t = int(torch.randint(800, 1000, (1,), generator=g))
+    assert t == expected_t and 800 <= t <= 999
+    torch.testing.assert_close(target, example["latents"])
+    torch.testing.assert_close(xt, step.schedule.add_noise(example["previous"], noise, t))
+    adv = LCMStep(tiny_models, torch.device("cpu"), torch.float32, LCMConfig(), "adv-lcm", 10)
+    xt, t, target, _ = adv._source(example, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(xt, adv.schedule.add_noise(example["latents"], noise, t))
