@@ -364,7 +364,7 @@ def batch(
 
 class _signals_interrupt:
     """SIGTERM acts like Ctrl-C (KeyboardInterrupt: the running job cleans up); a second Ctrl-C or
-    SIGTERM exits at once with code 130."""
+    SIGTERM exits at once with code 130, removing the temporary output first."""
 
     def __enter__(self):
         import signal
@@ -374,6 +374,9 @@ class _signals_interrupt:
 
         def handler(signum, frame):
             if self.seen:
+                from .media.video import remove_partial_files
+
+                remove_partial_files()
                 os._exit(130)
             self.seen = True
             raise KeyboardInterrupt

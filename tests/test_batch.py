@@ -296,3 +296,22 @@ def test_an_unwritable_output_folder_is_a_usage_error(media, shared_data, monkey
     assert main(["batch", str(jobs), *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "row 2, column output: folder" in err[0] and "not writable" in err[0]
+
+
+def test_a_second_ctrl_c_exits_at_once_and_leaves_no_partial_file(media, shared_data):
+    long = media / "long.wav"
+    ffmpeg("-stream_loop", "9", "-i", str(shared_data / "speech_espeak.wav"), str(long))  # ~100 s
+    jobs = _write_jobs(media, [f"{shared_data / 'astronaut.png'},long.wav,out/a.mp4,"])
+    proc = _avatar("batch", str(jobs), *TINY, "--quiet", stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name.startswith(".a.") for p in (media / "out").iterdir()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the batch ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert list((media / "out").iterdir()) == []  # neither the output nor its temporary file

@@ -16,6 +16,18 @@ import numpy as np
 
 from ..errors import AvatarError, InputError
 
+# Temporary outputs being written, so that a hard exit (a second Ctrl-C) can still remove them.
+PARTIAL_FILES: set[Path] = set()
+
+
+def remove_partial_files() -> None:
+    """Delete every temporary output still being written (called before a hard exit)."""
+    for path in list(PARTIAL_FILES):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
 
 def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
     """Validate where a video will be written.
@@ -70,6 +82,7 @@ class VideoWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent or ".")
         os.close(fd)
         self._tmp = Path(tmp)
+        PARTIAL_FILES.add(self._tmp)
         output_params = ["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"]
         if self.audio_path is not None:
             # imageio-ffmpeg maps the pipe's video and the file's first audio stream (-map 0:v:0
@@ -102,6 +115,7 @@ class VideoWriter:
                     message = str(err).strip().splitlines()
                     raise AvatarError(f"ffmpeg failed writing {self.path}: {message[-1] if message else err}") from None
                 os.replace(self._tmp, self.path)
+                PARTIAL_FILES.discard(self._tmp)
                 self._tmp = None
             else:
                 try:
@@ -109,8 +123,10 @@ class VideoWriter:
                 except Exception:  # noqa: BLE001 - already failing; the partial file goes anyway
                     pass
         finally:
-            if self._tmp is not None and self._tmp.exists():
-                self._tmp.unlink()
+            if self._tmp is not None:
+                PARTIAL_FILES.discard(self._tmp)
+                if self._tmp.exists():
+                    self._tmp.unlink()
 
 
 class BackgroundWriter:
