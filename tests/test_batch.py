@@ -315,3 +315,27 @@ def test_a_second_ctrl_c_exits_at_once_and_leaves_no_partial_file(media, shared_
     proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert list((media / "out").iterdir()) == []  # neither the output nor its temporary file
+
+
+def test_the_bad_input_matrix_fails_job_by_job(media, shared_data, capsys):
+    img = shared_data / "astronaut.png"
+    (media / "empty.png").write_bytes(b"")
+    (media / "text.png").write_text("not an image")
+    data = img.read_bytes()
+    (media / "cut.png").write_bytes(data[: len(data) // 2])
+    (media / "empty.wav").write_bytes(b"")
+    (media / "text.wav").write_text("not audio at all")
+    cases = [("empty.png", "one.wav", "not an image"), ("text.png", "one.wav", "not an image"),
+             ("cut.png", "one.wav", "truncated"), (str(img), "empty.wav", "empty file"),
+             (str(img), "text.wav", "cannot read audio"), (str(img), str(img), "cannot read audio"),
+             (str(img), "one.wav", None)]
+    jobs = _write_jobs(media, [f"{image},{audio},out/{i}.mp4," for i, (image, audio, _) in enumerate(cases)])
+    assert main(["batch", str(jobs), "--json", "--quiet", *TINY]) == 1
+    results = _results(capsys.readouterr().out)
+    for row, (result, (_, _, words)) in enumerate(zip(results, cases), 2):
+        if words is None:
+            assert result["status"] == "ok"
+        else:
+            assert result["status"] == "failed" and f"row {row}:" in result["error"] and words in result["error"], \
+                (row, result["error"])
+    assert sorted(p.name for p in (media / "out").iterdir()) == ["6.mp4"]  # nothing half-written

@@ -138,3 +138,22 @@ def test_progress_bar_and_notes_on_a_terminal_and_not_with_quiet(tmp_path, share
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert main([*base, "-o", str(tmp_path / "c.mp4")]) == 0
     assert shown == [True, False, False]  # not a terminal: no bar, the notes still go to stderr
+
+
+def test_compile_gives_the_same_frames(shared_data):
+    """--compile (torch.compile of the denoising U-Net and decoder, inductor on the CPU here)."""
+    import torch
+
+    from avatar_cli import AvatarPipeline, RenderOptions
+    from avatar_cli.media.image import load_portrait
+
+    models = AvatarModels.from_preset("tiny", seed=2)
+    image = load_portrait(shared_data / "astronaut.png", 64)
+    waveform = (0.1 * np.random.default_rng(0).standard_normal(9600)).astype(np.float32)
+    options = RenderOptions(size=64, seed=4)
+    eager = np.concatenate(list(AvatarPipeline(models, "cpu", torch.float32).generate(image, waveform, options)))
+    compiled = np.concatenate(list(AvatarPipeline(models, "cpu", torch.float32, compile=True)
+                                   .generate(image, waveform, options)))
+    assert compiled.shape == eager.shape == (15, 64, 64, 3)
+    diff = np.abs(compiled.astype(int) - eager.astype(int))
+    assert diff.max() <= 2, diff.max()  # fused kernels round differently, never visibly

@@ -186,3 +186,41 @@ def test_motion_scale_reaches_the_audio_branches(converted, shared_data):
     assert np.array_equal(same, runs[(1.0, 1.0, 1.0)])  # the default is 1,1,1
     assert not np.array_equal(runs[(1.0, 1.0, 1.0)], runs[(0.0, 0.0, 0.0)])
     assert not np.array_equal(runs[(1.0, 1.0, 1.0)], runs[(1.0, 1.0, 2.0)])
+
+
+def test_hallos_unconditional_branch_as_the_pipeline_builds_it(converted, shared_data, monkeypatch):
+    """CFG with Hallo's null branch: zero face embedding, zero audio, zero face-locator features and
+    no reference keys/values; motion frames and masks kept; both branches in one batch of 2."""
+    from avatar_cli.media.image import load_portrait
+
+    pipe = AvatarPipeline.from_pretrained(converted, device="cpu", dtype="float32")
+    unet = pipe.models.denoising_unet
+    calls = []
+    real = unet.forward
+
+    def recording(sample, timestep, *args, **kwargs):
+        calls.append((sample.shape, kwargs))
+        return real(sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", recording)
+    image = load_portrait(shared_data / "astronaut.png", 64)
+    wave = (0.1 * np.random.default_rng(2).standard_normal(6400)).astype(np.float32)
+    embedding = torch.randn(512, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(3, 64, 64)
+    mask[:, 8:40, 16:48] = 1
+    face = FaceConditions(embedding, mask, None, (16, 8, 32, 32), (24, 30, 16, 6), "test")
+    list(pipe.generate(image, wave, RenderOptions(model="hallo", size=64, num_inference_steps=1), face=face))
+    assert len(calls) == 1  # one step, both branches in one call
+    shape, kw = calls[0]
+    assert shape[0] == 2
+    null_tokens = pipe.models.image_projector.null_tokens(1)
+    with torch.no_grad():
+        face_tokens = pipe.models.image_projector(embedding[None])
+    torch.testing.assert_close(kw["encoder_hidden_states"][0:1], null_tokens)
+    torch.testing.assert_close(kw["encoder_hidden_states"][1:2], face_tokens)
+    assert torch.count_nonzero(kw["audio_embeds"][0]) == 0 and torch.count_nonzero(kw["audio_embeds"][1]) > 0
+    locator = kw["conditioning_features"]
+    assert torch.count_nonzero(locator[0]) == 0 and torch.count_nonzero(locator[1]) > 0
+    assert kw["reference_features"].keep.tolist() == [False, True]
+    motion = kw["motion_features"]
+    assert motion is not None and all(v.shape[0] == 2 * 2 for v in motion.values())  # 2 motion frames a branch
