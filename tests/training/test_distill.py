@@ -269,17 +269,20 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("command", [
-    ["distill", "osa-lcm", "--skip", "100"],
-    ["distill", "fada", "--solver-steps", "1"],
+    ["distill", "osa-lcm", "--teacher", "{teacher}", "--skip", "100"],
+    ["distill", "osa-lcm", "--teacher", "{teacher}", "--stage", "eft", "--init", "{teacher}"],
+    ["distill", "fada", "--teacher", "{teacher}", "--solver-steps", "1"],
+    ["train", "teacher", "--init", "{teacher}"],
 ])
 def test_accelerate_launch_two_processes_end_with_identical_weights(synthetic, teacher, command):
-    out = synthetic / f"ddp-{command[1]}"
+    out = synthetic / f"ddp-{'-'.join(command[1:2] + command[5:6])}"
+    command = [str(teacher) if a == "{teacher}" else a for a in command]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # torchrun-style launch of 2 processes; on a machine without CUDA accelerate runs them as
     # multi-CPU data parallel over gloo ('accelerate launch --cpu' alone would need MPI)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "avatar_cli", *command, "--teacher", str(teacher),
+           "--main_process_port", str(_free_port()), "-m", "avatar_cli", *command,
            "--data", str(synthetic / "data"), "-o", str(out), "--max-steps", "3", "--lr", "1e-3",
            "--clip-frames", str(CLIP), "--cpu", "--json", "-q"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
