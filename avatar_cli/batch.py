@@ -262,12 +262,6 @@ class JobResult:
         return dict(vars(self))
 
 
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def run(pipe, jobs: list[Job], base: RenderOptions, ledger: Ledger, resume: bool = False, fail_fast: bool = False,
         report: Callable[[JobResult, int, int], None] = lambda r, i, n: None) -> list[JobResult]:
     """Render the jobs one after another with one pipeline; a failed job does not stop the others
@@ -295,9 +289,9 @@ def run(pipe, jobs: list[Job], base: RenderOptions, ledger: Ledger, resume: bool
                 lines = str(err).strip().splitlines()
                 result = JobResult(job.index, "failed", str(job.output), round(time.perf_counter() - start, 3),
                                    error=f"{job.where}: {type(err).__name__}: {lines[0] if lines else 'no message'}")
-                if torch_cuda_available():
-                    import torch
+                import torch
 
+                if torch.cuda.is_available():  # give an out-of-memory job's cached blocks back
                     torch.cuda.empty_cache()
         results.append(result)
         report(result, position, len(jobs))

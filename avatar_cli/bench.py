@@ -81,16 +81,19 @@ def flop_counter_mode():
     return FlopCounterMode(display=False)
 
 
+def _one_clip_of_silence(options: RenderOptions) -> np.ndarray:
+    """(samples,) float32 zeros at 16 kHz lasting one clip (``clip_frames`` / ``fps`` seconds)."""
+    return np.zeros(int(round(options.clip_frames / options.fps * 16000)), np.float32)
+
+
 def count_clip_flops(pipe: AvatarPipeline, image: np.ndarray, options: RenderOptions) -> int:
     """FLOPs of rendering one clip (audio features, motion-frame reference features, sampling,
     decoding), counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
     attention). The portrait's VAE encode and reference-net pass run once per video, not per clip,
     and are already cached here, so they are not in the count (a per-clip figure)."""
-    seconds = options.clip_frames / options.fps
-    waveform = np.zeros(int(round(seconds * 16000)), np.float32)
     counter = flop_counter_mode()
     with counter:
-        for _ in pipe.generate(image, waveform, options):
+        for _ in pipe.generate(image, _one_clip_of_silence(options), options):
             pass
     return counter.get_total_flops()
 
@@ -109,8 +112,7 @@ def decoder_psnr(pipe: AvatarPipeline, image: np.ndarray, options: RenderOptions
 
     pipe.decode_latents = both
     try:
-        waveform = np.zeros(int(round(options.clip_frames / options.fps * 16000)), np.float32)
-        for _ in pipe.generate(image, waveform, options):
+        for _ in pipe.generate(image, _one_clip_of_silence(options), options):
             pass
     finally:
         del pipe.decode_latents

@@ -19,7 +19,6 @@ audio blocks) keep their initialisation and are reported as missing.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +139,7 @@ def convert_sd15(checkpoint: str | Path, output: str | Path, motion_module: str 
     """
     from diffusers import AutoencoderKL
 
-    from .models.bundle import save_scheduler_config
+    from .models.bundle import atomic_folder, save_scheduler_config
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     from .models.denoising_unet import DenoisingUNet3D
@@ -194,18 +193,11 @@ def convert_sd15(checkpoint: str | Path, output: str | Path, motion_module: str 
     vae_state = {k: v.reshape(expected[k].shape) if k in expected else v for k, v in vae_state.items()}
     reports.append(_load(vae, vae_state, "vae"))
 
-    tmp = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(output) as tmp:
         reference_net.save_pretrained(tmp / "reference_net")
         denoising_unet.save_pretrained(tmp / "denoising_unet")
         vae.save_pretrained(tmp / "vae")
         save_scheduler_config(cfg["scheduler"], tmp / "scheduler")
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ConversionReport(str(output), reports, ignored)
 
 
@@ -265,7 +257,7 @@ def convert_hallo(net: str | Path, output: str | Path, vae: str | Path, wav2vec2
     from diffusers import AutoencoderKL
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    from .models.bundle import AvatarModels
+    from .models.bundle import AvatarModels, atomic_folder
 
     output = Path(output)
     if output.exists() and not overwrite:
@@ -299,13 +291,6 @@ def convert_hallo(net: str | Path, output: str | Path, vae: str | Path, wav2vec2
         raise WeightsError(f"cannot load Hallo's VAE or wav2vec2 folder: {str(err).splitlines()[0]}") from None
     models.source = str(net)
     models.eval()
-    tmp = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(output) as tmp:
         models.save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ConversionReport(str(output), reports, ignored)

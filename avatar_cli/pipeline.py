@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .media.audio import SAMPLE_RATE, load_speech, num_video_frames
+from .media.audio import SAMPLE_RATE, Waveform, load_speech, num_video_frames
 from .media.face import FaceConditions
 from .media.face import face_conditions as build_face_conditions
 from .media.features import file_sha256, fingerprint, load_features
@@ -275,7 +275,7 @@ class AvatarPipeline:
         return build_face_conditions(image, opts.size // self.vae_scale, face_box, opts.face_embedding, root,
                                      warn=self.warn)
 
-    def separated_vocals(self, audio_path: str | Path, num_samples: int | None = None) -> np.ndarray:
+    def separated_vocals(self, audio_path: str | Path, num_samples: int | None = None) -> Waveform:
         """The recording's vocals, (samples,) float32 at 16 kHz, padded or trimmed to ``num_samples``
         (``media/vocals.py``; the model from ``<weights>/audio_separator`` or the manifest).
 
@@ -294,8 +294,10 @@ class AvatarPipeline:
             self._audio_fingerprint = fingerprint(self.models.audio_encoder)
         return self._audio_fingerprint
 
-    def _padding(self, opts: RenderOptions) -> int | None:
-        return opts.clip_frames if self.models.settings.audio_padding == "clip" else None
+    def audio_padding(self, clip_frames: int) -> int | None:
+        """The ``pad_to_multiple`` of :meth:`audio_features` for clips of ``clip_frames``: the clip
+        length for the Hallo family (silence to whole clips before wav2vec2), else None."""
+        return clip_frames if self.models.settings.audio_padding == "clip" else None
 
     def encode_audio_file(self, audio_path: str | Path, fps: float = 25.0, clip_frames: int = 16,
                           separate_vocals: bool = False) -> tuple[torch.Tensor, dict[str, str]]:
@@ -307,7 +309,7 @@ class AvatarPipeline:
         waveform = load_speech(audio_path)
         if separate_vocals:
             waveform = self.separated_vocals(audio_path, waveform.shape[0])
-        pad = clip_frames if self.models.settings.audio_padding == "clip" else None
+        pad = self.audio_padding(clip_frames)
         features = self.audio_features(waveform, fps, pad)
         frames = num_video_frames(waveform.shape[0], fps)
         meta = {"fps": repr(float(fps)), "sample_rate": str(SAMPLE_RATE), "model": self.audio_fingerprint(),
@@ -330,7 +332,7 @@ class AvatarPipeline:
             raise InputError(f"audio features {name} come from another audio encoder (model {meta.get('model')}); "
                              f"encode again with these weights")
         frames = num_video_frames(job.waveform.shape[0], opts.fps)
-        pad = self._padding(opts)
+        pad = self.audio_padding(opts.clip_frames)
         expected = frames + (-frames % pad if pad else 0)
         if int(meta.get("frames", -1)) != frames or features.shape[0] != expected:
             raise InputError(f"audio features {name} have {meta.get('frames')} frames, the speech {job.audio_path} "
@@ -393,7 +395,7 @@ class AvatarPipeline:
         with stats("audio"):
             total = num_video_frames(waveform.shape[0], opts.fps)
             if audio_features is None:
-                audio_features = self.audio_features(waveform, opts.fps, self._padding(opts))
+                audio_features = self.audio_features(waveform, opts.fps, self.audio_padding(opts.clip_frames))
         frames_per_clip = opts.clip_frames
         clips = -(-total // frames_per_clip)
 

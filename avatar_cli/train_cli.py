@@ -58,11 +58,6 @@ def _echo(result: dict, as_json: bool, text: str, quiet: bool) -> None:
         typer.echo(f"avatar: {text}", err=True)
 
 
-def _echo_note(text: str, quiet: bool) -> None:
-    if not quiet:
-        typer.echo(text, err=True)
-
-
 def _pair(option: str, value: str) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in value.split(","))
@@ -325,8 +320,10 @@ def distill_osa_lcm_command(
         raise InputError(f"--gen-noise-max must be 0..999 (got {gen_noise_max})")
     eft = stage == Stage.eft
     if eft and init is None:
-        _echo_note("note: --stage eft without --init starts from the teacher; the paper starts EFT from the Adv-LCM "
-                   "student (--init ADV/weights)", quiet)
+        from .cli import _note
+
+        _note("note: --stage eft without --init starts from the teacher; the paper starts EFT from the Adv-LCM "
+              "student (--init ADV/weights)", quiet)
     config = _config(output, max_steps, lr or (1.5e-6 if eft else 3e-6), 1.0 if eft else 0.5, 1.0 if eft else 0.5,
                      disc_lr, accum, precision, every, keep, resume, seed, optimizer, checkpointing, cpu, quiet)
     lcm = LCMConfig(skip=skip, guidance=(guidance_audio, guidance_ref), huber_c=huber_c, gan_loss=gan_loss.value,

@@ -227,6 +227,25 @@ class AvatarModels:
         return {name: sum(p.numel() for p in net.parameters()) for name, net in self.networks().items()}
 
 
+@contextmanager
+def atomic_folder(output: str | Path):
+    """Write a folder all at once: yields a hidden sibling ``.NAME.partial`` to fill, which replaces
+    ``output`` only when the block ends without an error (removed otherwise). A reader never sees a
+    half-written weights folder."""
+    import shutil
+
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_scheduler_config(config: dict, folder: Path) -> None:
     """Write a noise-schedule config as ``scheduler_config.json`` (any diffusers scheduler reads it)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -89,8 +89,7 @@ def prepare(videos: list[Path], output: Path, pipe, fps: float = 25.0, size: int
         try:
             frames = read_video_frames(Path(video), fps, size)
             waveform = load_speech(video)
-            pad = clip_frames if pipe.models.settings.audio_padding == "clip" else None
-            features = pipe.audio_features(waveform, fps, pad)
+            features = pipe.audio_features(waveform, fps, pipe.audio_padding(clip_frames))
             total = min(len(frames), features.shape[0], num_video_frames(waveform.shape[0], fps))
             boxes = {}
             if pipe.models.face_locator is not None:

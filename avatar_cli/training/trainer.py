@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..models.bundle import atomic_folder
 
 CHECKPOINTS = "checkpoints"
 
@@ -230,11 +231,8 @@ class Trainer:
             self.save_checkpoint(final)
         weights = self.output / "weights"
         if acc.is_main_process:
-            tmp = self.output / "weights.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoints(self.output)[-1] / "weights", tmp)
-            shutil.rmtree(weights, ignore_errors=True)
-            tmp.rename(weights)
+            with atomic_folder(weights) as tmp:
+                shutil.copytree(checkpoints(self.output)[-1] / "weights", tmp)
         checksum = self.replica_checksums()
         summary = {"steps": final, "resumed_from": start, "processes": acc.num_processes,
                    "weights": str(weights), "last": last, "replica_checksums": checksum,
