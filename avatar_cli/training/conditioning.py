@@ -27,6 +27,7 @@ class Conditioner:
 
     def __init__(self, models, device: torch.device, dtype: torch.dtype):
         self.models, self.device, self.dtype = models, device, dtype
+        self._faces: dict[tuple, tuple] = {}  # (face box, lip box, latent side) -> (features, masks)
 
     @torch.no_grad()
     def __call__(self, example: dict[str, torch.Tensor]) -> Conditions:
@@ -44,7 +45,9 @@ class Conditioner:
         return Conditions(tokens, audio, ref, motion, locator, masks)
 
     def _face(self, example: dict, latent: int, frames: int):
-        """Face-locator features (1, C, F, h, w) and region masks {region: (1, h, w)} (Hallo)."""
+        """Face-locator features (1, C, F, h, w) and region masks {region: (1, h, w)} (Hallo).
+
+        Both depend only on a video's boxes (the face locator is frozen): computed once per video."""
         from ..media.face import face_mask_image, lip_box_from_face, region_masks
 
         size = latent * 8  # the VAE's downsampling factor
@@ -52,10 +55,13 @@ class Conditioner:
         face_box = tuple(float(v) for v in box.reshape(-1)) if box is not None else (0.0, 0.0, float(size), float(size))
         lip = example.get("lip_box")
         lip_box = tuple(float(v) for v in lip.reshape(-1)) if lip is not None else lip_box_from_face(face_box)
-        image = face_mask_image(face_box, size).to(self.device, self.dtype)[None]
-        locator = self.models.face_locator(image)[:, :, None].expand(-1, -1, frames, -1, -1)
-        masks = {k: v.to(self.device)[None] for k, v in region_masks(face_box, lip_box, size, latent).items()}
-        return locator, masks
+        key = (face_box, lip_box, latent)
+        if key not in self._faces:
+            image = face_mask_image(face_box, size).to(self.device, self.dtype)[None]
+            masks = {k: v.to(self.device)[None] for k, v in region_masks(face_box, lip_box, size, latent).items()}
+            self._faces[key] = (self.models.face_locator(image), masks)
+        locator, masks = self._faces[key]
+        return locator[:, :, None].expand(-1, -1, frames, -1, -1), masks
 
     @torch.no_grad()
     def null(self, conditions: Conditions) -> Conditions:
