@@ -67,3 +67,20 @@ def read_frames(path: str | Path) -> np.ndarray:
     width, height = meta["size"]
     frames = [np.frombuffer(f, dtype=np.uint8).reshape(height, width, 3) for f in reader]
     return np.stack(frames)
+
+
+def wait_until_writing(proc: subprocess.Popen, folder: Path, name: str, ready=lambda: True,
+                       timeout: float = 120) -> None:
+    """Wait until ``proc`` writes the temporary file of output ``name`` in ``folder`` (and ``ready()``),
+    then a moment longer; fail if ``proc`` ended first (it could not be interrupted then)."""
+    import time
+
+    stem = Path(name).stem
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready() and any(p.name.startswith(f".{stem}.") and p.name.endswith(".partial.mp4")
+                           for p in folder.iterdir()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the process ended before it could be interrupted"

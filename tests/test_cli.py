@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from avatar_cli.media.audio import load_speech
 from avatar_cli.models.bundle import AvatarModels
 import numpy as np
 
-from tests.conftest import ffmpeg, probe, read_frames
+from tests.conftest import ffmpeg, probe, read_frames, wait_until_writing
 
 TINY = ["--random-weights", "--arch", "tiny", "--size", "64", "--quiet"]
 
@@ -164,11 +163,7 @@ def test_ctrl_c_removes_the_partial_file_and_exits_130(tmp_path, shared_data):
     exe = Path(sys.executable).with_name("avatar")
     proc = subprocess.Popen([str(exe), "render", str(shared_data / "astronaut.png"), str(long), "-o",
                              str(out_dir / "o.mp4"), *TINY], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not any(out_dir.iterdir()) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    assert proc.poll() is None, "render finished before it could be interrupted"
+    wait_until_writing(proc, out_dir, "o.mp4")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -75,6 +75,15 @@ def test_multi_step_lcm_renoises_with_the_generator(steps):
     torch.testing.assert_close(ours, out.denoised, rtol=0, atol=1e-6)
 
 
+def _ddim_by_hand(reference: DDIMScheduler, model, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """diffusers' DDIMScheduler stepped by hand over ``steps`` timesteps from ``x``."""
+    reference.set_timesteps(steps)
+    latents = x
+    for t in reference.timesteps:
+        latents = reference.step(model(latents, int(t)), t, latents).prev_sample
+    return latents
+
+
 def test_ddim_equals_ddim_scheduler_stepped_by_hand():
     torch.manual_seed(2)
     x = torch.randn(1, 4, 2, 8, 8, dtype=torch.float64)
@@ -85,11 +94,7 @@ def test_ddim_equals_ddim_scheduler_stepped_by_hand():
     ours = sample(model, x, scheduler)
     reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
-    reference.set_timesteps(25)
-    latents = x
-    for t in reference.timesteps:
-        latents = reference.step(model(latents, int(t)), t, latents).prev_sample
-    torch.testing.assert_close(ours, latents, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, _ddim_by_hand(reference, model, x, 25), rtol=0, atol=1e-6)
 
 
 def test_method_table_nfe():
@@ -115,11 +120,7 @@ def test_hallo_ddim_v_prediction_zero_snr_trailing_equals_diffusers():
     reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
                               steps_offset=1, prediction_type="v_prediction", rescale_betas_zero_snr=True,
                               timestep_spacing="trailing")
-    reference.set_timesteps(40)
-    latents = x
-    for t in reference.timesteps:
-        latents = reference.step(model(latents, int(t)), t, latents).prev_sample
-    torch.testing.assert_close(ours, latents, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, _ddim_by_hand(reference, model, x, 40), rtol=0, atol=1e-6)
 
 
 def test_ddim_rolling_start_begins_at_the_first_timestep_at_or_below_tau():

@@ -32,15 +32,17 @@ def hallo(tmp_path_factory):
     weights = root / "hallo"
     AvatarModels.from_preset("tiny", family="hallo").save_pretrained(weights)
     video = make_video(root / "talk.mp4", 2.0, seed=7)
-    assert main(["data", "prepare", str(video), "-o", str(root / "data"), "--weights", str(weights),
-                 "--size", "64", *COMMON]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # no face detector, with or without the face extra
+        patch.setattr("avatar_cli.media.face.detect_face", lambda image: None)
+        assert main(["data", "prepare", str(video), "-o", str(root / "data"), "--weights", str(weights),
+                     "--size", "64", *COMMON]) == 0
     return root, weights
 
 
 def test_prepare_keeps_the_face_and_lip_boxes(hallo):
     root, _ = hallo
     entry = json.loads((root / "data" / "index.jsonl").read_text().splitlines()[0])
-    # no face detector in the test environment: the whole frame, with Hallo's lip proportions
+    # no face found: the whole frame, with Hallo's lip proportions
     assert entry["face_box"] == [0.0, 0.0, 64.0, 64.0]
     assert entry["lip_box"] == [round(v, 2) for v in lip_box_from_face((0.0, 0.0, 64.0, 64.0))]
 
