@@ -27,6 +27,12 @@ def fx():
 
 
 @pytest.fixture(scope="module")
+def ort():
+    """onnxruntime (the ``ditto`` and ``test`` extras)."""
+    return pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
 def astronaut(shared_data):
     return np.asarray(Image.open(shared_data / "astronaut.png").convert("RGB"))
 
@@ -126,7 +132,7 @@ def case_image(astronaut, fx, case):
 
 
 @pytest.mark.parametrize("case", ["a", "b"])
-def test_face_cropper_matches_ditto(tmp_path, fx, astronaut, case):
+def test_face_cropper_matches_ditto(tmp_path, fx, astronaut, case, ort):
     image = case_image(astronaut, fx, case)
     cropper = fc.FaceCropper.from_dir(write_aux(tmp_path, fx, case), device="cpu")
     cropper.det, cropper.lmk106, cropper.lmk203 = (Recorder(s) for s in (cropper.det, cropper.lmk106,
@@ -144,10 +150,7 @@ def test_face_cropper_matches_ditto(tmp_path, fx, astronaut, case):
     l106_in = cropper.lmk106.feeds[-1]["data"]
     np.testing.assert_array_equal(l106_in[0, :, ::3, ::3], fx[f"{case}_l106_blob_sub"])
     l203_in = cropper.lmk203.feeds[-1]["input"]
-    # Ditto builds the crop matrix in float32 steps, this code in float64: a source position can
-    # land on the other side of a 1/32-px step, 1 level on 1 of 9408 sampled values in case b
-    diff = np.abs(np.round(l203_in[0, :, ::4, ::4] * 255) - fx[f"{case}_l203_blob_sub"])
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.001
+    np.testing.assert_array_equal(np.round(l203_in[0, :, ::4, ::4] * 255), fx[f"{case}_l203_blob_sub"])
 
     # geometry: points and matrices
     np.testing.assert_allclose(cropper.landmarks106(image, fx[f"{case}_box"]), fx[f"{case}_lmk106"], atol=1e-3)
@@ -156,18 +159,19 @@ def test_face_cropper_matches_ditto(tmp_path, fx, astronaut, case):
     assert result.M_c2o.shape == (3, 3) and result.M_c2o.dtype == np.float32
     np.testing.assert_allclose(result.M_c2o, fx[f"{case}_M_c2o"], atol=1e-4, rtol=0)
 
-    # pixels: the 512 crop (bit-exact warp; allow 1/255 mean for rounding at 1/32-px boundaries)
+    # pixels: the 512 crop. Measured identical to Ditto's (same float32 matrix steps, bit-exact
+    # warp); the bound leaves room for a sample crossing a 1/32-px step under another BLAS.
     assert result.img_crop.shape == (512, 512, 3) and result.img_crop.dtype == np.uint8
     sub = result.img_crop[::6, ::6].astype(int)
-    assert np.abs(sub - fx[f"{case}_crop_sub"]).mean() <= 1.0
+    assert np.abs(sub - fx[f"{case}_crop_sub"]).mean() <= 0.25
     sums = np.array([result.img_crop.astype(np.int64).sum(), (result.img_crop.astype(np.int64) ** 2).sum()])
-    np.testing.assert_allclose(sums, fx[f"{case}_crop_sum"], rtol=1e-5)
+    np.testing.assert_allclose(sums, fx[f"{case}_crop_sum"], rtol=1e-6)
     assert result.rgb_256.shape == (1, 3, 256, 256) and result.rgb_256.dtype == np.float32
     rgb = np.round(result.rgb_256[0, :, ::4, ::4] * 255)
-    assert np.abs(rgb - fx[f"{case}_rgb256_sub"]).mean() <= 1.0
+    assert np.abs(rgb - fx[f"{case}_rgb256_sub"]).mean() <= 0.25
 
 
-def test_face_box_replaces_detection(tmp_path, fx, astronaut):
+def test_face_box_replaces_detection(tmp_path, fx, astronaut, ort):
     cropper = fc.FaceCropper.from_dir(write_aux(tmp_path, fx, "a"), device="cpu")
 
     class NoDetector:
@@ -182,7 +186,7 @@ def test_face_box_replaces_detection(tmp_path, fx, astronaut):
     np.testing.assert_allclose(result.M_c2o, fx["a_M_c2o"], atol=1e-4, rtol=0)
 
 
-def test_no_face_is_one_line_input_error(tmp_path, fx, astronaut):
+def test_no_face_is_one_line_input_error(tmp_path, fx, astronaut, ort):
     cropper = fc.FaceCropper.from_dir(write_aux(tmp_path, fx, "a", no_face=True), device="cpu")
     with pytest.raises(InputError) as err:
         cropper.crop(astronaut, name="me.png")
