@@ -3,13 +3,12 @@
 Re-implemented from the reading of antgroup/ditto-talkinghead @ e9191cf (no code copied):
 
 - ``core/atomic_components/loader.py:check_resize``           -> :func:`fit_source_size`
-- ``core/aux_models/modules/retinaface.py`` (InsightFace SCRFD) -> :func:`letterbox`, :func:`scrfd_decode`,
-  :func:`nms`
-- ``core/aux_models/modules/landmark106.py``                    -> :func:`lmk106_matrix`, :func:`decode_lmk106`
-- ``core/aux_models/modules/landmark203.py``                    -> :meth:`FaceCropper.landmarks203`
-- ``core/utils/crop.py`` (LivePortrait's crop rule)             -> :func:`crop_matrix`, :func:`crop_from_points`
-- ``core/atomic_components/source2info.py:_crop``               -> :meth:`FaceCropper.crop`
-- ``core/utils/eye_info.py``                                    -> :func:`eye_state`
+- ``core/aux_models/modules/retinaface.py`` (SCRFD) -> :func:`letterbox`, :func:`scrfd_decode`, :func:`nms`
+- ``core/aux_models/modules/landmark106.py``         -> :func:`lmk106_matrix`, :func:`decode_lmk106`
+- ``core/aux_models/modules/landmark203.py``         -> :meth:`FaceCropper.landmarks203`
+- ``core/utils/crop.py`` (LivePortrait's crop rule)  -> :func:`crop_matrix`, :func:`crop_from_points`
+- ``core/atomic_components/source2info.py:_crop``    -> :meth:`FaceCropper.crop`
+- ``core/utils/eye_info.py``                         -> :func:`eye_state`
 
 OpenCV is not a dependency. :func:`warp_affine` re-implements ``cv2.warpAffine(INTER_LINEAR,
 BORDER_CONSTANT 0)`` including its fixed-point arithmetic (source coordinates quantised to 1/32 px,
@@ -414,7 +413,8 @@ def nms(dets: np.ndarray, thresh: float = NMS_THRESH) -> list[int]:
 
 
 def scrfd_decode(outputs: Sequence[np.ndarray], det_scale: float, size: int = DET_SIZE,
-                 threshold: float = DET_THRESH, nms_thresh: float = NMS_THRESH) -> tuple[np.ndarray, np.ndarray]:
+                 threshold: float = DET_THRESH,
+                 nms_thresh: float = NMS_THRESH) -> tuple[np.ndarray, np.ndarray]:
     """Decode SCRFD's nine outputs into faces in image pixels (InsightFace ``scrfd.py`` rules).
 
     Args:
@@ -677,7 +677,10 @@ def crop_source(image: np.ndarray, aux_dir: str | Path | None = None, face_box: 
         warn("note: Ditto's face-crop models are not installed; cropping from --face-box without "
              "landmarks (no roll correction)")
         return box_crop(image, face_box)
-    return FaceCropper.from_dir(aux_dir if aux_dir is not None else Path("."))  # raises WeightsError
+    if aux_dir is not None:
+        FaceCropper.from_dir(aux_dir)  # raises WeightsError naming the first missing file
+    raise WeightsError(f"Ditto's face-crop models ({', '.join(AUX_FILES)}) are not installed; run "
+                       "'avatar weights download ditto' or pass --face-box x,y,w,h")
 
 
 # =========================================================================== eye state

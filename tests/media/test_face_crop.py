@@ -64,6 +64,9 @@ def test_source_size_is_dittos_rule(fx):
     assert fc.fit_source_size(odd).shape == (76, 100, 3)
     even = np.zeros((40, 60, 3), np.uint8)
     assert fc.fit_source_size(even) is even
+    # longer side capped: 300x200 at max 100 -> 100 x round(66.7) = 67 -> floored to 66
+    tall = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(fc.fit_source_size(tall, 100), fc.resize_linear(tall, (66, 100)))
 
 
 # ------------------------------------------------------------------ crop rule and decoders
@@ -153,7 +156,8 @@ def test_face_cropper_matches_ditto(tmp_path, fx, astronaut, case, ort):
     np.testing.assert_array_equal(np.round(l203_in[0, :, ::4, ::4] * 255), fx[f"{case}_l203_blob_sub"])
 
     # geometry: points and matrices
-    np.testing.assert_allclose(cropper.landmarks106(image, fx[f"{case}_box"]), fx[f"{case}_lmk106"], atol=1e-3)
+    lmk106 = cropper.landmarks106(image, fx[f"{case}_box"])
+    np.testing.assert_allclose(lmk106, fx[f"{case}_lmk106"], atol=1e-3)
     assert result.landmarks.shape == (203, 2)
     np.testing.assert_allclose(result.landmarks, fx[f"{case}_lmk203"], atol=1e-3)
     assert result.M_c2o.shape == (3, 3) and result.M_c2o.dtype == np.float32
@@ -169,6 +173,13 @@ def test_face_cropper_matches_ditto(tmp_path, fx, astronaut, case, ort):
     assert result.rgb_256.shape == (1, 3, 256, 256) and result.rgb_256.dtype == np.float32
     rgb = np.round(result.rgb_256[0, :, ::4, ::4] * 255)
     assert np.abs(rgb - fx[f"{case}_rgb256_sub"]).mean() <= 0.25
+
+
+def test_crop_source_prefers_the_landmark_path(tmp_path, fx, astronaut, ort):
+    notes = []
+    result = fc.crop_source(astronaut, aux_dir=write_aux(tmp_path, fx, "a"), warn=notes.append, device="cpu")
+    assert notes == [] and result.landmarks is not None
+    np.testing.assert_allclose(result.M_c2o, fx["a_M_c2o"], atol=1e-4, rtol=0)
 
 
 def test_face_box_replaces_detection(tmp_path, fx, astronaut, ort):
@@ -233,6 +244,8 @@ def test_crop_source_falls_back_to_the_box(tmp_path, astronaut):
     np.testing.assert_array_equal(result.img_crop, fc.box_crop(astronaut, (150, 70, 128, 128)).img_crop)
     with pytest.raises(WeightsError, match="det_10g.onnx"):
         fc.crop_source(astronaut, aux_dir=tmp_path)
+    with pytest.raises(WeightsError, match="avatar weights download ditto"):
+        fc.crop_source(astronaut)
 
 
 def test_parse_face_box():
