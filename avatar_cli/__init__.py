@@ -1,21 +1,28 @@
 """avatar-cli: one portrait + one speech recording -> a lip-synced talking-head video.
 
-    from avatar_cli import AvatarPipeline, RenderOptions
-    pipe = AvatarPipeline.from_preset("tiny")        # random weights; or .from_pretrained(DIR)
-    pipe.render("portrait.png", "speech.wav", "out.mp4", RenderOptions(size=64))
+    from avatar_cli import load_pipeline, RenderOptions
+    pipe = load_pipeline("hallo", weights="hallo-weights/")    # or random_weights=True, arch="tiny"
+    pipe.render("portrait.png", "speech.wav", "out.mp4", RenderOptions(model="hallo"))
+
+Each model family is a :class:`Pipeline` (``avatar_cli/pipelines/``): ``UNetPipeline`` (the
+EMO/Hallo-style dual U-Net: OSA-LCM, FADA, teacher, Hallo).
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["AvatarPipeline", "RenderOptions", "RenderResult", "__version__"]
+__all__ = ["Pipeline", "UNetPipeline", "load_pipeline", "RenderOptions", "RenderResult", "__version__"]
 
 
 def __getattr__(name: str):
-    # torch and diffusers load only when the pipeline is used, so `avatar --help` answers at once.
-    if name == "AvatarPipeline":
-        from .pipeline import AvatarPipeline
+    # torch and diffusers load only when a pipeline is used, so `avatar --help` answers at once.
+    if name in ("Pipeline", "load_pipeline"):
+        from . import pipelines
 
-        return AvatarPipeline
+        return getattr(pipelines, name)
+    if name == "UNetPipeline":
+        from .pipelines.unet import UNetPipeline
+
+        return UNetPipeline
     if name in ("RenderOptions", "RenderResult"):
         from . import options
 

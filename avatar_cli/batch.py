@@ -25,36 +25,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import AvatarError, InputError
-from .media.features import file_sha256
+from .weights import sha256_file
+from . import render_options
 from .options import RenderOptions
 
 REQUIRED = ("image", "audio", "output")
 
 
-def _numbers(kind):
-    return lambda text: tuple(kind(v) for v in str(text).split(","))
-
-
-def _flag(text) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a yes/no value: {text!r}")
-
-
-# Per-job option columns: column -> (RenderOptions field, parser).
-OPTION_COLUMNS: dict[str, tuple[str, Callable]] = {
-    "seed": ("seed", int), "init": ("init", str), "model": ("model", str), "steps": ("num_inference_steps", int),
-    "noise_level": ("noise_level", int), "fps": ("fps", float), "size": ("size", int), "fit": ("fit", str),
-    "crf": ("crf", int), "decoder": ("decoder", str), "guidance_audio": ("guidance_audio", float),
-    "guidance_ref": ("guidance_ref", float), "guidance_scale": ("guidance_scale", float),
-    "clip_frames": ("clip_frames", int), "face_box": ("face_box", _numbers(float)),
-    "motion_scale": ("motion_scale", _numbers(float)), "face_embedding": ("face_embedding", str),
-    "separate_vocals": ("separate_vocals", _flag),
-}
-COLUMNS = (*REQUIRED, "audio_features", *OPTION_COLUMNS)
+# Per-job option columns: every render option (``render_options.py``), by its option name.
+COLUMNS = (*REQUIRED, "audio_features", *render_options.COLUMNS)
 
 
 @dataclass
@@ -154,16 +133,17 @@ def read_jobs(source: str | Path, defaults: RenderOptions | None = None) -> list
         if not os.access(output.parent, os.W_OK):
             raise InputError(f"{where}, column output: folder {output.parent} is not writable")
         options = {}
-        for column, (attr, parse) in OPTION_COLUMNS.items():
+        for column in render_options.COLUMNS:
             value = row.get(column, "")
             if str(value).strip():
                 try:
-                    options[attr] = parse(value)
-                except ValueError:
+                    attr, options[attr] = render_options.column_value(column, value)
+                    attr_value = options[attr]
+                except (ValueError, InputError):
                     raise InputError(f"{where}, column {column}: {value!r} is not a valid {column}") from None
                 if defaults is not None:
                     try:
-                        replace(defaults, **{attr: options[attr]}).validate()
+                        replace(defaults, **{attr: attr_value}).validate()
                     except InputError as err:
                         raise InputError(f"{where}, column {column}: {err}") from None
         if defaults is not None:
@@ -233,10 +213,10 @@ class Ledger:
     def finished(self, output: Path) -> bool:
         """The output exists and is the file this ledger recorded."""
         key = str(output.resolve())
-        return key in self.done and output.is_file() and file_sha256(output) == self.done[key]
+        return key in self.done and output.is_file() and sha256_file(output) == self.done[key]
 
     def record(self, job: Job, seconds: float) -> None:
-        digest = file_sha256(job.output)
+        digest = sha256_file(job.output)
         entry = {"job": job.index, "where": job.where, "output": str(job.output.resolve()), "sha256": digest,
                  "status": "ok", "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime())}
@@ -298,3 +278,59 @@ def run(pipe, jobs: list[Job], base: RenderOptions, ledger: Ledger, resume: bool
         if fail_fast and result.status == "failed":
             break
     return results
+
+
+def run_on_devices(jobs: str, devices: str, shard: str | None, argv: list[str],
+                   note: Callable[[str], None] = lambda message: None) -> int:
+    """One `avatar batch` process per device, each taking shard i/N of the same jobs and ledger,
+    started with the command line ``argv`` less its ``--device(s)``; returns the worst exit code.
+
+    Raises:
+        InputError: ``--shard`` given too (the devices make the shards).
+    """
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    if shard is not None:
+        raise InputError("--devices makes its own shards; leave out --shard")
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    argv = list(argv)
+    drop = {"--devices", "--device"}
+    rest, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in drop:
+            skip = True
+            continue
+        if any(arg.startswith(d + "=") for d in drop):
+            continue
+        rest.append(arg)
+    source = jobs
+    if jobs == "-":  # children cannot share our stdin: write the jobs once, paths made absolute
+        parsed = read_jobs("-")
+        handle = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, prefix="avatar-jobs-")
+        for job in parsed:  # every column of the row, paths made absolute
+            handle.write(json.dumps(job.row) + "\n")
+        handle.close()
+        source = handle.name
+    if "--ledger" not in rest and not any(a.startswith("--ledger=") for a in rest):
+        rest += ["--ledger", str(default_ledger(jobs))]  # one ledger, appended by every shard
+    rest = [source if a == jobs else a for a in rest]
+    children = []
+    for i, name in enumerate(names):
+        cmd = [sys.executable, "-m", "avatar_cli", *rest, "--shard", f"{i}/{len(names)}", "--device", name]
+        children.append(subprocess.Popen(cmd))
+        note(f"batch: shard {i}/{len(names)} on {name} (pid {children[-1].pid})")
+    try:
+        codes = [child.wait() for child in children]
+    except KeyboardInterrupt:
+        for child in children:
+            child.send_signal(signal.SIGINT)
+        for child in children:
+            child.wait()
+        raise
+    return max(codes)

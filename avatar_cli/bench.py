@@ -1,18 +1,18 @@
-"""`avatar bench`: time the real render path (the same ``AvatarPipeline.render_job`` as `render`).
+"""`avatar bench`: time the real render path (the same ``Pipeline.render_job`` as `render`).
 
-For each sampling method: build the pipeline (the cold start: model building or loading plus the
+For each model (or method): build the pipeline through :func:`load_pipeline` (the cold start: model building or loading plus the
 first render), then ``repeat`` warm renders of the same inputs into a temporary folder, and report
 the median and the minimum of: RTF (wall seconds / video seconds), first-frame delay (start of
 sampling to the first frames handed to the encoder), frames per second, seconds per stage and
 "other" (wall minus the stages: pipeline overhead, shown, never hidden). Also: NFE, the model FLOPs
 of one clip counted with ``torch.utils.flop_counter`` (TFLOP per video second and the achieved
-TFLOP/s), peak memory (CUDA max allocated, or the CPU process's peak RSS), and with ``--decoder
-taesd`` the PSNR of TAESD's frames against the full VAE decoder's on the same latents.
+TFLOP/s), peak memory (CUDA max allocated, or the CPU process's peak RSS), and the family's own
+quality checks (``Pipeline.quality_checks``: with ``--decoder taesd`` the PSNR of TAESD's frames
+against the full VAE decoder's on the same latents). Bench knows no family's internals.
 """
 
 from __future__ import annotations
 
-import math
 import platform
 import resource
 import statistics
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from .options import RenderOptions, prepare_job
-from .pipeline import STAGES, AvatarPipeline
 
 
 def synthetic_speech(path: Path, seconds: float, sample_rate: int = 16000, seed: int = 0) -> Path:
@@ -79,46 +78,6 @@ def flop_counter_mode():
 
     _count_cpu_attention()
     return FlopCounterMode(display=False)
-
-
-def _one_clip_of_silence(options: RenderOptions) -> np.ndarray:
-    """(samples,) float32 zeros at 16 kHz lasting one clip (``clip_frames`` / ``fps`` seconds)."""
-    return np.zeros(int(round(options.clip_frames / options.fps * 16000)), np.float32)
-
-
-def count_clip_flops(pipe: AvatarPipeline, image: np.ndarray, options: RenderOptions) -> int:
-    """FLOPs of rendering one clip (audio features, motion-frame reference features, sampling,
-    decoding), counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
-    attention). The portrait's VAE encode and reference-net pass run once per video, not per clip,
-    and are already cached here, so they are not in the count (a per-clip figure)."""
-    counter = flop_counter_mode()
-    with counter:
-        for _ in pipe.generate(image, _one_clip_of_silence(options), options):
-            pass
-    return counter.get_total_flops()
-
-
-def decoder_psnr(pipe: AvatarPipeline, image: np.ndarray, options: RenderOptions) -> float:
-    """Mean per-frame PSNR (dB, 8-bit) of TAESD's frames against the full VAE decoder's, on the
-    latents of one clip."""
-    seen = []
-    decode = pipe.decode_latents
-
-    def both(latents, batch_size=4, decoder="vae"):
-        fast = decode(latents, batch_size, "taesd")
-        full = decode(latents, batch_size, "vae")
-        seen.append((pipe.to_uint8(fast).astype(np.float64), pipe.to_uint8(full).astype(np.float64)))
-        return fast
-
-    pipe.decode_latents = both
-    try:
-        for _ in pipe.generate(image, _one_clip_of_silence(options), options):
-            pass
-    finally:
-        del pipe.decode_latents
-    fast, full = seen[0]
-    mse = ((fast - full) ** 2).reshape(len(fast), -1).mean(axis=1)
-    return float(np.mean([99.0 if m == 0 else 10 * math.log10(255 ** 2 / m) for m in mse]))
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name substring
@@ -177,29 +136,30 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
           audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
           dtype: str = "auto", decoder: str = "vae", compile: bool = False, repeat: int = 3,
           weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
-          log=lambda message: None, command: str | None = None) -> dict:
-    """Benchmark one sampling method. Returns the report (see module docstring); times in seconds.
+          log=lambda message: None, command: str | None = None, method: str | None = None) -> dict:
+    """Benchmark one model (and sampling method). Returns the report (see module docstring); times
+    in seconds.
 
     Args:
-        model: sampling method. arch: preset for random weights (when ``weights`` is None).
+        model: ``--model`` (shorthands such as adv-lcm accepted). method: ``--method`` override.
+        arch: preset for random weights (when ``weights`` is None).
         seconds: synthetic speech length when ``audio`` is None. image: portrait (default synthetic).
         repeat: warm runs (median and min over them); the cold start is reported separately.
-        count_flops: count one clip's FLOPs (one extra, untimed clip).
+        count_flops: count one chunk's FLOPs (one extra, untimed chunk).
         log: progress notes. command: the command line to record (None: ``avatar`` + sys.argv).
     """
     from . import __version__
-    from .models.bundle import AvatarModels
-    from .pipeline import resolve_device, resolve_dtype
-    from .sampling.methods import METHODS
+    from .pipelines import load_pipeline
+    from .runtime import dtype_name, resolve_device, resolve_dtype
 
     import diffusers
     import transformers
 
-    method = METHODS[model]
+    options = RenderOptions(model=model, method=method, size=size, decoder=decoder, overlap=overlap,
+                            face_embedding="none")
+    label = options.model if options.method is None else f"{options.model}/{options.method_name}"
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    options = RenderOptions(model=model, size=size, decoder=decoder, overlap=overlap,
-                            face_embedding="none")
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         tmp = Path(tmp)
         audio_path = Path(audio) if audio else synthetic_speech(tmp / "speech.wav", seconds)
@@ -208,44 +168,41 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
             torch.cuda.reset_peak_memory_stats(dev)
         peak_scope = "method" if dev.type == "cuda" or reset_peak_rss() else "process"
         cold_start = time.perf_counter()
-        if weights is not None:
-            pipe = AvatarPipeline(AvatarModels.from_pretrained(weights, torch_dtype=dt), dev, dt, compile=compile)
-        else:
-            models = AvatarModels.from_preset(arch, cfg_tokens=4 if method.guidance == "cfg-tokens" else 0,
-                                              family=method.family)
-            pipe = AvatarPipeline(models, dev, dt, compile=compile)
+        pipe = load_pipeline(options.model, weights, weights is None, arch, dev, dt, compile=compile,
+                             method=options.method)
         load_s = time.perf_counter() - cold_start
-        log(f"{model}: models ready in {load_s:.1f} s; cold render")
+        log(f"{label}: models ready in {load_s:.1f} s; cold render")
         job = prepare_job(image_path, audio_path, tmp / "cold.mp4", options)
         cold = pipe.render_job(job)
         cold_start_s = time.perf_counter() - cold_start
         runs = []
         for i in range(repeat):
-            log(f"{model}: warm render {i + 1}/{repeat}")
+            log(f"{label}: warm render {i + 1}/{repeat}")
             job = prepare_job(image_path, audio_path, tmp / f"warm{i}.mp4", options)
             runs.append(pipe.render_job(job))
         peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
                 else peak_rss_bytes())
         flops = None
+        chunk_s = options.clip_frames / options.fps
         if count_flops:
-            log(f"{model}: counting the FLOPs of one clip")
-            flops = count_clip_flops(pipe, job.image, options)
-        psnr = decoder_psnr(pipe, job.image, options) if decoder == "taesd" else None
+            log(f"{label}: counting the FLOPs of one chunk")
+            flops = pipe.count_flops(job.image, options, chunk_s)
+        checks = pipe.quality_checks(job.image, options)
 
     video_s = runs[0].duration_s
     walls = [r.wall_s for r in runs]
     others = [r.wall_s - sum(r.stages.values()) for r in runs]
-    stages = {stage: _summary([r.stages[stage] for r in runs]) for stage in STAGES}
+    stages = {stage: _summary([r.stages[stage] for r in runs]) for stage in runs[0].stages}
     stages["other"] = _summary(others)
     rtf = _summary([w / video_s for w in walls])
     ffd = [r.first_frame_delay_s for r in runs if r.first_frame_delay_s is not None]
-    tflop_per_video_s = None if flops is None else flops / (options.clip_frames / options.fps) / 1e12
+    tflop_per_video_s = None if flops is None else flops / chunk_s / 1e12
     tflops = None if tflop_per_video_s is None else tflop_per_video_s / rtf["median"]
     device_name = _device_name(dev)
     peak_tflops = bf16_peak_tflops(device_name) if dev.type == "cuda" else None
-    evaluations = runs[0].unet_evaluations
+    evaluations = runs[0].evaluations
     return {
-        "model": model, "arch": arch if weights is None else None,
+        "model": options.model, "method": options.method_name, "arch": arch if weights is None else None,
         "weights": str(weights) if weights is not None else f"random:{arch}",
         "size": size, "video_fps": options.fps, "video_s": round(video_s, 4), "frames": runs[0].frames,
         "decoder": decoder, "repeat": repeat,
@@ -253,17 +210,17 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         "first_frame_delay_s": _summary(ffd) if ffd else None,
         "fps": _summary([runs[0].frames / w for w in walls]),  # frames rendered per wall second
         "stages": stages,
-        "nfe": method.nfe(options.steps),
-        "unet_evaluations": evaluations,
-        "sampling_per_nfe_s": _summary([r.stages["sampling"] / max(r.unet_evaluations, 1) for r in runs]),
+        "nfe": runs[0].nfe,
+        "evaluations": evaluations,
+        "sampling_per_nfe_s": _summary([r.stages.get("sampling", 0.0) / max(r.evaluations, 1) for r in runs]),
         "tflop_per_video_s": None if tflop_per_video_s is None else round(tflop_per_video_s, 4),
         "tflops_achieved": None if tflops is None else round(tflops, 4),
         "bf16_peak_tflops": peak_tflops,
         "tflops_share_of_peak": None if tflops is None or peak_tflops is None else round(tflops / peak_tflops, 4),
         "cold_start_s": round(cold_start_s, 4), "cold_render_s": round(cold.wall_s, 4), "load_s": round(load_s, 4),
         "peak_memory_bytes": int(peak), "peak_memory_scope": peak_scope,
-        "taesd_psnr_db": None if psnr is None else round(psnr, 2),
-        "device": device_name, "dtype": str(dt).replace("torch.", ""),
+        "taesd_psnr_db": checks.get("taesd_psnr_db"), **{k: v for k, v in checks.items() if k != "taesd_psnr_db"},
+        "device": device_name, "dtype": dtype_name(dt),
         "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "command": command if command is not None else " ".join(["avatar", *sys.argv[1:]]),
@@ -280,7 +237,7 @@ def plot(reports: list[dict], path: str | Path) -> None:
     names = [r["model"] for r in reports]
     fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(reports), 4.5))
     bottom = np.zeros(len(reports))
-    for stage in (*STAGES, "other"):
+    for stage in reports[0]["stages"]:
         values = np.array([r["stages"][stage]["median"] for r in reports])
         ax.bar(names, values, bottom=bottom, label=stage)
         bottom += values

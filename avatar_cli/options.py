@@ -18,25 +18,27 @@ from .media.vocals import check_separator_installed
 from .media.features import load_features
 from .media.image import FITS, load_portrait
 from .media.video import check_output_path
+from .models.catalog import MODELS, resolve_model
 from .sampling.clip_init import INIT_MODES
 from .sampling.methods import METHODS, Method
-
-_MAX_STEPS = {"lcm": 50, "perflow": 100, "ddim": 1000}
 
 
 @dataclass
 class RenderOptions:
-    """What to render. Units: fps in frames per second, size in pixels, noise_level a timestep.
+    """What to render. Units: fps in frames per second, size in pixels, start_timestep a timestep.
 
     Attributes:
-        model: sampling method, a key of ``METHODS`` (``sampling/methods.py``).
+        model: the weights, a key of ``MODELS`` (``models/catalog.py``); the former method names
+            ``adv-lcm`` and ``fada-balanced`` are read as their model and method.
+        method: sampling method, a key of ``METHODS`` (``sampling/methods.py``); None = the
+            model's own.
         num_inference_steps: steps per clip; None = the method's default (osa-lcm 1, adv-lcm 2,
-            fada and fada-balanced 6, teacher 25).
+            fada and fada-balanced 6, teacher 25, hallo 40).
         guidance_audio, guidance_ref: cfg_a, cfg_r of FADA eqs. 9-10; None = the method's default.
         guidance_scale: the single CFG scale of ``hallo``; None = 3.5.
         window_steps: PeRFlow steps per window, nearest t = 1 first (e.g. (2, 2, 1, 1)).
         init: clip initialisation, one of ``INIT_MODES`` (rolling ones: LCM and DDIM methods).
-        noise_level: tau for rolling starts, in [1, 999].
+        start_timestep: tau, the timestep rolling starts begin at, in [1, 999].
         seed: noise seed; same seed, device and dtype give identical frames.
         fps: video frame rate (audio features are computed at this rate).
         size: square frame side, a multiple of 64.
@@ -48,7 +50,8 @@ class RenderOptions:
         face_box: (x, y, w, h) of the face in the input image's pixels; None = detect (Hallo family).
         face_embedding: "auto" (ArcFace through InsightFace), "none" (the zero embedding), or a
             .npy file of 512 floats (Hallo family).
-        motion_scale: weights of the audio branches (pose/full, face, lip); Hallo's motion scale.
+        audio_weights: weights of the three audio-region branches (pose/full, face, lip); Hallo
+            calls them its "motion scale".
         decoder: "vae" (the model's) or "taesd" (the tiny autoencoder's decoder: faster, blurrier).
         overlap: encode the video in a background thread while the next clip is sampled.
         separate_vocals: compute the audio features from the recording's separated vocals
@@ -56,13 +59,14 @@ class RenderOptions:
     """
 
     model: str = "osa-lcm"
+    method: str | None = None
     num_inference_steps: int | None = None
     guidance_audio: float | None = None
     guidance_ref: float | None = None
     guidance_scale: float | None = None
     window_steps: tuple[int, ...] | None = None
     init: str = "gaussian"
-    noise_level: int = 980
+    start_timestep: int = 980
     seed: int = 0
     fps: float = 25.0
     size: int = 512
@@ -73,14 +77,26 @@ class RenderOptions:
     decode_batch_size: int = 4
     face_box: tuple[int, int, int, int] | None = None
     face_embedding: str = "auto"
-    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    audio_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     decoder: str = "vae"
     overlap: bool = True
     separate_vocals: bool = False
 
+    def __post_init__(self):
+        self.model, self.method, _ = resolve_model(self.model, self.method)
+
     @property
-    def method(self) -> Method:
-        return METHODS[self.model]
+    def method_name(self) -> str:
+        """The sampling method's name after defaults (the model's own when ``method`` is None)."""
+        if self.method is not None:
+            return self.method
+        spec = MODELS.get(self.model)
+        return spec.default_method if spec is not None else self.model
+
+    @property
+    def sampling(self) -> Method:
+        """The sampling method object (``sampling/methods.py``)."""
+        return METHODS[self.method_name]
 
     @property
     def steps(self) -> int:
@@ -89,12 +105,12 @@ class RenderOptions:
             return self.num_inference_steps
         if self.window_steps is not None:
             return sum(self.window_steps)
-        return self.method.default_steps
+        return self.sampling.default_steps
 
     @property
     def scales(self) -> tuple[float, ...]:
         """Guidance scales after defaults: (cfg_a, cfg_r), (s,) for CFG, () without guidance."""
-        m = self.method
+        m = self.sampling
         if m.guidance == "cfg":
             return (m.scales[0] if self.guidance_scale is None else self.guidance_scale,)
         if m.guidance == "none":
@@ -105,7 +121,7 @@ class RenderOptions:
     @property
     def guidance(self) -> dict | None:
         """The guidance used, for reports: {"rule", "audio", "ref"} or {"rule", "scale"}; None."""
-        rule, scales = self.method.guidance, self.scales
+        rule, scales = self.sampling.guidance, self.scales
         if rule == "none":
             return None
         if rule == "cfg":
@@ -117,37 +133,38 @@ class RenderOptions:
 
         ``max_sequence``: the model's temporal positions (motion + clip frames); None skips that check.
         """
-        if self.model not in METHODS:
-            raise InputError(f"--model must be one of {', '.join(METHODS)} (got {self.model!r})")
-        method = self.method
-        top = _MAX_STEPS[method.scheduler]
-        low = 4 if method.scheduler == "perflow" else 1
+        if self.model not in MODELS:
+            raise InputError(f"--model must be one of {', '.join(MODELS)} (got {self.model!r})")
+        if self.method_name not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)} (got {self.method_name!r})")
+        method, name = self.sampling, self.method_name
+        low, top = method.step_range
         checks = [
-            (low <= self.steps <= top, f"--steps for {self.model} must be {low}..{top} (got {self.steps})"),
+            (low <= self.steps <= top, f"--steps for {name} must be {low}..{top} (got {self.steps})"),
             (self.init in INIT_MODES, f"--init must be one of {', '.join(INIT_MODES)} (got {self.init!r})"),
             (self.init == "gaussian" or method.supports_rolling,
              f"--init {self.init} cannot start PeRFlow's windows; use it with the LCM or DDIM methods"),
-            (self.window_steps is None or method.scheduler == "perflow",
-             f"--window-steps applies to the PeRFlow methods (fada, fada-balanced), not {self.model}"),
-            (self.window_steps is None or (len(self.window_steps) == 4 and min(self.window_steps) >= 1
-                                           and sum(self.window_steps) == self.steps),
-             f"--window-steps must be 4 counts >= 1 summing to --steps (got {self.window_steps})"),
+            (self.window_steps is None or method.num_windows is not None,
+             f"--window-steps applies to the PeRFlow methods (fada, fada-balanced), not {name}"),
+            (self.window_steps is None or (len(self.window_steps) == method.num_windows
+                                           and min(self.window_steps) >= 1 and sum(self.window_steps) == self.steps),
+             f"--window-steps must be {method.num_windows} counts >= 1 summing to --steps (got {self.window_steps})"),
             (method.guidance != "none" or (self.guidance_audio is None and self.guidance_ref is None
                                            and self.guidance_scale is None),
-             f"{self.model} is distilled without guidance; the --guidance-* options do not apply"),
+             f"{name} is distilled without guidance; the --guidance-* options do not apply"),
             (method.guidance == "cfg" or self.guidance_scale is None,
-             f"--guidance-scale is the single CFG scale of --model hallo; {self.model} takes "
+             f"--guidance-scale is the single CFG scale of --method hallo; {name} takes "
              f"--guidance-audio/--guidance-ref"),
             (method.guidance in ("multi-cfg", "cfg-tokens") or (self.guidance_audio is None and self.guidance_ref is None),
-             f"--guidance-audio/--guidance-ref apply to multi-CFG methods; {self.model} takes --guidance-scale"),
+             f"--guidance-audio/--guidance-ref apply to multi-CFG methods; {name} takes --guidance-scale"),
             (all(g is None or 0 <= g <= 30 for g in (self.guidance_audio, self.guidance_ref, self.guidance_scale)),
              "guidance scales must be 0..30"),
             (self.face_box is None or (len(self.face_box) == 4 and self.face_box[2] > 0 and self.face_box[3] > 0),
              f"--face-box must be x,y,w,h with w, h > 0 (got {self.face_box})"),
             (self.decoder in ("vae", "taesd"), f"--decoder must be vae or taesd (got {self.decoder!r})"),
-            (len(self.motion_scale) == 3 and all(0 <= v <= 10 for v in self.motion_scale),
-             f"--motion-scale must be three weights pose,face,lip in 0..10 (got {self.motion_scale})"),
-            (1 <= self.noise_level <= 999, f"--noise-level must be 1..999 (got {self.noise_level})"),
+            (len(self.audio_weights) == 3 and all(0 <= v <= 10 for v in self.audio_weights),
+             f"--audio-weights must be three weights pose,face,lip in 0..10 (got {self.audio_weights})"),
+            (1 <= self.start_timestep <= 999, f"--start-timestep must be 1..999 (got {self.start_timestep})"),
             (1 <= self.fps <= 120, f"--fps must be 1..120 (got {self.fps:g})"),
             (self.size % 64 == 0 and 64 <= self.size <= 2048,
              f"--size must be a multiple of 64 in 64..2048 (got {self.size}); try --size 512"),
@@ -172,22 +189,23 @@ class RenderOptions:
 @dataclass
 class RenderResult:
     """What a render did. Times in seconds; ``rtf`` = wall seconds / video seconds; ``nfe`` =
-    denoising-U-Net evaluations per clip (the method's table value); ``unet_evaluations`` = the
-    evaluations counted over the whole video; ``guidance`` = {"rule", "audio", "ref"},
-    {"rule", "scale"} or None; ``first_frame_delay_s`` = start of sampling to the first frames
-    handed to the video encoder."""
+    denoiser evaluations per clip (the method's table value); ``evaluations`` = the denoiser
+    evaluations counted over the whole video (U-Net, or Ditto's DiT); ``guidance`` = {"rule",
+    "audio", "ref"}, {"rule", "scale"} or None; ``first_frame_delay_s`` = start of sampling to the
+    first frames handed to the video encoder; ``stages``: seconds per stage of the family."""
 
     output: str
     frames: int
     fps: float
     duration_s: float
-    size: int
+    width: int
+    height: int
     model: str
-    nfe: int
-    num_inference_steps: int
+    method: str
+    nfe: int | None
+    num_inference_steps: int | None
     guidance: dict | None
-    unet_evaluations: int
-    clips: int
+    evaluations: int
     stages: dict[str, float]
     wall_s: float
     first_frame_delay_s: float | None

@@ -150,6 +150,16 @@ def installed_path(component: Component, local_dir: str | Path | None = None) ->
 
 
 # ----------------------------------------------------------------- hashes
+def find_folder(weights_dir: str | Path | None, subfolder: str, component: str, inside: str = "") -> Path | None:
+    """Where an auxiliary model lives: ``<weights_dir>/<subfolder>`` when that folder exists, else
+    the installed manifest ``component``'s folder (joined with ``inside``), else None."""
+    if weights_dir is not None and (Path(weights_dir) / subfolder).is_dir():
+        return Path(weights_dir) / subfolder
+    entry = load_manifest().get(component)
+    found = installed_path(entry) if entry is not None else None
+    return None if found is None else (found / inside if inside else found)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -323,24 +333,16 @@ def verify(component: Component, local_dir: str | Path | None = None, log=print)
 
 
 # Manifest components each sampling method needs to render without --weights.
-CONVERTED = {"hallo": "hallo"}  # method -> folder under $AVATAR_HOME/converted/ that 'convert' writes
-REQUIRED = {
-    "hallo": ("hallo",),
-    "osa-lcm": ("osa-lcm", "sd-vae-ft-mse", "wav2vec2-base-960h"),
-    "adv-lcm": ("osa-lcm", "sd-vae-ft-mse", "wav2vec2-base-960h"),
-    "fada": ("fada", "sd-vae-ft-mse", "wav2vec2-base-960h"),
-    "fada-balanced": ("fada", "sd-vae-ft-mse", "wav2vec2-base-960h"),
-}
-
-
 def converted_dir(name: str) -> Path:
     """Where ``avatar weights convert --from NAME`` writes by default: $AVATAR_HOME/converted/NAME."""
     return avatar_home() / "converted" / name
 
 
 def converted_folder(model: str) -> Path | None:
-    """The converted weights folder a method renders from without --weights, if it exists."""
-    name = CONVERTED.get(model)
+    """The converted weights folder ``--model`` renders from without --weights, if it exists."""
+    from .models.catalog import MODELS
+
+    name = MODELS[model].converted if model in MODELS else None
     if name is None:
         return None
     folder = converted_dir(name)
@@ -350,9 +352,12 @@ def converted_folder(model: str) -> Path | None:
 def missing_for(model: str, manifest: dict[str, Component] | None = None,
                 local_dir: str | Path | None = None) -> list[str]:
     """Why ``model`` cannot render from installed components: one phrase per missing component."""
+    from .models.catalog import MODELS
+
     manifest = manifest if manifest is not None else load_manifest()
-    needed = REQUIRED.get(model)
-    if needed is None:
+    spec = MODELS.get(model)
+    needed = spec.components if spec is not None else ()
+    if not needed:
         return [f"{model}: no public weights exist for it yet"]
     absent = [name for name in needed if name not in manifest]
     unavailable = [f"{name}: {manifest[name].reason}" for name in needed
@@ -361,7 +366,7 @@ def missing_for(model: str, manifest: dict[str, Component] | None = None,
         return [f"{name}: not in the manifest" for name in absent] + unavailable
     missing = [f"{name}: run 'avatar weights download {name}'" for name in needed
                if installed_path(manifest[name], local_dir) is None]
-    if not missing and model in CONVERTED:
-        missing = [f"{CONVERTED[model]}: downloaded but not converted; run 'avatar weights convert --from "
-                   f"{CONVERTED[model]}'"]
+    if not missing and spec.converted:
+        missing = [f"{spec.converted}: downloaded but not converted; run 'avatar weights convert --from "
+                   f"{spec.converted}'"]
     return missing

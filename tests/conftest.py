@@ -24,9 +24,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipeline():
     """The tiny architecture with random weights on the CPU (a few M parameters)."""
-    from avatar_cli import AvatarPipeline
+    from avatar_cli import UNetPipeline
 
-    return AvatarPipeline.from_preset("tiny", device="cpu", dtype="float32")
+    return UNetPipeline.from_preset("tiny", device="cpu", dtype="float32")
 
 
 def ffmpeg(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from avatar_cli import AvatarPipeline, RenderOptions
+from avatar_cli import UNetPipeline, RenderOptions
 from avatar_cli import batch as batchmod
 from avatar_cli.cli import main
 from avatar_cli.models.bundle import AvatarModels
@@ -111,7 +111,7 @@ def test_the_models_load_once_and_a_portrait_is_encoded_once(media, shared_data)
     img = shared_data / "astronaut.png"
     jobs = batchmod.read_jobs(_write_jobs(media, [f"{img},one.wav,out/{n}.mp4," for n in "ab"]
                                           + [f"{shared_data / 'cat_chelsea.png'},one.wav,out/c.mp4,"]))
-    pipe = AvatarPipeline.from_preset("tiny", device="cpu", dtype="float32")
+    pipe = UNetPipeline.from_preset("tiny", device="cpu", dtype="float32")
     results = batchmod.run(pipe, jobs, RenderOptions(size=64), batchmod.Ledger(media / "l.jsonl"))
     assert [r.status for r in results] == ["ok"] * 3
     clips = 1  # 0.6 s = 15 frames = one clip per job
@@ -193,14 +193,14 @@ def test_sigterm_and_a_second_ctrl_c_exit_130_leaving_no_partial_file(media, sha
 def test_an_unexpected_error_fails_one_job_and_the_others_render(media, shared_data, monkeypatch, capsys):
     img = shared_data / "astronaut.png"
     jobs = _write_jobs(media, [f"{img},one.wav,out/a.mp4,", f"{img},two.wav,out/b.mp4,"])
-    real = AvatarPipeline.render_job
+    real = UNetPipeline.render_job
 
     def flaky(self, job, *args, **kwargs):
         if job.output.name == "a.mp4":
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
         return real(self, job, *args, **kwargs)
 
-    monkeypatch.setattr(AvatarPipeline, "render_job", flaky)
+    monkeypatch.setattr(UNetPipeline, "render_job", flaky)
     assert main(["batch", str(jobs), "--json", *TINY]) == 1
     results = _results(capsys.readouterr().out)
     assert [r["status"] for r in results] == ["failed", "ok"]

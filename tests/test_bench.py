@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from avatar_cli.bench import flop_counter_mode
 from avatar_cli.cli import main
 from avatar_cli.models.bundle import AvatarModels
-from avatar_cli.pipeline import STAGES
+from avatar_cli.pipelines.unet import UNetPipeline
 
 
 def test_bench_json_is_consistent(capsys):
@@ -25,7 +25,7 @@ def test_bench_json_is_consistent(capsys):
                 "peak_memory_bytes", "device", "dtype", "versions", "command", "cold_start_s", "wall_s",
                 "sampling_per_nfe_s", "tflops_share_of_peak"):
         assert key in r, key
-    assert set(r["stages"]) == {*STAGES, "other"}
+    assert set(r["stages"]) == {*UNetPipeline.stages, "other"}
     assert r["command"] == "avatar " + " ".join(args)
     # The report against clocks outside it: the cold start and the warm runs fit in the command's time,
     # no stage is counted twice (other >= 0), and the video is as long as the speech.
@@ -34,7 +34,7 @@ def test_bench_json_is_consistent(capsys):
     assert r["frames"] == round(1.5 * 25) and abs(r["video_s"] - r["frames"] / 25) < 1e-3
     assert r["video_fps"] == 25.0
     assert abs(r["fps"]["median"] - r["frames"] / r["wall_s"]["median"]) <= 0.02 * r["fps"]["median"]
-    assert r["nfe"] == 1 and r["unet_evaluations"] == 3 and r["peak_memory_bytes"] > 0
+    assert r["nfe"] == 1 and r["evaluations"] == 3 and r["peak_memory_bytes"] > 0
     # 3 evaluations per run: the median of the per-run ratios is the median sampling time / 3 (2 runs)
     assert r["sampling_per_nfe_s"]["median"] == pytest.approx(r["stages"]["sampling"]["median"] / 3, abs=2e-4)
     assert r["tflop_per_video_s"] > 0 and r["first_frame_delay_s"]["median"] > 0

@@ -39,7 +39,7 @@ def test_render_real_portrait_and_speech_end_to_end(tmp_path, shared_data):
     assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
     assert info["video_streams"] == 1 and info["audio_streams"] == 1
     assert result["frames"] == info["frames"] == round(speech_s * 25)
-    assert result["nfe"] == 1 and result["unet_evaluations"] == result["clips"] == -(-info["frames"] // 16)
+    assert result["nfe"] == 1 and result["evaluations"] == result["clips"] == -(-info["frames"] // 16)
     assert set(result["stages"]) == {"audio", "reference", "sampling", "decode", "write"}
     assert result["rtf"] > 0 and result["device"] == "cpu" and result["dtype"] == "float32" and result["seed"] == 0
     assert "RANDOM weights" not in proc.stderr  # --quiet
@@ -115,7 +115,7 @@ def _bad_inputs(tmp: Path, data: Path) -> dict[str, list[str]]:
         "fps too high": ["render", img, wav, "-o", out, "--fps", "500"],
         "steps out of range": ["render", img, wav, "-o", out, "--steps", "0"],
         "steps too many": ["render", img, wav, "-o", out, "--steps", "99"],
-        "noise level out of range": ["render", img, wav, "-o", out, "--noise-level", "1000"],
+        "noise level out of range": ["render", img, wav, "-o", out, "--start-timestep", "1000"],
         "cuda without a gpu": ["render", img, wav, "-o", out, "--device", "cuda"],
         "no weights": ["render", img, wav, "-o", out],
         "unknown option": ["render", img, wav, "-o", out, "--bogus"],
@@ -203,7 +203,7 @@ def test_every_model_renders_and_reports_its_nfe(tmp_path, shared_data, capsys, 
     result = json.loads(capsys.readouterr().out)
     assert (result["model"], result["nfe"], result["num_inference_steps"], result["guidance"]) == \
         (model, nfe, steps, guidance)
-    assert result["unet_evaluations"] == nfe * result["clips"] == nfe * 2
+    assert result["evaluations"] == nfe * result["clips"] == nfe * 2
     info = probe(out)
     assert info["frames"] == 20 and info["audio_streams"] == 1 and info["video_streams"] == 1
 

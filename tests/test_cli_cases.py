@@ -87,7 +87,7 @@ def test_fada_needs_cfg_layers_or_the_explicit_flag(tmp_path, shared_data, speec
     assert "--add-cfg-layers" in capsys.readouterr().err and not (tmp_path / "f.mp4").exists()
     assert main([*args, "--add-cfg-layers"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["nfe"] == 6 and result["unet_evaluations"] == 6 * result["clips"]
+    assert result["nfe"] == 6 and result["evaluations"] == 6 * result["clips"]
     assert probe(tmp_path / "f.mp4")["frames"] == 15
 
 
@@ -95,12 +95,12 @@ def test_adv_lcm_four_steps_reports_nfe_4(tmp_path, shared_data, speech, capsys)
     assert main(["render", str(shared_data / "astronaut.png"), str(speech), "--model", "adv-lcm", "--steps", "4",
                  "-o", str(tmp_path / "a.mp4"), "--json", *TINY]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert (result["nfe"], result["num_inference_steps"], result["unet_evaluations"]) == (4, 4, 4)
+    assert (result["nfe"], result["num_inference_steps"], result["evaluations"]) == (4, 4, 4)
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--motion-scale", "1,2"], "--motion-scale must be three weights"),
-    (["--motion-scale", "a,b,c"], "--motion-scale takes comma-separated numbers"),
+    (["--audio-weights", "1,2"], "--motion-scale must be three weights"),
+    (["--audio-weights", "a,b,c"], "--motion-scale takes comma-separated numbers"),
     (["--window-steps", "2,2,x"], "--window-steps takes comma-separated numbers"),
     (["--model", "fada", "--init", "rolling"], "--init"),
 ])
@@ -116,10 +116,10 @@ def test_progress_bar_and_notes_on_a_terminal_and_not_with_quiet(tmp_path, share
                                                                  capsys):
     import sys
 
-    from avatar_cli import cli
+    from avatar_cli.cli import render as cli
 
     shown = []
-    real = cli._progress
+    real = cli.progress
 
     class Recording(real):
         def __enter__(self):
@@ -127,7 +127,7 @@ def test_progress_bar_and_notes_on_a_terminal_and_not_with_quiet(tmp_path, share
             shown.append(self.enabled)
             return on_clip
 
-    monkeypatch.setattr(cli, "_progress", Recording)
+    monkeypatch.setattr(cli, "progress", Recording)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     base = ["render", str(shared_data / "astronaut.png"), str(speech), "--random-weights", "--arch", "tiny",
             "--size", "64", "--device", "cpu"]
@@ -144,15 +144,15 @@ def test_compile_gives_the_same_frames(shared_data):
     """--compile (torch.compile of the denoising U-Net and decoder, inductor on the CPU here)."""
     import torch
 
-    from avatar_cli import AvatarPipeline, RenderOptions
+    from avatar_cli import UNetPipeline, RenderOptions
     from avatar_cli.media.image import load_portrait
 
     models = AvatarModels.from_preset("tiny", seed=2)
     image = load_portrait(shared_data / "astronaut.png", 64)
     waveform = (0.1 * np.random.default_rng(0).standard_normal(9600)).astype(np.float32)
     options = RenderOptions(size=64, seed=4)
-    eager = np.concatenate(list(AvatarPipeline(models, "cpu", torch.float32).generate(image, waveform, options)))
-    compiled = np.concatenate(list(AvatarPipeline(models, "cpu", torch.float32, compile=True)
+    eager = np.concatenate(list(UNetPipeline(models, "cpu", torch.float32).generate(image, waveform, options)))
+    compiled = np.concatenate(list(UNetPipeline(models, "cpu", torch.float32, compile=True)
                                    .generate(image, waveform, options)))
     assert compiled.shape == eager.shape == (15, 64, 64, 3)
     diff = np.abs(compiled.astype(int) - eager.astype(int))

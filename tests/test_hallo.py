@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-from avatar_cli import AvatarPipeline, RenderOptions
+from avatar_cli import UNetPipeline, RenderOptions
 from avatar_cli.cli import main
 from avatar_cli.media.face import FaceConditions
 from avatar_cli.models.presets import preset
@@ -82,7 +82,7 @@ def test_render_hallo_end_to_end(converted, shared_data, tmp_path, capsys):
     assert code == 0, captured.err
     result = json.loads(captured.out)
     assert result["model"] == "hallo" and result["nfe"] == 12 and result["guidance"] == {"rule": "cfg", "scale": 3.5}
-    assert result["unet_evaluations"] == 12 * result["clips"]
+    assert result["evaluations"] == 12 * result["clips"]
     info = probe(out)
     assert info["frames"] == int(0.9 * 25 + 0.5) and info["audio_streams"] == 1  # halves round up
 
@@ -118,7 +118,7 @@ def test_face_box_outside_the_image_is_refused(converted, shared_data, tmp_path,
 
 
 def test_hallo_clip_loop_follows_hallos_settings(converted, shared_data, monkeypatch):
-    pipe = AvatarPipeline.from_pretrained(converted, device="cpu", dtype="float32")
+    pipe = UNetPipeline.from_pretrained(converted, device="cpu", dtype="float32")
     from avatar_cli.media.image import load_portrait
 
     image = load_portrait(shared_data / "astronaut.png", 64)
@@ -139,13 +139,13 @@ def test_hallo_clip_loop_follows_hallos_settings(converted, shared_data, monkeyp
     assert pipe.reference_net_calls == 1 + 2 * 2
     # our own samplers run on Hallo's weights too (DDIM multi-CFG, rolling starts)
     out = list(pipe.generate(image, wave[:8000], RenderOptions(model="teacher", size=64, num_inference_steps=2,
-                                                               init="rolling", noise_level=900)))
+                                                               init="rolling", start_timestep=900)))
     assert sum(len(f) for f in out) == 13  # 12.5 frames, halves round up
     # ... and Hallo's own sampler with every init mode, and the one-step and few-step LCM samplers
     for model, init, steps in (("hallo", "rolling", 2), ("hallo", "combined-rolling", 2), ("osa-lcm", "gaussian", 1),
                                ("adv-lcm", "combined-rolling", 2)):
         out = list(pipe.generate(image, wave, RenderOptions(model=model, size=64, num_inference_steps=steps, init=init,
-                                                            noise_level=900), face=face))
+                                                            start_timestep=900), face=face))
         frames = np.concatenate(out)
         assert frames.shape == (28, 64, 64, 3) and frames.std() > 0, (model, init)
 
@@ -173,13 +173,13 @@ def test_the_documented_flow_without_paths(hallo_files, shared_data, tmp_path, m
 def test_motion_scale_reaches_the_audio_branches(converted, shared_data):
     from avatar_cli.media.image import load_portrait
 
-    pipe = AvatarPipeline.from_pretrained(converted, device="cpu", dtype="float32")
+    pipe = UNetPipeline.from_pretrained(converted, device="cpu", dtype="float32")
     image = load_portrait(shared_data / "astronaut.png", 64)
     wave = (0.1 * np.random.default_rng(1).standard_normal(8000)).astype(np.float32)
     face = FaceConditions(None, torch.zeros(3, 64, 64), None, (0, 0, 64, 64), (0, 0, 1, 1), "test")
     runs = {}
     for scale in ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 2.0)):
-        options = RenderOptions(model="hallo", size=64, num_inference_steps=2, motion_scale=scale)
+        options = RenderOptions(model="hallo", size=64, num_inference_steps=2, audio_weights=scale)
         runs[scale] = np.concatenate(list(pipe.generate(image, wave, options, face=face)))
     same = np.concatenate(list(pipe.generate(image, wave, RenderOptions(model="hallo", size=64, num_inference_steps=2),
                                              face=face)))
@@ -193,7 +193,7 @@ def test_hallos_unconditional_branch_as_the_pipeline_builds_it(converted, shared
     no reference keys/values; motion frames and masks kept; both branches in one batch of 2."""
     from avatar_cli.media.image import load_portrait
 
-    pipe = AvatarPipeline.from_pretrained(converted, device="cpu", dtype="float32")
+    pipe = UNetPipeline.from_pretrained(converted, device="cpu", dtype="float32")
     unet = pipe.models.denoising_unet
     calls = []
     real = unet.forward

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import avatar_cli.pipeline as pipeline_module
+import avatar_cli.pipelines.unet as pipeline_module
 from avatar_cli import RenderOptions
 from avatar_cli.errors import InputError
 from avatar_cli.media.image import load_portrait
@@ -45,9 +45,9 @@ def test_same_seed_same_frames_other_seed_other_frames(tiny_pipeline, portrait):
 
 
 def test_reference_features_once_per_portrait_motion_features_once_per_clip(portrait):
-    from avatar_cli import AvatarPipeline
+    from avatar_cli import UNetPipeline
 
-    pipe = AvatarPipeline.from_preset("tiny", device="cpu", dtype="float32")
+    pipe = UNetPipeline.from_preset("tiny", device="cpu", dtype="float32")
     clips, _ = _run(pipe, portrait, _speech(2.0))  # 50 frames -> 4 clips
     assert len(clips) == 4
     assert pipe.reference_net_calls == 1 + 4
@@ -58,9 +58,9 @@ def test_reference_features_once_per_portrait_motion_features_once_per_clip(port
 
 
 def test_motion_frames_are_the_previous_clips_last_latents(portrait, monkeypatch):
-    from avatar_cli import AvatarPipeline
+    from avatar_cli import UNetPipeline
 
-    tiny_pipeline = AvatarPipeline.from_preset("tiny", device="cpu", dtype="float32")
+    tiny_pipeline = UNetPipeline.from_preset("tiny", device="cpu", dtype="float32")
     seen_motion, sampled = [], []
     extract = tiny_pipeline.models.reference_net.extract_features
     sample = pipeline_module.sample
@@ -87,8 +87,8 @@ def test_motion_frames_are_the_previous_clips_last_latents(portrait, monkeypatch
 def test_init_modes_change_what_later_clips_start_from(tiny_pipeline, portrait):
     wave = _speech(1.0)
     gauss, g = _run(tiny_pipeline, portrait, wave, init="gaussian")
-    combined, c = _run(tiny_pipeline, portrait, wave, init="combined-rolling", noise_level=900)
-    rolling, r = _run(tiny_pipeline, portrait, wave, init="rolling", noise_level=900)
+    combined, c = _run(tiny_pipeline, portrait, wave, init="combined-rolling", start_timestep=900)
+    rolling, r = _run(tiny_pipeline, portrait, wave, init="rolling", start_timestep=900)
     assert np.array_equal(gauss[0], combined[0])           # clip 0 of combined-rolling is gaussian
     assert not np.array_equal(gauss[1], combined[1])       # later clips roll
     assert not np.array_equal(gauss[0], rolling[0])        # rolling's clip 0 starts from the portrait
@@ -105,7 +105,7 @@ def test_silent_short_and_multi_step_audio_render(tiny_pipeline, portrait):
 
 @pytest.mark.parametrize("options,words", [
     (dict(size=100), "multiple of 64"), (dict(fps=0), "--fps"), (dict(num_inference_steps=0), "--steps"),
-    (dict(noise_level=1000), "--noise-level"), (dict(clip_frames=30), "at most 32"),
+    (dict(start_timestep=1000), "--start-timestep"), (dict(clip_frames=30), "at most 32"),
     (dict(init="nope"), "--init"), (dict(motion_frames=20), "--motion-frames"),
 ])
 def test_out_of_range_options_are_refused(tiny_pipeline, portrait, options, words):
@@ -116,16 +116,16 @@ def test_out_of_range_options_are_refused(tiny_pipeline, portrait, options, word
 @pytest.mark.parametrize("model,nfe", [("osa-lcm", 1), ("adv-lcm", 2), ("fada", 6), ("fada-balanced", 18),
                                        ("teacher", 75)])
 def test_every_method_counts_its_nfe(portrait, model, nfe):
-    from avatar_cli import AvatarPipeline
-    from avatar_cli.pipeline import RenderStats
+    from avatar_cli import UNetPipeline
+    from avatar_cli.pipelines.unet import RenderStats
 
-    pipe = AvatarPipeline.from_preset("tiny", device="cpu", dtype="float32",
+    pipe = UNetPipeline.from_preset("tiny", device="cpu", dtype="float32",
                                       cfg_tokens=4 if model == "fada" else 0)
     stats = RenderStats(pipe.device)
     frames = np.concatenate(list(pipe.generate(portrait, _speech(0.8), RenderOptions(size=64, model=model),
                                                stats=stats)))
     assert frames.shape == (20, 64, 64, 3)
-    assert stats.unet_evaluations == nfe * 2  # 2 clips
+    assert stats.evaluations == nfe * 2  # 2 clips
     # multi-CFG needs the null reference features (a zero latent) once per video
     assert pipe.reference_net_calls == 1 + 2 + (1 if model in ("fada-balanced", "teacher") else 0)
 

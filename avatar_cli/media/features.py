@@ -37,14 +37,6 @@ def fingerprint(model: "torch.nn.Module") -> str:
     return digest.hexdigest()[:16]
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_features(path: str | Path, features: "torch.Tensor", metadata: dict[str, str], chunk_frames: int = 4096) -> None:
     """Write (frames, layers, dim) float32 features as safetensors, streaming; atomic (temporary
     file renamed when complete)."""

@@ -59,7 +59,7 @@ class VideoWriter:
 
     Args:
         path: final output path (.mp4).
-        size: frame side in pixels (frames are square; must be even for yuv420p).
+        size: frame side in pixels for square frames, or (width, height); both even (yuv420p).
         fps: frames per second.
         audio_path: a file whose first audio stream is encoded as AAC into the video; None = silent.
         crf: libx264 constant rate factor (0 = lossless ... 51; 18 looks lossless, default 18).
@@ -68,9 +68,10 @@ class VideoWriter:
         AvatarError: ffmpeg failed (its last message is included).
     """
 
-    def __init__(self, path: str | Path, size: int, fps: float, audio_path: str | Path | None = None, crf: int = 18):
+    def __init__(self, path: str | Path, size: int | tuple[int, int], fps: float,
+                 audio_path: str | Path | None = None, crf: int = 18):
         self.path = Path(path)
-        self.size = size
+        self.width, self.height = (size, size) if isinstance(size, int) else size
         self.fps = fps
         self.audio_path = audio_path
         self.crf = crf
@@ -89,8 +90,8 @@ class VideoWriter:
             # -map 1:a:0), so a video file given as audio contributes only its sound.
             output_params = ["-c:a", "aac", "-b:a", "192k", *output_params]
         self._gen = imageio_ffmpeg.write_frames(
-            str(self._tmp), (self.size, self.size), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
-            quality=None, macro_block_size=16, ffmpeg_log_level="error", output_params=output_params,
+            str(self._tmp), (self.width, self.height), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
+            quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=output_params,
             audio_path=None if self.audio_path is None else str(self.audio_path),
         )
         self._gen.send(None)
@@ -101,8 +102,8 @@ class VideoWriter:
         frames = np.ascontiguousarray(frames, dtype=np.uint8)
         if frames.ndim == 3:
             frames = frames[None]
-        if frames.shape[1:] != (self.size, self.size, 3):
-            raise ValueError(f"frames of shape {frames.shape[1:]} for a {self.size}x{self.size} video")
+        if frames.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"frames of shape {frames.shape[1:]} for a {self.width}x{self.height} video")
         self._gen.send(frames)  # one pipe write per clip: ffmpeg reads the raw frames back to back
         self.frames_written += len(frames)
 

@@ -43,18 +43,11 @@ def find_vocal_model(weights_dir: str | Path | None = None) -> Path:
     Raises:
         WeightsError: found in neither place (the message says how to get it).
     """
-    from ..weights import installed_path, load_manifest
+    from ..weights import find_folder
 
-    candidates = []
-    if weights_dir is not None:
-        candidates.append(Path(weights_dir) / "audio_separator" / VOCAL_MODEL)
-    component = load_manifest().get(COMPONENT)
-    installed = installed_path(component) if component is not None else None
-    if installed is not None:
-        candidates.append(installed / "audio_separator" / VOCAL_MODEL)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
+    folder = find_folder(weights_dir, "audio_separator", COMPONENT, "audio_separator")
+    if folder is not None and (folder / VOCAL_MODEL).is_file():
+        return folder / VOCAL_MODEL
     raise WeightsError(f"--separate-vocals needs the separator model {VOCAL_MODEL}: 'avatar weights download {COMPONENT}' "
                      f"(or put it in <weights>/audio_separator/)")
 

@@ -1,4 +1,6 @@
-"""Sampling methods: each is a scheduler plus a guidance rule (the clip loop is shared).
+"""Sampling methods: each is one object that owns its scheduler, timesteps, step bounds, guidance
+rule and what it needs of the weights; the clip loop (``pipelines/unet.py``) and the trainings
+(``training/``) only call it.
 
 | name | paper | scheduler | steps | guidance | NFE per clip |
 |---|---|---|---|---|---|
@@ -12,17 +14,20 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from ..errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
-
 # The table below is read when options are checked, before any model loads: torch and diffusers
-# are imported by the functions that use them, so that bad input is reported at once.
+# are imported by the methods that use them, so that bad input is reported at once.
+
+PERFLOW_WINDOWS = 4  # FADA's K
 
 
 @dataclass(frozen=True)
@@ -30,13 +35,13 @@ class Method:
     """A sampling method.
 
     Attributes:
-        name: the ``--model`` name.
+        name: the ``--method`` name.
         paper: where it comes from.
         scheduler: "lcm", "perflow" or "ddim".
         default_steps: num_inference_steps when none is given.
         guidance: "none", "multi-cfg", "cfg-tokens" or "cfg" (``sampling/guidance.py``).
         scales: default guidance scales: (cfg_a, cfg_r) for multi-cfg and cfg-tokens, (s,) for cfg.
-        family: the model family whose weights it runs ("osa-lcm" ours, "hallo").
+        family: the U-Net variant whose weights it needs ("osa-lcm": any; "hallo": a face locator).
     """
 
     name: str
@@ -47,6 +52,7 @@ class Method:
     scales: tuple[float, ...] = ()
     family: str = "osa-lcm"
 
+    # ------------------------------------------------------------ what it costs and accepts
     @property
     def branches(self) -> int:
         """Model evaluations per step: 3 for multi-CFG, 2 for CFG, else 1."""
@@ -57,10 +63,98 @@ class Method:
         return num_inference_steps * self.branches
 
     @property
+    def step_range(self) -> tuple[int, int]:
+        """(fewest, most) num_inference_steps: PeRFlow needs a step in each of its 4 windows."""
+        return {"lcm": (1, 50), "perflow": (PERFLOW_WINDOWS, 100), "ddim": (1, 1000)}[self.scheduler]
+
+    @property
     def supports_rolling(self) -> bool:
         """Rolling starts (from a timestep tau < 999): LCM (tau is the first step) and DDIM (the
         schedule starts at its first timestep <= tau, SDEdit); not PeRFlow, whose windows start at t=1."""
         return self.scheduler in ("lcm", "ddim")
+
+    @property
+    def num_windows(self) -> int | None:
+        """PeRFlow's window count K (None for the other schedulers)."""
+        return PERFLOW_WINDOWS if self.scheduler == "perflow" else None
+
+    def check_weights(self, denoising_unet_config, scheduler_config: dict, has_face_locator: bool) -> None:
+        """Raise :class:`InputError` when the weights cannot be sampled by this method."""
+        if self.guidance == "cfg-tokens" and not denoising_unet_config.cfg_tokens:
+            raise InputError(f"--method {self.name} needs a FADA student with CFG-token layers and these weights "
+                             f"have none; distil one, or pass --add-cfg-layers (zero-initialised: no guidance)")
+        if self.family == "hallo" and not has_face_locator:
+            raise InputError(f"--method {self.name} needs Hallo's weights (with a face locator); convert them with "
+                             f"'avatar weights convert --from hallo' and pass --weights DIR")
+        if self.scheduler == "perflow" and scheduler_config.get("prediction_type", "epsilon") != "epsilon":
+            raise InputError(f"--method {self.name} samples epsilon-prediction students; these weights predict "
+                             f"{scheduler_config['prediction_type']}")
+
+    # ------------------------------------------------------------ scheduler and timesteps
+    def make_scheduler(self, training_schedule: dict):
+        """The method's scheduler on the model's training noise schedule (unknown keys dropped)."""
+        from diffusers import DDIMScheduler, LCMScheduler
+
+        from .perflow import PeRFlowScheduler
+
+        klass = {"lcm": LCMScheduler, "ddim": DDIMScheduler, "perflow": PeRFlowScheduler}[self.scheduler]
+        accepted = set(inspect.signature(klass.__init__).parameters)
+        config = {k: v for k, v in training_schedule.items() if k in accepted}
+        if self.scheduler == "perflow":
+            config["num_windows"] = PERFLOW_WINDOWS
+        return klass(**config)
+
+    def set_timesteps(self, scheduler, num_inference_steps: int, start: int | None = None,
+                      window_steps: list[int] | None = None) -> list[int]:
+        """Set the scheduler's timesteps for one clip and return them.
+
+        Args:
+            num_inference_steps: steps of the method.
+            start: a rolling start timestep tau (LCM and DDIM); None = from pure noise.
+            window_steps: PeRFlow steps per window (overrides the even split).
+
+        Raises:
+            ValueError: a DDIM rolling start below every timestep of the schedule.
+        """
+        import torch
+        from diffusers.utils import logging as diffusers_logging
+
+        if self.scheduler == "perflow":
+            scheduler.set_timesteps(num_inference_steps, window_steps=window_steps)
+        elif self.scheduler == "ddim":
+            scheduler.set_timesteps(num_inference_steps)
+            if start is not None:  # rolling (SDEdit): begin at the schedule's first timestep <= tau
+                kept = [t for t in scheduler.timesteps if int(t) <= start]
+                if not kept:
+                    raise ValueError(f"no DDIM timestep at or below {start}")
+                scheduler.timesteps = torch.stack(kept)
+        else:
+            scheduler.set_timesteps(num_inference_steps)
+            timesteps = [int(t) for t in scheduler.timesteps]
+            if start is not None and start < timesteps[0]:
+                # rolling: tau replaces the first timestep, later ones at or above it are dropped
+                timesteps = [start] + [t for t in timesteps[1:] if t < start]
+            previous = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # a custom first timestep is intended here
+            try:
+                scheduler.set_timesteps(timesteps=timesteps)
+            finally:
+                diffusers_logging.set_verbosity(previous)
+        return [int(t) for t in scheduler.timesteps]
+
+    # ------------------------------------------------------------ guidance
+    def denoiser(self, unet, conditions, null, scales: tuple[float, ...],
+                 region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+        """The U-Net as this method's sampler sees it: a :class:`GuidedDenoiser` with its rule, its
+        branches batched (multi-CFG: 3, CFG: 2) and combined."""
+        from .guidance import GuidedDenoiser
+
+        return GuidedDenoiser(unet, conditions, self.guidance, scales, null if self.guided else None, region_weights)
+
+    @property
+    def guided(self) -> bool:
+        """Whether the method needs the null conditions (multi-CFG, CFG)."""
+        return self.guidance in ("multi-cfg", "cfg")
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -71,52 +165,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("teacher", "FADA teacher / OSA-LCM base (DDIM)", "ddim", 25, "multi-cfg", (6.5, 2.5)),
     Method("hallo", "Hallo (DDIM, CFG)", "ddim", 40, "cfg", (3.5,), family="hallo"),
 )}
-
-def make_scheduler(method: Method, training_schedule: dict):
-    """The method's scheduler on the model's training noise schedule (unknown keys dropped)."""
-    from diffusers import DDIMScheduler, LCMScheduler
-
-    from .perflow import PeRFlowScheduler
-
-    klass = {"lcm": LCMScheduler, "ddim": DDIMScheduler, "perflow": PeRFlowScheduler}[method.scheduler]
-    accepted = set(inspect.signature(klass.__init__).parameters)
-    return klass(**{k: v for k, v in training_schedule.items() if k in accepted})
-
-
-def set_schedule(scheduler, method: Method, num_inference_steps: int, start: int | None = None,
-                 window_steps: list[int] | None = None) -> list[int]:
-    """Set the scheduler's timesteps for one clip and return them.
-
-    Args:
-        num_inference_steps: steps of the method.
-        start: a rolling start timestep tau (LCM only); None = from pure noise.
-        window_steps: PeRFlow steps per window (overrides the even split).
-    """
-    import torch
-    from diffusers.utils import logging as diffusers_logging
-
-    if method.scheduler == "perflow":
-        scheduler.set_timesteps(num_inference_steps, window_steps=window_steps)
-    elif method.scheduler == "ddim":
-        scheduler.set_timesteps(num_inference_steps)
-        if start is not None:  # rolling (SDEdit): begin at the schedule's first timestep <= tau
-            kept = [t for t in scheduler.timesteps if int(t) <= start]
-            if not kept:
-                raise ValueError(f"no DDIM timestep at or below {start}")
-            scheduler.timesteps = torch.stack(kept)
-    else:
-        scheduler.set_timesteps(num_inference_steps)
-        timesteps = [int(t) for t in scheduler.timesteps]
-        if start is not None and start < timesteps[0]:
-            # rolling: tau replaces the first timestep, later ones at or above it are dropped
-            timesteps = [start] + [t for t in timesteps[1:] if t < start]
-        previous = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # a custom first timestep is intended here
-        try:
-            scheduler.set_timesteps(timesteps=timesteps)
-        finally:
-            diffusers_logging.set_verbosity(previous)
-    return [int(t) for t in scheduler.timesteps]
 
 
 def sample(model: Callable[["torch.Tensor", int], "torch.Tensor"], latents: "torch.Tensor", scheduler,
@@ -129,7 +177,7 @@ def sample(model: Callable[["torch.Tensor", int], "torch.Tensor"], latents: "tor
     Args:
         model: (latents, t) -> epsilon, e.g. a ``GuidedDenoiser``.
         latents: x at the first timestep, e.g. (B, 4, F, h, w).
-        scheduler: a scheduler after ``set_schedule``.
+        scheduler: a scheduler after :meth:`Method.set_timesteps`.
         generator: LCM/DDIM noise between steps.
     """
     extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}

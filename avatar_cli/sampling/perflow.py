@@ -2,7 +2,7 @@
 
 diffusers has no PeRFlow scheduler; this one has diffusers' interface (``set_timesteps``,
 ``step`` returning an output with ``prev_sample``) and follows the PeRFlow reference scheduler's
-conventions (restated in DESIGN.md sec. 3):
+conventions (restated in docs/sampling.md):
 
 - time t in [0, 1], t = 1 is noise; K equal windows [1, 1-1/K], ..., [1/K, 0];
 - steps per window: n // K each, the n % K extra steps go to the windows nearest t = 1
@@ -98,23 +98,28 @@ class PeRFlowScheduler(SchedulerMixin, ConfigMixin):
     def num_inference_steps(self) -> int:
         return len(self.points)
 
-    def _window(self, t: Fraction) -> tuple[Fraction, Fraction]:
-        k = self.config.num_windows
-        window = min(int((1 - t) * k), k - 1)
-        return Fraction(k - window, k), Fraction(k - window - 1, k)
+    def alpha_index(self, t: Fraction | float) -> int:
+        """The alphas_cumprod index of time t in [0, 1]: int(1000 t) - 1, clamped to 0 at t = 0."""
+        return max(int(Fraction(t).limit_denominator(10**6) * self.config.num_train_timesteps) - 1, 0)
 
-    def _alpha(self, t: Fraction) -> torch.Tensor:
-        return self.alphas_cumprod[max(int(t * self.config.num_train_timesteps) - 1, 0)]
+    def window(self, k: int) -> tuple[Fraction, Fraction, torch.Tensor, torch.Tensor]:
+        """(t_s, t_e, lambda_s, eta_s) of window k in 1..K, k = K nearest t = 1 (FADA eq. 4):
+        lambda_s = sqrt(a_e / a_s), eta_s = sqrt(1 - a_e) - sqrt(a_e (1 - a_s) / a_s), float64.
+        The sampler's steps and FADA's distillation (``training/fada.py``) both use these."""
+        big_k = self.config.num_windows
+        t_s, t_e = Fraction(k, big_k), Fraction(k - 1, big_k)
+        a_s, a_e = self.alphas_cumprod[self.alpha_index(t_s)], self.alphas_cumprod[self.alpha_index(t_e)]
+        lambda_s = torch.sqrt(a_e / a_s)
+        eta_s = torch.sqrt(1 - a_e) - torch.sqrt(a_e * (1 - a_s) / a_s)
+        return t_s, t_e, lambda_s, eta_s
 
     def _point(self, index: int) -> tuple[float, float, float]:
         """(lambda_t, eta_t, frac) at sampling point ``index``: z_e = lambda_t z + eta_t eps and
         z_next = z + frac (z_e - z), frac = (t_next - t_c) / (t_e - t_c). float64 maths."""
         t_c = self.points[index]
-        t_s, t_e = self._window(t_c)
+        k = self.config.num_windows - min(int((1 - t_c) * self.config.num_windows), self.config.num_windows - 1)
+        t_s, t_e, lambda_s, eta_s = self.window(k)
         t_next = self.points[index + 1] if index + 1 < len(self.points) else Fraction(0)
-        a_s, a_e = self._alpha(t_s), self._alpha(t_e)
-        lambda_s = torch.sqrt(a_e / a_s)
-        eta_s = torch.sqrt(1 - a_e) - torch.sqrt(a_e * (1 - a_s) / a_s)
         d = lambda_s * float(t_c - t_s) + float(t_e - t_c)
         lambda_t = lambda_s * float(t_e - t_s) / d
         eta_t = eta_s * float(t_e - t_c) / d

@@ -9,16 +9,18 @@ import copy
 
 import torch
 
-from ..models.attention import ReferenceFeatures
+from ..media.face import lip_box_from_face
+from ..models.conditioning import ConditionBuilder
 from ..sampling.guidance import Conditions
 
 
 class Conditioner:
-    """Batch example -> the denoising U-Net's :class:`Conditions`, with the frozen reference net,
-    audio projector and image projector of ``models`` (the face tokens are the null tokens: the
-    zero face embedding). For the Hallo family (a face locator) also the face-locator features and
-    the audio-region masks, from the example's ``face_box`` and ``lip_box`` (frame pixels, found by
-    ``avatar data prepare``; the whole frame where absent), as Hallo's inference builds them.
+    """Batch example -> the denoising U-Net's :class:`Conditions`, through the same
+    :class:`ConditionBuilder` as rendering (``models/conditioning.py``): the frozen reference net,
+    audio projector and image projector of ``models``, the face tokens being the null tokens (the
+    zero face embedding). For the Hallo family also the face-locator features and the audio-region
+    masks, from the example's ``face_box`` and ``lip_box`` (frame pixels, found by ``avatar data
+    prepare``; the whole frame where absent), as Hallo's inference builds them.
 
     Args:
         models: :class:`AvatarModels` (the teacher's).
@@ -27,62 +29,37 @@ class Conditioner:
 
     def __init__(self, models, device: torch.device, dtype: torch.dtype):
         self.models, self.device, self.dtype = models, device, dtype
-        self._faces: dict[tuple, tuple] = {}  # (face box, lip box, latent side) -> (features, masks)
+        self.builder = ConditionBuilder(models, device, dtype)
 
     @torch.no_grad()
     def __call__(self, example: dict[str, torch.Tensor]) -> Conditions:
-        models = self.models
+        build = self.builder
         reference = example["reference"].to(self.device, self.dtype)
         batch = reference.shape[0]
-        tokens = models.image_projector.null_tokens(batch)
-        ref = models.reference_net.extract_features(reference, tokens)
+        tokens = build.null_tokens(batch)
+        ref = build.reference(reference, tokens)
         motion_latents = example["motion"].to(self.device, self.dtype)  # (M, 4, h, w): one clip per process
-        motion = models.reference_net.extract_features(motion_latents, tokens[:1]) if motion_latents.shape[0] else None
-        audio = models.audio_projector(example["audio"].to(self.device, self.dtype))
+        motion = build.reference(motion_latents, tokens[:1]) if motion_latents.shape[0] else None
+        audio = build.audio_tokens(example["audio"].to(self.device, self.dtype))
         locator = masks = None
-        if models.face_locator is not None:
-            locator, masks = self._face(example, reference.shape[-1], example["latents"].shape[2])
+        if self.models.face_locator is not None:
+            latent, frames = reference.shape[-1], example["latents"].shape[2]
+            size = latent * 8  # the VAE's downsampling factor
+            box = example.get("face_box")
+            face_box = tuple(float(v) for v in box.reshape(-1)) if box is not None else (0.0, 0.0, float(size),
+                                                                                          float(size))
+            lip = example.get("lip_box")
+            lip_box = tuple(float(v) for v in lip.reshape(-1)) if lip is not None else lip_box_from_face(face_box)
+            locator, masks = build.face_from_boxes(face_box, lip_box, size, latent, frames)
         return Conditions(tokens, audio, ref, motion, locator, masks)
-
-    def _face(self, example: dict, latent: int, frames: int):
-        """Face-locator features (1, C, F, h, w) and region masks {region: (1, h, w)} (Hallo).
-
-        Both depend only on a video's boxes (the face locator is frozen): computed once per video."""
-        from ..media.face import face_mask_image, lip_box_from_face, region_masks
-
-        size = latent * 8  # the VAE's downsampling factor
-        box = example.get("face_box")
-        face_box = tuple(float(v) for v in box.reshape(-1)) if box is not None else (0.0, 0.0, float(size), float(size))
-        lip = example.get("lip_box")
-        lip_box = tuple(float(v) for v in lip.reshape(-1)) if lip is not None else lip_box_from_face(face_box)
-        key = (face_box, lip_box, latent)
-        if key not in self._faces:
-            image = face_mask_image(face_box, size).to(self.device, self.dtype)[None]
-            masks = {k: v.to(self.device)[None] for k, v in region_masks(face_box, lip_box, size, latent).items()}
-            self._faces[key] = (self.models.face_locator(image), masks)
-        locator, masks = self._faces[key]
-        return locator[:, :, None].expand(-1, -1, frames, -1, -1), masks
 
     @torch.no_grad()
     def null(self, conditions: Conditions) -> Conditions:
-        """The null conditions of guidance: zero audio tokens; the reference features of a zero
-        latent, or no reference keys/values (``settings.null_reference == "none"``)."""
-        if self.models.settings.null_reference == "none":
-            reference = ReferenceFeatures(conditions.reference_features,
-                                          keep=torch.zeros(conditions.audio_embeds.shape[0], dtype=torch.bool))
-        else:
-            zeros = torch.zeros(conditions.encoder_hidden_states.shape[0], 4, *self._latent_size(conditions),
-                                device=self.device, dtype=self.dtype)
-            reference = self.models.reference_net.extract_features(zeros, conditions.encoder_hidden_states)
-        # Hallo's unconditional branch also drops the face-locator features; the masks stay.
-        return Conditions(conditions.encoder_hidden_states, torch.zeros_like(conditions.audio_embeds), reference,
-                          conditions.motion_features, None, conditions.region_masks)
-
-    @staticmethod
-    def _latent_size(conditions: Conditions) -> tuple[int, int]:
+        """The unconditional branch of guidance (:meth:`ConditionBuilder.null`)."""
         first = next(iter(conditions.reference_features.values()))
         side = int(round(first.shape[1] ** 0.5))
-        return side, side
+        shape = (conditions.encoder_hidden_states.shape[0], 4, side, side)
+        return self.builder.null(conditions, self.builder.null_reference(conditions.reference_features, shape))
 
 
 class NoiseSchedule:
@@ -93,9 +70,9 @@ class NoiseSchedule:
     """
 
     def __init__(self, scheduler_config: dict):
-        from ..sampling.methods import METHODS, make_scheduler
+        from ..sampling.methods import METHODS
 
-        self.scheduler = make_scheduler(METHODS["teacher"], scheduler_config)  # diffusers' DDIMScheduler
+        self.scheduler = METHODS["teacher"].make_scheduler(scheduler_config)  # diffusers' DDIMScheduler
         self.alphas = self.scheduler.alphas_cumprod.double()
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling.guidance import Conditions, GuidedDenoiser
+from ..sampling.methods import METHODS
+from ..sampling.perflow import PeRFlowScheduler
 from .conditioning import Conditioner, NoiseSchedule, float32_copy
 from .losses import mixed_supervision_weight
 
@@ -75,6 +77,9 @@ class FADAStep:
         self.student = student.to(device)
         self.conditioner = Conditioner(teacher_models, device, dtype)
         self.schedule = NoiseSchedule(teacher_models.scheduler_config)
+        self.perflow = METHODS["fada"].make_scheduler(teacher_models.scheduler_config)
+        if self.perflow.config.num_windows != config.num_windows:
+            self.perflow = PeRFlowScheduler.from_config(self.perflow.config, num_windows=config.num_windows)
         self.device, self.dtype = device, dtype
         self.method = "fada"
 
@@ -85,18 +90,14 @@ class FADAStep:
                 if ".motion_modules." in n or ".cfg_modules." in n or n.startswith("cfg_embedding.")]
 
     def _index(self, t: float) -> int:
-        """alphas_cumprod index of a window boundary t (sampling/perflow.py's convention)."""
-        return max(int(round(t * len(self.schedule.alphas))) - 1, 0)
+        """alphas_cumprod index of a window boundary t (the sampler's own rule)."""
+        return self.perflow.alpha_index(t)
 
     def window(self, k: int) -> tuple[float, float, float, float]:
-        """(t_s, t_e, lambda_s, eta_s) of window k in 1..K (FADA eq. 4's coefficients)."""
-        big_k = self.config.num_windows
-        t_s, t_e = k / big_k, (k - 1) / big_k
-        a_s = self.schedule.alphas[self._index(t_s)]
-        a_e = self.schedule.alphas[self._index(t_e)]
-        lambda_s = float(torch.sqrt(a_e / a_s))
-        eta_s = float(torch.sqrt(1 - a_e) - torch.sqrt(a_e * (1 - a_s) / a_s))
-        return t_s, t_e, lambda_s, eta_s
+        """(t_s, t_e, lambda_s, eta_s) of window k in 1..K (FADA eq. 4's coefficients), from the
+        PeRFlow scheduler that samples the student, so training and sampling walk the same lines."""
+        t_s, t_e, lambda_s, eta_s = self.perflow.window(k)
+        return float(t_s), float(t_e), float(lambda_s), float(eta_s)
 
     @torch.no_grad()
     def solve(self, z: torch.Tensor, t_s: float, t_e: float, cond: Conditions, scales) -> torch.Tensor:

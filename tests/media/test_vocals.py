@@ -20,7 +20,7 @@ from avatar_cli.cli import main
 from avatar_cli.media.audio import load_speech
 from avatar_cli.media.features import load_features
 from avatar_cli.media.vocals import VOCAL_MODEL, separate_vocals
-from avatar_cli.pipeline import AvatarPipeline
+from avatar_cli.pipelines.unet import UNetPipeline
 from tests.conftest import ffmpeg
 
 TINY = ["--random-weights", "--arch", "tiny", "--size", "64", "--quiet"]
@@ -102,13 +102,13 @@ def test_separate_vocals_runs_the_separator_and_keeps_the_speech_length(stand_in
 def test_render_takes_features_from_the_vocals_and_muxes_the_speech(stand_in, speech, shared_data, tmp_path,
                                                                     monkeypatch):
     seen = []
-    original = AvatarPipeline.audio_features
+    original = UNetPipeline.audio_features
 
     def recording(self, waveform, *args, **kwargs):
         seen.append(np.asarray(waveform))
         return original(self, waveform, *args, **kwargs)
 
-    monkeypatch.setattr(AvatarPipeline, "audio_features", recording)
+    monkeypatch.setattr(UNetPipeline, "audio_features", recording)
     out = tmp_path / "talk.mp4"
     assert main(["render", str(shared_data / "astronaut.png"), str(speech), "-o", str(out), "--separate-vocals",
                  *TINY]) == 0

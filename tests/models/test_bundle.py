@@ -57,7 +57,7 @@ def test_round_trip_of_every_family_renders_the_same_frames(tmp_path, family, cf
     the teacher with multi-CFG, the FADA student with CFG tokens, Hallo's face locator and projectors."""
     import numpy as np
 
-    from avatar_cli import AvatarPipeline, RenderOptions
+    from avatar_cli import UNetPipeline, RenderOptions
     from avatar_cli.media.face import face_conditions
 
     models = AvatarModels.from_preset("tiny", seed=5, cfg_tokens=cfg_tokens, family=family)
@@ -71,7 +71,7 @@ def test_round_trip_of_every_family_renders_the_same_frames(tmp_path, family, cf
     face = face_conditions(image, 8, (16.0, 8.0, 32.0, 40.0), "none") if family == "hallo" else None
     runs = []
     for bundle in (models, loaded):
-        pipe = AvatarPipeline(bundle, "cpu", torch.float32)
+        pipe = UNetPipeline(bundle, "cpu", torch.float32)
         runs.append(np.concatenate(list(pipe.generate(image, waveform, options, face=face))))
     assert runs[0].shape == (13, 64, 64, 3)
     # The same weights bit for bit (tested above); freshly built and loaded networks may still take

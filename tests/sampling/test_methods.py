@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
 from avatar_cli.models.presets import SD15_SCHEDULER
-from avatar_cli.sampling.methods import METHODS, make_scheduler, sample, set_schedule
+from avatar_cli.sampling.methods import METHODS, sample
 
 
 def alphas_cumprod_by_hand() -> torch.Tensor:
@@ -17,7 +17,7 @@ def alphas_cumprod_by_hand() -> torch.Tensor:
 
 
 def _lcm():
-    scheduler = make_scheduler(METHODS["osa-lcm"], SD15_SCHEDULER)
+    scheduler = METHODS["osa-lcm"].make_scheduler(SD15_SCHEDULER)
     assert isinstance(scheduler, LCMScheduler)
     return scheduler
 
@@ -33,7 +33,7 @@ def test_one_step_lcm_equals_lcm_scheduler_step_and_the_closed_form():
         return eps
 
     scheduler = _lcm()
-    assert set_schedule(scheduler, METHODS["osa-lcm"], 1) == [999]
+    assert METHODS["osa-lcm"].set_timesteps(scheduler, 1) == [999]
     ours = sample(model, x, scheduler)
     assert calls == [999]
     reference = LCMScheduler.from_config(SD15_SCHEDULER)
@@ -51,10 +51,10 @@ def test_one_step_lcm_equals_lcm_scheduler_step_and_the_closed_form():
 
 def test_lcm_schedules_with_rolling_starts():
     s, m = _lcm(), METHODS["osa-lcm"]
-    assert set_schedule(s, m, 1, start=980) == [980]
-    assert set_schedule(s, m, 2) == [999, 499]
-    assert set_schedule(s, m, 2, start=950) == [950, 499]
-    assert set_schedule(s, m, 4, start=600) == [600, 499, 259]
+    assert m.set_timesteps(s, 1, start=980) == [980]
+    assert m.set_timesteps(s, 2) == [999, 499]
+    assert m.set_timesteps(s, 2, start=950) == [950, 499]
+    assert m.set_timesteps(s, 4, start=600) == [600, 499, 259]
 
 
 @pytest.mark.parametrize("steps", [2, 4])
@@ -63,7 +63,7 @@ def test_multi_step_lcm_renoises_with_the_generator(steps):
     x = torch.randn(1, 4, 2, 8, 8, dtype=torch.float64)
     model = lambda latents, t: 0.1 * latents + t / 1000.0  # noqa: E731
     scheduler = _lcm()
-    set_schedule(scheduler, METHODS["adv-lcm"], steps)
+    METHODS["adv-lcm"].set_timesteps(scheduler, steps)
     ours = sample(model, x, scheduler, torch.Generator().manual_seed(5))
     reference = LCMScheduler.from_config(SD15_SCHEDULER)
     reference.set_timesteps(steps)
@@ -88,8 +88,8 @@ def test_ddim_equals_ddim_scheduler_stepped_by_hand():
     torch.manual_seed(2)
     x = torch.randn(1, 4, 2, 8, 8, dtype=torch.float64)
     model = lambda latents, t: torch.tanh(latents) * (t / 1000.0)  # noqa: E731
-    scheduler = make_scheduler(METHODS["teacher"], SD15_SCHEDULER)
-    timesteps = set_schedule(scheduler, METHODS["teacher"], 25)
+    scheduler = METHODS["teacher"].make_scheduler(SD15_SCHEDULER)
+    timesteps = METHODS["teacher"].set_timesteps(scheduler, 25)
     assert len(timesteps) == 25 and timesteps[0] == 961 and timesteps[-1] == 1  # SD1.5: leading, offset 1
     ours = sample(model, x, scheduler)
     reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -111,9 +111,9 @@ def test_hallo_ddim_v_prediction_zero_snr_trailing_equals_diffusers():
     torch.manual_seed(3)
     x = torch.randn(1, 4, 2, 8, 8, dtype=torch.float64)
     model = lambda latents, t: torch.sin(latents) * (1 - t / 1000.0)  # noqa: E731  (a "v" prediction)
-    scheduler = make_scheduler(METHODS["hallo"], HALLO_SCHEDULER)
+    scheduler = METHODS["hallo"].make_scheduler(HALLO_SCHEDULER)
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
-    timesteps = set_schedule(scheduler, METHODS["hallo"], 40)
+    timesteps = METHODS["hallo"].set_timesteps(scheduler, 40)
     assert timesteps[0] == 999 and len(timesteps) == 40  # trailing spacing starts at the last timestep
     assert float(scheduler.alphas_cumprod[-1]) < 1e-6     # zero terminal SNR
     ours = sample(model, x, scheduler)
@@ -124,7 +124,7 @@ def test_hallo_ddim_v_prediction_zero_snr_trailing_equals_diffusers():
 
 
 def test_ddim_rolling_start_begins_at_the_first_timestep_at_or_below_tau():
-    scheduler = make_scheduler(METHODS["teacher"], SD15_SCHEDULER)
-    full = set_schedule(scheduler, METHODS["teacher"], 25)
-    rolled = set_schedule(scheduler, METHODS["teacher"], 25, start=900)
+    scheduler = METHODS["teacher"].make_scheduler(SD15_SCHEDULER)
+    full = METHODS["teacher"].set_timesteps(scheduler, 25)
+    rolled = METHODS["teacher"].set_timesteps(scheduler, 25, start=900)
     assert rolled == [t for t in full if t <= 900] and rolled[0] <= 900

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from avatar_cli.sampling.methods import METHODS, make_scheduler, sample, set_schedule
+from avatar_cli.sampling.methods import METHODS, sample
 from avatar_cli.sampling.perflow import PeRFlowScheduler, window_split
 from avatar_cli.models.presets import SD15_SCHEDULER
 from tests.sampling.test_methods import alphas_cumprod_by_hand
@@ -35,9 +35,9 @@ def test_end_point_equals_the_piecewise_linear_flow(steps, windows):
         calls.append(t)
         return eps
 
-    scheduler = make_scheduler(METHODS["fada"], SD15_SCHEDULER)
+    scheduler = METHODS["fada"].make_scheduler(SD15_SCHEDULER)
     given = windows if windows != window_split(steps, 4) else None
-    set_schedule(scheduler, METHODS["fada"], steps, window_steps=given)
+    METHODS["fada"].set_timesteps(scheduler, steps, window_steps=given)
     assert scheduler.window_steps == windows
     out = sample(model, z, scheduler)
     assert len(calls) == steps  # NFE counted by the wrapped model

@@ -22,7 +22,7 @@ import torch
 from avatar_cli.cli import main
 from avatar_cli.models.bundle import AvatarModels
 from avatar_cli.sampling.guidance import GuidedDenoiser
-from avatar_cli.sampling.methods import METHODS, make_scheduler, sample, set_schedule
+from avatar_cli.sampling.methods import METHODS, sample
 from avatar_cli.training.conditioning import Conditioner
 from avatar_cli.training.data import ClipDataset
 from avatar_cli.training.fada import FADAConfig
@@ -98,8 +98,8 @@ class _HeldOut:
         config = dict(self.teacher.scheduler_config)
         if spacing:
             config["timestep_spacing"] = spacing
-        scheduler = make_scheduler(METHODS[method], config)
-        set_schedule(scheduler, METHODS[method], steps)
+        scheduler = METHODS[method].make_scheduler(config)
+        METHODS[method].set_timesteps(scheduler, steps)
         with torch.no_grad():
             return sample(GuidedDenoiser(unet, cond, rule, scales, null), noise.clone(), scheduler,
                           torch.Generator().manual_seed(0))

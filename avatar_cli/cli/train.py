@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import InputError
+from ..errors import InputError
+from .common import note
 
 data_app = typer.Typer(help="Training data: talking-head videos -> latents + audio features.", no_args_is_help=True,
                        rich_markup_mode="rich")
@@ -97,8 +98,9 @@ def data_prepare(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-video lines.")] = False,
 ) -> None:
     """Encode talking-head videos into a training data set (resumable; bad videos are reported and skipped)."""
-    from .pipeline import AvatarPipeline, resolve_device
-    from .training.data import prepare
+    from ..pipelines.unet import UNetPipeline
+    from ..runtime import resolve_device
+    from ..training.data import prepare
 
     if not 1 <= fps <= 120:
         raise InputError(f"--fps must be 1..120 (got {fps:g})")
@@ -109,9 +111,9 @@ def data_prepare(
         raise InputError(f"video {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if (weights is None) == (not random_weights):
         raise InputError("pass --weights DIR (the teacher's) or --random-weights")
-    dev = str(resolve_device(device))
-    pipe = (AvatarPipeline.from_preset(arch, device=dev, dtype="float32") if random_weights
-            else AvatarPipeline.from_pretrained(weights, device=dev, dtype="float32"))
+    dev = resolve_device(device)
+    pipe = (UNetPipeline.from_preset(arch, device=dev, dtype="float32") if random_weights
+            else UNetPipeline.from_pretrained(weights, device=dev, dtype="float32"))
     counts = prepare(videos, output, pipe, fps=fps, size=size, quality=quality.value,
                      log=lambda line: None if quiet or as_json else typer.echo(f"avatar: {line}", err=True))
     _echo({"output": str(output), **counts}, as_json,
@@ -139,12 +141,13 @@ _ClipFrames = Annotated[int, typer.Option(help="Frames per training clip (F).")]
 _Cpu = Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where CUDA is available.")]
 _Json = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")]
 _Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")]
-_Init = Annotated[Optional[Path], typer.Option(help="Weights folder the student starts from.", show_default=False)]
+_InitWeights = Annotated[Optional[Path], typer.Option("--init-weights", help="Weights folder training starts from.",
+                                                      show_default=False)]
 
 
 def _config(output, max_steps, lr, lr_decay_at, lr_decay, disc_lr, accum, precision, every, keep, resume, seed,
             optimizer, checkpointing, cpu, quiet):
-    from .training.trainer import TrainConfig, checkpoints
+    from ..training.trainer import TrainConfig, checkpoints
 
     if max_steps < 1:
         raise InputError(f"--max-steps must be >= 1 (got {max_steps})")
@@ -163,7 +166,7 @@ def _config(output, max_steps, lr, lr_decay_at, lr_decay, disc_lr, accum, precis
 def _teacher(value: str) -> Path:
     """``--teacher``: a weights folder; ``hallo:DIR`` (a converted Hallo folder, checked to hold
     Hallo's face locator); or ``hallo`` (the folder 'avatar weights convert --from hallo' wrote)."""
-    from .weights import converted_folder
+    from ..weights import converted_folder
 
     if value == "hallo":
         folder = converted_folder("hallo")
@@ -205,7 +208,7 @@ def _finish(summary: dict, as_json: bool, quiet: bool) -> None:
 TEACHER_EPILOG = """\
 [bold]Examples[/bold]
 
-  avatar train teacher --data dataset --init ./base -o teacher --max-steps 100000
+  avatar train teacher --data dataset --init-weights ./base -o teacher --max-steps 100000
   avatar train teacher --data dataset --arch tiny -o tiny-teacher --max-steps 300 --lr 1e-3 --cpu
 
 Loss: FADA eq. 1 (epsilon or v by the weights' schedule), audio and reference dropped with
@@ -217,8 +220,8 @@ probability --drop each, so multi-CFG has its null branches. Only the denoising 
 def train_teacher_command(
     data: _Data,
     output: _Out,
-    init: _Init = None,
-    arch: Annotated[str, typer.Option(help="Without --init: random weights of this architecture (full or tiny).")]
+    init: _InitWeights = None,
+    arch: Annotated[str, typer.Option(help="Without --init-weights: random weights of this architecture (full or tiny).")]
     = "full",
     drop: Annotated[float, typer.Option(help="Condition-dropout probability (audio, reference).")] = 0.1,
     quality: Annotated[Optional[Quality], typer.Option(help="Train on videos of this tag only.")] = Quality.high,
@@ -238,10 +241,10 @@ def train_teacher_command(
     quiet: _Quiet = False,
 ) -> None:
     """Train a multi-step teacher (DDIM + multi-CFG) on data set A. Default --lr 1e-5."""
-    from .models.bundle import AvatarModels
-    from .training.recipes import train_teacher
+    from ..models.bundle import AvatarModels
+    from ..training.recipes import train_teacher
 
-    _folder("--init", init)
+    _folder("--init-weights", init)
     if not 0 <= drop < 1:
         raise InputError(f"--drop must be in [0, 1) (got {drop:g})")
     config = _config(output, max_steps, lr or 1e-5, 1.0, 1.0, 1e-5, accum, precision, every, keep, resume, seed,
@@ -256,7 +259,7 @@ OSA_EPILOG = """\
 [bold]Examples[/bold]
 
   avatar distill osa-lcm --teacher ./teacher --data dataset --stage adv-lcm -o adv --max-steps 30000
-  avatar distill osa-lcm --teacher ./teacher --data dataset --stage eft --init adv/weights -o osa --max-steps 15000
+  avatar distill osa-lcm --teacher ./teacher --data dataset --stage eft --init-weights adv/weights -o osa --max-steps 15000
   accelerate launch --multi_gpu --num_processes 8 -m avatar_cli distill osa-lcm --teacher ./teacher ...
   avatar render face.png speech.wav --weights osa/weights --model osa-lcm
 
@@ -270,9 +273,9 @@ def distill_osa_lcm_command(
     teacher: _Teacher,
     data: _Data,
     output: _Out,
-    stage: Annotated[Stage, typer.Option(help="adv-lcm (Algorithm 1) or eft (Algorithm 2, from --init adv/weights).")]
+    stage: Annotated[Stage, typer.Option(help="adv-lcm (Algorithm 1) or eft (Algorithm 2, from --init-weights adv/weights).")]
     = Stage.adv_lcm,
-    init: _Init = None,
+    init: _InitWeights = None,
     skip: Annotated[int, typer.Option(help="k: the teacher's DDIM solver step, in timesteps (eq. 2).")] = 20,
     guidance_audio: Annotated[float, typer.Option(help="cfg_a of the solver's multi-CFG.")] = 6.5,
     guidance_ref: Annotated[float, typer.Option(help="cfg_r of the solver's multi-CFG.")] = 2.5,
@@ -305,11 +308,11 @@ def distill_osa_lcm_command(
     quiet: _Quiet = False,
 ) -> None:
     """OSA-LCM: Adv-LCM (consistency + adversarial + motion losses), then EFT (one-step editing fine-tune)."""
-    from .training.osa_lcm import LCMConfig
-    from .training.recipes import distill_osa_lcm
+    from ..training.osa_lcm import LCMConfig
+    from ..training.recipes import distill_osa_lcm
 
     teacher = _teacher(teacher)
-    _folder("--init", init)
+    _folder("--init-weights", init)
     if not 1 <= skip < 1000:
         raise InputError(f"--skip must be 1..999 (got {skip})")
     if not 0 <= disc_t_end <= 999 or not 0 <= disc_t_start <= 999:
@@ -320,10 +323,8 @@ def distill_osa_lcm_command(
         raise InputError(f"--gen-noise-max must be 0..999 (got {gen_noise_max})")
     eft = stage == Stage.eft
     if eft and init is None:
-        from .cli import _note
-
-        _note("note: --stage eft without --init starts from the teacher; the paper starts EFT from the Adv-LCM "
-              "student (--init ADV/weights)", quiet)
+        note("note: --stage eft without --init-weights starts from the teacher; the paper starts EFT from the "
+             "Adv-LCM student (--init-weights ADV/weights)", quiet)
     config = _config(output, max_steps, lr or (1.5e-6 if eft else 3e-6), 1.0 if eft else 0.5, 1.0 if eft else 0.5,
                      disc_lr, accum, precision, every, keep, resume, seed, optimizer, checkpointing, cpu, quiet)
     lcm = LCMConfig(skip=skip, guidance=(guidance_audio, guidance_ref), huber_c=huber_c, gan_loss=gan_loss.value,
@@ -351,7 +352,7 @@ def distill_fada_command(
     teacher: _Teacher,
     data: _Data,
     output: _Out,
-    init: _Init = None,
+    init: _InitWeights = None,
     solver_steps: Annotated[int, typer.Option(help="Teacher DDIM steps per window (eq. 2).")] = 8,
     cfg_audio_range: Annotated[str, typer.Option(help="cfg_a drawn uniformly from LOW,HIGH per sample.")] = "4.5,8.5",
     cfg_ref_range: Annotated[str, typer.Option(help="cfg_r drawn uniformly from LOW,HIGH per sample.")] = "1.5,3.0",
@@ -379,11 +380,11 @@ def distill_fada_command(
     quiet: _Quiet = False,
 ) -> None:
     """FADA: mixed-supervised PeRFlow distillation with learnable-token multi-CFG (6 steps, NFE 6)."""
-    from .training.fada import FADAConfig
-    from .training.recipes import distill_fada
+    from ..training.fada import FADAConfig
+    from ..training.recipes import distill_fada
 
     teacher = _teacher(teacher)
-    _folder("--init", init)
+    _folder("--init-weights", init)
     if solver_steps < 1 or cfg_tokens < 1:
         raise InputError("--solver-steps and --cfg-tokens must be >= 1")
     if not 0 <= r_peak < r_dead:
@@ -395,3 +396,9 @@ def distill_fada_command(
                       cfg_tokens=cfg_tokens, mixed=mixed, w0=w0, s=s, r_peak=r_peak, r_dead=r_dead, train=train_what.value)
     summary = distill_fada(teacher, data, config, fada=fada, init=init, clip_frames=clip_frames)
     _finish(summary, as_json, quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+    app.add_typer(train_app, name="train")
+    app.add_typer(distill_app, name="distill")

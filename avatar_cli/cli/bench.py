@@ -1,0 +1,124 @@
+"""``avatar bench``: the CLI of ``bench.py``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from .common import ARGV, Arch, ArchOption, Device, Dtype, note
+
+BENCH_EPILOG = """\
+[bold]Examples[/bold]
+
+  avatar bench --arch tiny --size 64 --seconds 4 --repeat 2
+  avatar bench --model osa-lcm,fada,teacher --size 512 --seconds 10 --device cuda --json
+  avatar bench --weights ./hallo --model hallo --audio speech.wav --plot bench.png
+
+Random weights (the default, said in the report) run the full architecture: speed does not depend on
+weight values. Numbers: median and min over --repeat warm runs; the cold start separately.
+"""
+
+
+def bench(
+    model: Annotated[str, typer.Option(help="Model(s) to measure, comma-separated (osa-lcm, fada, teacher, hallo; "
+                                            "adv-lcm and fada-balanced as shorthands).")] = "osa-lcm",
+    method: Annotated[Optional[str], typer.Option(help="Sampling method for every --model", show_default="each model's")] = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights of --arch (the default "
+                                                  "without --weights; speed does not depend on weight values).")] = False,
+    arch: ArchOption = Arch.full,
+    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 512,
+    seconds: Annotated[float, typer.Option(help="Length of the synthetic speech.")] = 10.0,
+    audio: Annotated[Optional[Path], typer.Option(help="Speech to use instead.", show_default=False)] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Portrait to use", show_default="synthetic")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    decoder: Annotated[str, typer.Option(help="vae or taesd.")] = "vae",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoising U-Net and decoder.")] = False,
+    repeat: Annotated[int, typer.Option(help="Warm runs.")] = 3,
+    weights: Annotated[Optional[Path], typer.Option(help="A weights folder instead of random weights.",
+                                                    show_default=False)] = None,
+    flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count one clip's FLOPs (an extra clip).")] = True,
+    overlap: Annotated[bool, typer.Option("--overlap/--no-overlap", help="Encode video in a background thread.")] = True,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the stages and RTF (matplotlib).",
+                                                      show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per method on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress notes.")] = False,
+) -> None:
+    """Measure render speed: RTF, first-frame delay, seconds per stage, NFE, FLOPs, peak memory."""
+    from .. import bench as benchmod
+    from ..models.catalog import MODEL_CHOICES
+    from ..options import RenderOptions
+
+    models = [m.strip() for m in model.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODEL_CHOICES]
+    if unknown:
+        raise InputError(f"--model {', '.join(unknown)}: choose from {', '.join(MODEL_CHOICES)}")
+    if weights is not None and random_weights:
+        raise InputError("--weights and --random-weights exclude each other; pick one")
+    if repeat < 1:
+        raise InputError(f"--repeat must be >= 1 (got {repeat})")
+    if not 0.1 <= seconds <= 3600:
+        raise InputError(f"--seconds must be 0.1..3600 (got {seconds:g})")
+    for name in models:
+        RenderOptions(model=name, method=method, size=size, decoder=decoder).validate()
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install 'avatar-cli[plot]'") from None
+    if weights is None:
+        note(f"note: RANDOM weights ({arch.value} architecture): timings are real, the frames are noise", quiet)
+    reports = []
+    for name in models:
+        report = benchmod.bench(name, arch.value, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
+                                weights, flops, overlap, log=lambda m: note(m, quiet),
+                                command=shlex.join(["avatar", *ARGV]), method=method)
+        reports.append(report)
+        if as_json:
+            typer.echo(json.dumps(report))
+        else:
+            _print_bench(report)
+    if plot_path is not None:
+        benchmod.plot(reports, plot_path)
+        note(f"wrote {plot_path}", quiet)
+
+
+def _print_bench(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"avatar bench: {r['model']}/{r['method']} ({r['weights']}), {r['size']} px, {r['video_s']:.1f} s video, "
+                        f"{r['device']}, {r['dtype']}")
+    table.add_column("measure")
+    table.add_column("median", justify="right")
+    table.add_column("min", justify="right")
+    table.add_row("RTF (wall s / video s)", f"{r['rtf']['median']:.3f}", f"{r['rtf']['min']:.3f}")
+    if r["first_frame_delay_s"]:
+        table.add_row("first-frame delay (s)", f"{r['first_frame_delay_s']['median']:.3f}",
+                      f"{r['first_frame_delay_s']['min']:.3f}")
+    table.add_row("frames per second", f"{r['fps']['median']:.2f}", f"{r['fps']['min']:.2f}")
+    for stage, v in r["stages"].items():
+        table.add_row(f"  {stage} (s)", f"{v['median']:.3f}", f"{v['min']:.3f}")
+    table.add_row("  sampling per evaluation (s)", f"{r['sampling_per_nfe_s']['median']:.4f}",
+                  f"{r['sampling_per_nfe_s']['min']:.4f}")
+    console = Console()
+    console.print(table)
+    facts = [f"NFE {r['nfe']}", f"cold start {r['cold_start_s']:.1f} s", f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB"]
+    if r["tflop_per_video_s"] is not None:
+        facts += [f"{r['tflop_per_video_s']:.3g} TFLOP per video second", f"{r['tflops_achieved']:.3g} TFLOP/s achieved"]
+        if r["tflops_share_of_peak"] is not None:
+            facts.append(f"{100 * r['tflops_share_of_peak']:.1f} % of the {r['bf16_peak_tflops']:g} TFLOP/s bf16 peak")
+    if r["taesd_psnr_db"] is not None:
+        facts.append(f"TAESD vs VAE PSNR {r['taesd_psnr_db']:.1f} dB")
+    console.print(", ".join(facts))
+
+
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog=BENCH_EPILOG)(bench)

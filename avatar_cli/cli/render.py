@@ -1,0 +1,209 @@
+"""``avatar render`` and ``avatar batch``: both take the render options of ``render_options.py``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import render_options
+from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
+from .common import Arch, ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, note, progress, signals_interrupt
+
+RENDER_EPILOG = """\
+[bold]Models[/bold] (--model: which weights) and their default [bold]methods[/bold] (--method: how they are sampled; NFE = U-Net evaluations per clip)
+
+  osa-lcm   an OSA-LCM student     osa-lcm: LCM, 1 step, no guidance                 NFE 1
+                                   adv-lcm: LCM, --steps 2 (default) or 4            NFE 2 / 4
+  fada      a FADA student         fada: PeRFlow 6 steps (2,2,1,1), CFG tokens        NFE 6
+                                   fada-balanced: PeRFlow 6 steps, 3-way multi-CFG    NFE 18
+  teacher   the teacher            teacher: DDIM 25 steps, multi-CFG (batch of 3)     NFE 75
+  hallo     Hallo's checkpoint     hallo: DDIM 40 steps, CFG 3.5 (batch of 2)         NFE 80
+
+--model adv-lcm and --model fada-balanced are shorthands for --model osa-lcm --method adv-lcm and
+--model fada --method fada-balanced. Guidance defaults (--guidance-audio / --guidance-ref): fada 6.5 / 2.0,
+fada-balanced and teacher 6.5 / 2.5; hallo --guidance-scale 3.5.
+
+[bold]Hallo[/bold] (--model hallo, weights from 'avatar weights convert --from hallo'): the face is found with MediaPipe (the face extra) or --face-box; its ArcFace embedding comes from InsightFace (the arcface extra), --face-embedding FILE.npy, or --no-face-embedding.
+
+[bold]Clip initialisation[/bold] (LCM and DDIM methods; PeRFlow takes gaussian only): gaussian starts every clip from noise at t=999; rolling starts clip n from clip n-1's latents noised to --start-timestep; combined-rolling is gaussian for the first clip and rolling after.
+
+[bold]Examples[/bold]
+
+  avatar render portrait.png speech.wav --model hallo -o talk.mp4          [dim]# real face (converted Hallo weights)[/dim]
+  avatar render face.png voice.wav --weights ./hallo --model hallo --method adv-lcm --steps 4
+  avatar render face.jpg speech.mp3 --random-weights --arch tiny --size 128 [dim]# fast CPU preview of the pipeline[/dim]
+  avatar render face.png voice.m4a --weights ./w --init rolling --json
+  avatar batch jobs.csv --weights ./w --json > results.jsonl                [dim]# many videos, models loaded once[/dim]
+
+[bold]Exit codes[/bold]: 0 ok, 1 failed, 2 bad input or option, 130 interrupted.
+"""
+
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser and decoder.",
+                                       rich_help_panel=PANEL_PERF)]
+AddCfgLayers = Annotated[bool, typer.Option(
+    "--add-cfg-layers", help="For --method fada with weights lacking CFG-token layers: add zero-initialised ones.",
+    rich_help_panel=PANEL_PERF)]
+
+
+def pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, quiet):
+    """The CLI's pipeline for ``options`` (notes on stderr unless ``quiet``)."""
+    from ..pipelines import load_pipeline
+    from ..runtime import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    pipe = load_pipeline(options.model, weights, random_weights, arch.value, dev, resolve_dtype(dtype, dev),
+                         compile=compile, add_cfg_layers=add_cfg_layers, method=options.method,
+                         note=lambda message: note(message, quiet))
+    pipe.warn = lambda message: note(message, quiet)
+    return pipe
+
+
+def shorthand_note(values: dict, quiet: bool) -> None:
+    """Say once what a former method name given as --model means."""
+    from ..models.catalog import SHORTHANDS
+
+    name = values["model"].value
+    if name in SHORTHANDS:
+        model, method = SHORTHANDS[name]
+        note(f"note: --model {name} means --model {model} --method {method}", quiet)
+
+
+@render_options.with_render_options
+def render(
+    image: Annotated[Path, typer.Argument(help="Portrait image (any format Pillow reads).", show_default=False)],
+    audio: Annotated[Path, typer.Argument(help="Speech (wav, mp3, flac, ogg, m4a, or a video's audio track).",
+                                          show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output mp4", rich_help_panel=PANEL_IO,
+                                                   show_default="<image stem>.mp4")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.",
+                                            rich_help_panel=PANEL_IO)] = False,
+    audio_features: Annotated[Optional[Path], typer.Option(
+        help="Features from 'avatar audio encode' instead of the speech's own (the speech is still muxed).",
+        show_default=False, rich_help_panel=PANEL_IO)] = None,
+    weights: Weights = None,
+    random_weights: RandomWeights = False,
+    arch: ArchOption = Arch.full,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    compile: Compile = False,
+    add_cfg_layers: AddCfgLayers = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
+    **render: object,
+) -> None:
+    """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
+    from ..options import prepare_job
+
+    options = render_options.build(render)
+    shorthand_note(render, quiet)
+    output = output if output is not None else Path(f"{image.stem}.mp4")
+    # Inputs are read and checked before the models load, so that bad input fails in a second.
+    job = prepare_job(image, audio, output, options, overwrite, audio_features)
+    pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, quiet)
+    with progress(quiet) as on_progress, signals_interrupt():  # SIGTERM cleans up like Ctrl-C
+        result = pipe.render_job(job, on_progress=on_progress)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        note(f"wrote {result.output}: {result.frames} frames, {result.duration_s:.2f} s at {result.fps:g} fps, "
+             f"{result.model} ({result.method}, NFE {result.nfe}), {result.wall_s:.1f} s wall "
+             f"(RTF {result.rtf:.2f}) on {result.device}", quiet)
+
+
+BATCH_EPILOG = """\
+[bold]Jobs file[/bold]: CSV with the header image,audio,output (optional columns: audio_features and every
+render option by its name with underscores: model, method, steps, seed, init, start_timestep, fps, size,
+fit, crf, decoder, guidance_audio, guidance_ref, guidance_scale, clip_frames, face_box, audio_weights,
+face_embedding, separate_vocals, ...), or JSON Lines with the same keys, or - for standard input (a
+headerless CSV is read as image,audio,output). Relative paths start at the jobs file's folder.
+
+[bold]Examples[/bold]
+
+  avatar batch jobs.csv --weights ./weights --json > results.jsonl
+  find faces -name '*.png' -printf '%p,speech.wav,out/%f.mp4\\n' | avatar batch - --weights ./w
+  avatar batch jobs.csv --weights ./w --resume          [dim]# after a crash: finished jobs are kept[/dim]
+  avatar batch jobs.csv --weights ./w --shard $SLURM_ARRAY_TASK_ID/8
+
+[bold]Exit codes[/bold]: 0 every job ok (or skipped), 1 at least one job failed (the others rendered),
+2 bad jobs file or option (nothing rendered), 130 interrupted (the running job leaves no file).
+"""
+
+
+@render_options.with_render_options
+def batch(
+    jobs: Annotated[str, typer.Argument(help="Jobs file (CSV or JSON Lines), or - for standard input.",
+                                        show_default=False)],
+    resume: Annotated[bool, typer.Option("--resume", help="Skip jobs the ledger shows finished and unchanged.",
+                                         rich_help_panel=PANEL_SCRIPT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.",
+                                            rich_help_panel=PANEL_IO)] = False,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: only the jobs whose index mod N is I.",
+                                                 show_default=False, rich_help_panel=PANEL_SCRIPT)] = None,
+    devices: Annotated[Optional[str], typer.Option(
+        help="Comma-separated devices (cuda:0,cuda:1): one process per device, each a shard.",
+        show_default=False, rich_help_panel=PANEL_PERF)] = None,
+    ledger: Annotated[Optional[Path], typer.Option(help="Ledger file", rich_help_panel=PANEL_SCRIPT,
+                                                   show_default="JOBS.ledger.jsonl beside the jobs file")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job.",
+                                            rich_help_panel=PANEL_SCRIPT)] = False,
+    weights: Weights = None,
+    random_weights: RandomWeights = False,
+    arch: ArchOption = Arch.full,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    compile: Compile = False,
+    add_cfg_layers: AddCfgLayers = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.",
+                                          rich_help_panel=PANEL_SCRIPT)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-job status lines.",
+                                        rich_help_panel=PANEL_SCRIPT)] = False,
+    **render: object,
+) -> None:
+    """Render many jobs with the models loaded once: a ledger, --resume, --shard, no lost work."""
+    import time
+
+    from .. import batch as batchmod
+    from .common import ARGV
+
+    options = render_options.build(render)
+    options.validate()
+    if devices:
+        raise typer.Exit(batchmod.run_on_devices(jobs, devices, shard, ARGV, lambda m: note(m, quiet)))
+    job_list = batchmod.select_shard(batchmod.read_jobs(jobs, options), shard)
+    batchmod.check_outputs(job_list, overwrite, resume)
+    ledger_path = ledger or batchmod.default_ledger(jobs)
+    book = batchmod.Ledger(ledger_path)
+    pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, True)
+    pipe.warn = lambda message: note(message, quiet)
+
+    def report(result, position, total):
+        if as_json:
+            typer.echo(json.dumps(result.to_dict()))
+            sys.stdout.flush()
+        if quiet:
+            return
+        if result.status == "failed":
+            line = f"[{position}/{total}] FAILED {result.error}"
+        elif result.status == "skipped":
+            line = f"[{position}/{total}] skipped {result.output} (finished, unchanged)"
+        else:
+            line = f"[{position}/{total}] ok {result.output} ({result.seconds:.1f} s, RTF {result.rtf:.2f})"
+        typer.echo(line, err=True)
+
+    start = time.perf_counter()
+    with signals_interrupt():
+        results = batchmod.run(pipe, job_list, options, book, resume=resume, fail_fast=fail_fast, report=report)
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    note(f"batch: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
+         f"in {time.perf_counter() - start:.1f} s; ledger {ledger_path}", quiet)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog=RENDER_EPILOG)(render)
+    app.command(epilog=BATCH_EPILOG)(batch)

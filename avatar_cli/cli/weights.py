@@ -1,0 +1,216 @@
+"""``avatar weights``: list, download, verify, path, convert (manifest: weights.toml)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError, WeightsError
+from .common import Arch, note
+
+weights_app = typer.Typer(help="Model weights: list, download, verify, locate (manifest: weights.toml).",
+                          no_args_is_help=True, rich_markup_mode="rich")
+
+ManifestOption = Annotated[Optional[Path], typer.Option(
+    "--manifest", help="A weights manifest to use instead of the shipped weights.toml (or $AVATAR_MANIFEST).",
+    show_default=False)]
+LocalDirOption = Annotated[Optional[Path], typer.Option(
+    "--local-dir", help="Weights folder with one sub-folder per component (or $AVATAR_WEIGHTS_DIR) "
+    "instead of the Hugging Face cache.", show_default=False)]
+
+
+@weights_app.command("list", epilog="[bold]Examples[/bold]\n\n  avatar weights list\n\n  avatar weights list --json\n\n  AVATAR_WEIGHTS_DIR=/media/usb/avatar-weights avatar weights list")
+def weights_list(
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show every manifest entry: size, licence, availability, whether and where it is installed."""
+    from .. import weights as w
+
+    rows = []
+    for c in w.load_manifest(manifest).values():
+        path = w.installed_path(c, local_dir)
+        rows.append({"name": c.name, "description": c.description, "repo_id": c.repo_id, "revision": c.revision,
+                     "size_bytes": c.size, "licence": c.licence, "available": c.available,
+                     "reason": c.reason or None, "installed": path is not None,
+                     "path": None if path is None else str(path), "used_by": list(c.used_by)})
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.filesize import decimal
+    from rich.table import Table
+
+    table = Table(title="avatar-cli weights")
+    table.add_column("name", no_wrap=True)
+    table.add_column("size", no_wrap=True, justify="right")
+    table.add_column("licence", overflow="fold", max_width=12)
+    table.add_column("available")
+    table.add_column("installed")
+    table.add_column("path / reason", overflow="fold", min_width=30)
+    for r in rows:
+        size = decimal(r["size_bytes"]) if r["size_bytes"] else ("?" if r["available"] else "-")
+        table.add_row(r["name"], size, r["licence"],
+                      "yes" if r["available"] else "[red]no[/red]", "[green]yes[/green]" if r["installed"] else "no",
+                      r["path"] or r["reason"] or "")
+    Console().print(table)
+
+
+@weights_app.command("download", epilog="[bold]Examples[/bold]\n\n  avatar weights download hallo\n\n  avatar weights download sd-vae-ft-mse wav2vec2-base-960h --quiet\n\n  avatar weights download --all --local-dir /media/usb/avatar-weights")
+def weights_download(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Components to download.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every available component.")] = False,
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per component.")] = False,
+) -> None:
+    """Download components at their pinned revisions and check every file's sha256.
+
+    Resumable (run it again after an interruption). Respects HF_HOME, HF_HUB_CACHE, HF_ENDPOINT,
+    HF_TOKEN and HF_HUB_OFFLINE. A file whose sha256 differs from the manifest is deleted.
+    """
+    from .. import weights as w
+
+    known = w.load_manifest(manifest)
+    if all_ == bool(names):
+        raise InputError("name the components to download, or pass --all (see 'avatar weights list')")
+    chosen = [c for c in known.values() if c.available] if all_ else w.select(known, names)
+    for c in chosen:
+        path, reports = w.download(c, local_dir, quiet=quiet or as_json, log=lambda m: note(m, False))
+        if as_json:
+            typer.echo(json.dumps({"name": c.name, "path": str(path),
+                                   "files": [{"path": r.path, "status": r.status, "sha256": r.sha256} for r in reports]}))
+        else:
+            note(f"{c.name}: {len(reports)} file(s) verified in {path}", quiet)
+
+
+@weights_app.command("verify", epilog="[bold]Examples[/bold]\n\n  avatar weights verify\n\n  avatar weights verify hallo --json")
+def weights_verify(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Components.",
+                                                         show_default="every installed one")] = None,
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-hash installed files; exit 1 on any mismatch (or a named component not installed)."""
+    from .. import weights as w
+
+    known = w.load_manifest(manifest)
+    chosen = w.select(known, names) if names else [c for c in known.values() if c.available]
+    reports = [w.verify(c, local_dir, log=lambda m: note(m, as_json)) for c in chosen]
+    if not names:
+        reports = [r for r in reports if r.installed]
+    failed = [r for r in reports if not r.ok]
+    if as_json:
+        typer.echo(json.dumps([{"name": r.component, "installed": r.installed, "path": r.path, "ok": r.ok,
+                                "files": [vars(f) for f in r.files]} for r in reports]))
+    else:
+        for r in reports:
+            if not r.installed:
+                typer.echo(f"{r.component}: not installed", err=True)
+            for f in r.files:
+                line = f"{r.component}/{f.path}: {f.status}" + (f" ({f.detail})" if f.detail else "")
+                typer.echo(line, err=f.status == "mismatch")
+        if not reports:
+            note("no installed components to verify")
+    if failed:
+        raise typer.Exit(1)
+
+
+@weights_app.command("path", epilog="[bold]Examples[/bold]\n\n  avatar weights path taesd\n\n  ls \"$(avatar weights path hallo)/hallo\"")
+def weights_path(
+    name: Annotated[str, typer.Argument(help="Component name.", show_default=False)],
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+) -> None:
+    """Print the local folder of an installed component (for scripts); exit 1 if not installed."""
+    from .. import weights as w
+
+    (component,) = w.select(w.load_manifest(manifest), [name])
+    path = w.installed_path(component, local_dir)
+    if path is None:
+        why = component.reason if not component.available else f"run 'avatar weights download {name}'"
+        raise WeightsError(f"{name} is not installed: {why}")
+    typer.echo(str(path))
+
+
+class Source(str, Enum):
+    sd15 = "sd15"
+    hallo = "hallo"
+
+
+@weights_app.command("convert", epilog="[bold]Examples[/bold]\n\n  avatar weights convert --from hallo\n\n  avatar weights convert --from hallo net.pth --vae sd-vae-ft-mse --wav2vec2 wav2vec2-base-960h -o ./hallo-weights\n\n  avatar weights convert --from sd15 v1-5-pruned.safetensors --motion-module mm_sd_v15_v2.ckpt -o ./weights")
+def weights_convert(
+    source: Annotated[Source, typer.Option("--from", help="What the checkpoint is.", show_default=False)],
+    checkpoint: Annotated[Optional[Path], typer.Argument(
+        help="sd15: the single-file checkpoint; hallo: hallo/net.pth",
+        show_default="the installed 'hallo' component's")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Folder to write [default for hallo: $AVATAR_HOME/converted/hallo, which render "
+        "uses without --weights]", show_default=False)] = None,
+    motion_module: Annotated[Optional[Path], typer.Option(
+        help="sd15: an AnimateDiff motion-module file (mm_sd_v15_v2.ckpt layout).", show_default=False)] = None,
+    vae: Annotated[Optional[Path], typer.Option(help="hallo: its sd-vae-ft-mse folder.", show_default=False)] = None,
+    wav2vec2: Annotated[Optional[Path], typer.Option(help="hallo: its wav2vec2-base-960h folder.",
+                                                     show_default=False)] = None,
+    arch: Annotated[Arch, typer.Option(help="Architecture the checkpoint has.")] = Arch.full,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the key report as JSON.")] = False,
+) -> None:
+    """Convert public checkpoints into the project's folder layout, reporting every key.
+
+    [bold]--from sd15 FILE[/bold] [--motion-module FILE] -o DIR: an SD1.5 single file (original LDM keys)
+    -> vae/, reference_net/, denoising_unet/ (2D part; temporal attention from the motion module;
+    audio blocks left at their initialisation), scheduler/.
+
+    [bold]--from hallo[/bold] [NET.pth]: Hallo's released net.pth, sd-vae-ft-mse and wav2vec2 -> a complete
+    folder for --model hallo, with zero missing and zero unexpected keys. Without arguments it reads
+    the installed 'hallo' component (avatar weights download hallo).
+
+    Fails on any key that fits nowhere.
+    """
+    from ..convert import convert_hallo, convert_sd15
+
+    if source is Source.sd15:
+        if checkpoint is None or output is None:
+            raise InputError("--from sd15 needs the checkpoint file and -o DIR")
+        report = convert_sd15(checkpoint, output, motion_module=motion_module, arch=arch.value, overwrite=overwrite)
+        hint = "for renders it still needs audio_encoder/, audio_projector/, image_projector/"
+    else:
+        from .. import weights as w
+
+        if checkpoint is None or vae is None or wav2vec2 is None:
+            component = w.load_manifest().get("hallo")
+            root = w.installed_path(component) if component is not None else None
+            if root is None:
+                raise InputError("give Hallo's net.pth, --vae DIR and --wav2vec2 DIR, or download them first "
+                                 "('avatar weights download hallo')")
+            checkpoint = checkpoint or root / "hallo" / "net.pth"
+            vae = vae or root / "sd-vae-ft-mse"
+            wav2vec2 = wav2vec2 or root / "wav2vec" / "wav2vec2-base-960h"
+        output = output or w.converted_dir("hallo")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        report = convert_hallo(checkpoint, output, vae=vae, wav2vec2=wav2vec2, arch=arch.value, overwrite=overwrite)
+        hint = "render with --model hallo --weights " + str(output)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    for c in report.components:
+        summary = c.summary()
+        groups = ", ".join(f"{n} {g}" for g, n in summary["missing_groups"].items())
+        typer.echo(f"{c.name}: {c.loaded} keys loaded, {len(c.missing)} missing" + (f" ({groups})" if groups else "")
+                   + ", 0 unexpected")
+    ignored = [f"{n} {what}" for what, n in report.ignored.items() if n]
+    if ignored:
+        typer.echo("ignored: " + ", ".join(ignored))
+    note(f"wrote {report.output}; {hint}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(weights_app, name="weights")

@@ -1,0 +1,71 @@
+"""What ``--model`` names: a set of weights of one model family, with the sampling method it is
+made for (``--method`` overrides it where another method applies).
+
+| --model | family | weights | default method |
+|---|---|---|---|
+| osa-lcm | unet | an OSA-LCM student (``avatar distill osa-lcm``) | osa-lcm (1 step) |
+| fada | unet | a FADA student with CFG tokens (``avatar distill fada``) | fada (6 steps) |
+| teacher | unet | the multi-step teacher (``avatar train teacher``) | teacher (DDIM 25) |
+| hallo | unet | Hallo's public checkpoint (``avatar weights convert --from hallo``) | hallo (DDIM 40, CFG) |
+
+``adv-lcm`` and ``fada-balanced`` were ``--model`` names before models and methods were told
+apart; they remain as shorthands (:data:`SHORTHANDS`) for ``--model osa-lcm --method adv-lcm``
+and ``--model fada --method fada-balanced``.
+
+Nothing here imports torch: options are checked against this table before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``--model``.
+
+    Attributes:
+        name: the ``--model`` name.
+        family: the pipeline family that runs it (``pipelines/``): "unet".
+        default_method: the sampling method used without ``--method``.
+        description: one line for help and reports.
+        preset_family: the U-Net variant built for ``--random-weights`` ("osa-lcm" ours, "hallo").
+        cfg_tokens: random weights get FADA's CFG-token layers.
+        components: manifest components (``weights.toml``) that hold its public weights; () = none exist.
+        converted: the folder under ``$AVATAR_HOME/converted/`` that ``avatar weights convert`` writes
+            for it, rendered from without ``--weights``; None = used as downloaded.
+    """
+
+    name: str
+    family: str
+    default_method: str
+    description: str
+    preset_family: str = "osa-lcm"
+    cfg_tokens: bool = False
+    components: tuple[str, ...] = ()
+    converted: str | None = None
+
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (
+    ModelSpec("osa-lcm", "unet", "osa-lcm", "OSA-LCM one-step student",
+              components=("osa-lcm", "sd-vae-ft-mse", "wav2vec2-base-960h")),
+    ModelSpec("fada", "unet", "fada", "FADA six-step student with CFG tokens", cfg_tokens=True,
+              components=("fada", "sd-vae-ft-mse", "wav2vec2-base-960h")),
+    ModelSpec("teacher", "unet", "teacher", "the multi-step teacher (DDIM, multi-CFG)"),
+    ModelSpec("hallo", "unet", "hallo", "Hallo's public checkpoint (DDIM 40, CFG 3.5)", preset_family="hallo",
+              components=("hallo",), converted="hallo"),
+)}
+
+# Former --model names of sampling methods -> (model, method).
+SHORTHANDS: dict[str, tuple[str, str]] = {"adv-lcm": ("osa-lcm", "adv-lcm"), "fada-balanced": ("fada", "fada-balanced")}
+
+MODEL_CHOICES = (*MODELS, *SHORTHANDS)
+
+
+def resolve_model(name: str, method: str | None = None) -> tuple[str, str | None, bool]:
+    """(model, method, was_shorthand) for a ``--model`` value: a shorthand gives its model and
+    method (an explicit ``method`` wins). Unknown names are returned unchanged (validation names them)."""
+    if name in SHORTHANDS:
+        model, implied = SHORTHANDS[name]
+        return model, method or implied, True
+    return name, method, False

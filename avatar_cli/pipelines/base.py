@@ -1,0 +1,191 @@
+"""What every model family's pipeline is, and the parts they share.
+
+A family (``pipelines/unet.py``: the EMO/Hallo-style dual U-Net) subclasses :class:`Pipeline` and
+supplies how to build its models (``from_pretrained`` / ``from_preset``), what to compute once per
+job (``prepare``) and the frames (``generate``). Reading a job's media, timing (:class:`RenderStats`),
+the video writer and mux, the temporary-file rule and the :class:`RenderResult` are shared here, so
+``render``, ``batch``, ``bench`` and the Python API run any family the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..media.video import BackgroundWriter, VideoWriter
+from ..options import RenderJob, RenderOptions, RenderResult, prepare_job
+from ..runtime import dtype_name
+
+
+@dataclass
+class RenderStats:
+    """Seconds per stage (CUDA-synchronised), network evaluations of the sampler, and the
+    first-frame delay (start of the first chunk's sampling to its frames handed to the writer).
+
+    Attributes:
+        stages: stage name -> seconds; the family's stages plus "write".
+        evaluations: denoiser evaluations over the video (U-Net or DiT), counted per batch element.
+    """
+
+    device: torch.device
+    stages: dict[str, float] = field(default_factory=dict)
+    evaluations: int = 0
+    sampling_started: float | None = None
+    first_frame_at: float | None = None
+    sampling_stage: str = "sampling"
+
+    @classmethod
+    def of(cls, pipeline: "Pipeline") -> "RenderStats":
+        return cls(pipeline.device, dict.fromkeys(pipeline.stages, 0.0))
+
+    @property
+    def first_frame_delay_s(self) -> float | None:
+        if self.sampling_started is None or self.first_frame_at is None:
+            return None
+        return self.first_frame_at - self.sampling_started
+
+    @contextmanager
+    def __call__(self, stage: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.stages[stage] = self.stages.get(stage, 0.0) + time.perf_counter() - start
+        if stage == self.sampling_stage and self.sampling_started is None:
+            self.sampling_started = start
+
+
+class Pipeline:
+    """Portrait + speech -> talking-head frames: the interface every model family implements.
+
+    Subclasses set :attr:`family` and :attr:`stages` and implement :meth:`from_pretrained`,
+    :meth:`from_preset`, :meth:`generate`; they may override :meth:`check`, :meth:`prepare`,
+    :meth:`describe` and :meth:`quality_checks`.
+
+    Attributes:
+        device, dtype: where and in which precision the networks run.
+        source: where the weights came from ("random:<arch>" or a folder).
+        warn: prints a one-line note (the CLI routes it to stderr, quiet with --quiet).
+    """
+
+    family: str = ""
+    stages: tuple[str, ...] = ("write",)
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, source: str = ""):
+        self.device, self.dtype, self.source = device, dtype, source
+        self.warn: Callable[[str], None] = lambda message: print(f"avatar: {message}", file=sys.stderr)
+
+    # ------------------------------------------------------------ what a family provides
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                        **kwargs) -> "Pipeline":
+        raise NotImplementedError
+
+    @classmethod
+    def from_preset(cls, arch: str = "tiny", device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                    seed: int = 0, **kwargs) -> "Pipeline":
+        raise NotImplementedError
+
+    def check(self, options: RenderOptions) -> None:
+        """Raise :class:`InputError` when ``options`` cannot run with these weights."""
+
+    def prepare(self, job: RenderJob, stats: RenderStats) -> dict:
+        """Per-job work before :meth:`generate` (face conditions, precomputed features...): the
+        keyword arguments it returns are passed to :meth:`generate`."""
+        return {}
+
+    def generate(self, image: np.ndarray, waveform: np.ndarray, options: RenderOptions | None = None, *,
+                 on_progress: Callable[[int, int], None] | None = None, stats: RenderStats | None = None,
+                 **inputs) -> Iterator[np.ndarray]:
+        """Yield the video's frames, (n, H, W, 3) uint8, chunk by chunk as soon as each is ready;
+        ``round(duration_s * fps)`` frames in all. ``on_progress(done, total)`` after each chunk."""
+        raise NotImplementedError
+
+    def describe(self, options: RenderOptions) -> dict:
+        """Report fields of a render with ``options``: nfe, num_inference_steps, guidance."""
+        return {"nfe": None, "num_inference_steps": None, "guidance": None}
+
+    def quality_checks(self, image: np.ndarray, options: RenderOptions) -> dict:
+        """Extra measurements ``avatar bench`` reports for this family (e.g. a fast decoder's PSNR)."""
+        return {}
+
+    def count_flops(self, image: np.ndarray, options: RenderOptions, seconds: float) -> int:
+        """Model FLOPs of rendering ``seconds`` of silence after the portrait's once-per-video work
+        (warm caches), counted by ``torch.utils.flop_counter`` (see ``bench.py``)."""
+        from ..bench import flop_counter_mode
+
+        silence = np.zeros(int(round(seconds * 16000)), np.float32)
+        counter = flop_counter_mode()
+        with counter:
+            for _ in self.generate(image, silence, options):
+                pass
+        return counter.get_total_flops()
+
+    # ------------------------------------------------------------ shared: files in, file out
+    def render(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path,
+               options: RenderOptions | None = None, overwrite: bool = False,
+               on_progress: Callable[[int, int], None] | None = None) -> RenderResult:
+        """Render a video file: read the inputs, run :meth:`generate`, write and mux the mp4.
+
+        Raises:
+            InputError: bad image, audio, output path or options (nothing is written).
+            AvatarError: ffmpeg failed.
+        """
+        return self.render_job(prepare_job(image_path, audio_path, output_path, options, overwrite), on_progress)
+
+    def render_job(self, job: RenderJob, on_progress: Callable[[int, int], None] | None = None) -> RenderResult:
+        """Render a job whose inputs :func:`prepare_job` has read and checked: frames from
+        :meth:`generate` go to the video writer (in a background thread with ``options.overlap``),
+        the speech is muxed, and the temporary file is renamed when complete (removed on error)."""
+        opts = job.options
+        self.check(opts)
+        start = time.perf_counter()
+        stats = RenderStats.of(self)
+        stats.stages[self.stages[0]] += job.decode_s + job.image_s  # reading the inputs
+        inputs = self.prepare(job, stats)
+        written = 0
+        height, width = job.image.shape[:2]
+        with VideoWriter(job.output, (width, height), opts.fps, audio_path=job.audio_path, crf=opts.crf) as writer:
+            sink = BackgroundWriter(writer) if opts.overlap else None
+            try:
+                for frames in self.generate(job.image, inputs.pop("waveform", job.waveform), opts,
+                                            on_progress=on_progress, stats=stats, **inputs):
+                    if stats.first_frame_at is None:
+                        stats.first_frame_at = time.perf_counter()
+                    with stats("write"):  # with overlap: only the time the queue makes us wait
+                        if sink:
+                            sink.put(frames)
+                        else:
+                            writer.write(frames)
+                    written += len(frames)
+                with stats("write"):
+                    if sink:
+                        sink.close()
+                    finish = time.perf_counter()
+            except BaseException:
+                if sink:
+                    sink.abort()
+                raise
+        stats.stages["write"] += time.perf_counter() - finish  # ffmpeg finishing, mux, rename
+        wall = time.perf_counter() - start + job.decode_s + job.image_s
+        duration = written / opts.fps
+        ffd = stats.first_frame_delay_s
+        return RenderResult(
+            output=str(job.output), frames=written, fps=opts.fps, duration_s=duration, width=width, height=height,
+            model=opts.model, method=opts.method_name, **self.describe(opts), evaluations=stats.evaluations,
+            stages={k: round(v, 4) for k, v in stats.stages.items()}, wall_s=round(wall, 4),
+            first_frame_delay_s=None if ffd is None else round(ffd, 4), rtf=round(wall / duration, 4),
+            device=str(self.device), dtype=dtype_name(self.dtype), seed=opts.seed, init=opts.init,
+            weights=self.source,
+        )
