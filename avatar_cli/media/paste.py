@@ -1,0 +1,134 @@
+"""Paste a rendered 512x512 face crop back into the full frame (Ditto's paste-back).
+
+Re-implemented from Ditto's ``core/utils/get_mask.py`` (feathered crop mask), ``core/atomic_components/
+putback.py`` (warp of mask and render with ``M_c2o``) and ``core/utils/blend/blend_impl.c`` (blend and
+truncation to uint8), antgroup/ditto-talkinghead @ e9191cf; DITTO notes section 9.
+
+OpenCV is not a dependency: :func:`warp_affine` re-implements ``cv2.warpAffine(..., INTER_LINEAR,
+BORDER_CONSTANT 0)`` in numpy, including OpenCV's fixed-point source coordinates (1/32 pixel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_INTER_BITS = 5  # OpenCV INTER_BITS: bilinear weights in 1/32 pixel steps
+_AB_BITS = 10  # OpenCV AB_BITS: fixed-point precision of the affine coordinates
+
+
+def get_mask(width: int = 512, height: int = 512, ratio_w: float = 0.9, ratio_h: float = 0.9) -> np.ndarray:
+    """Feathered crop mask (Ditto's ``get_mask``): 1 inside the central ``ratio`` box, linear ramps to 0 at
+    the borders, corners ``1 - clip(distance to the inner corner, 0, 1)`` in ramp units.
+
+    For 512x512 at 0.9: the inner box is 460x460 at offset 26, ramps over 26 pixels with
+    ``linspace(0, 1, 26)`` values (the outermost row/column is 0).
+
+    Returns:
+        (height, width, 1) float32 in [0, 1].
+    """
+    w, h = int(width * ratio_w), int(height * ratio_h)
+    x1, y1 = (width - w) // 2, (height - h) // 2
+    x2, y2 = x1 + w, y1 + h
+    # ramp values (0 at the image edge -> 1 at the inner box), one per border row/column
+    left = np.linspace(0, 1, x1)
+    right = np.linspace(1, 0, width - x2)
+    top = np.linspace(0, 1, y1)
+    bottom = np.linspace(1, 0, height - y2)
+    mask = np.ones((height, width), dtype=np.float32)
+    mask[:y1, x1:x2] = top[:, None].astype(np.float32)
+    mask[y2:, x1:x2] = bottom[:, None].astype(np.float32)
+    mask[y1:y2, :x1] = left[None, :].astype(np.float32)
+    mask[y1:y2, x2:] = right[None, :].astype(np.float32)
+
+    def corner(dist_x: np.ndarray, dist_y: np.ndarray) -> np.ndarray:
+        d = np.sqrt(dist_x[None, :] ** 2 + dist_y[:, None] ** 2).astype(np.float32)
+        return 1 - np.clip(d, 0, 1)
+
+    # distance from the inner corner in ramp units: 1 at the outer edge, 0 at the inner box
+    mask[:y1, :x1] = corner(np.linspace(1, 0, x1), np.linspace(1, 0, y1))
+    mask[:y1, x2:] = corner(np.linspace(0, 1, width - x2), np.linspace(1, 0, y1))
+    mask[y2:, :x1] = corner(np.linspace(1, 0, x1), np.linspace(0, 1, height - y2))
+    mask[y2:, x2:] = corner(np.linspace(0, 1, width - x2), np.linspace(0, 1, height - y2))
+    return mask[:, :, None]
+
+
+def _invert_affine(m: np.ndarray) -> np.ndarray:
+    """Inverse of a 2x3 affine matrix in float64 (as ``cv2.invertAffineTransform``)."""
+    m = np.asarray(m, dtype=np.float64)[:2]
+    a, b, c = m[0]
+    d, e, f = m[1]
+    det = a * e - b * d
+    det = 1.0 / det if det != 0 else 0.0
+    ia, ib, id_, ie = e * det, -b * det, -d * det, a * det
+    return np.array([[ia, ib, -ia * c - ib * f], [id_, ie, -id_ * c - ie * f]])
+
+
+def warp_affine(src: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.warpAffine(src, matrix, size, flags=INTER_LINEAR)`` with a constant 0 border, in numpy.
+
+    Output pixel (x, y) samples ``src`` at ``inverse(matrix) @ (x, y, 1)``, with OpenCV's fixed-point
+    coordinates: products scaled by 2^10 and rounded, then reduced to 1/32 pixel, bilinear weights of those
+    1/32 steps; source pixels outside the image count as 0.
+
+    Args:
+        src: (h, w) or (h, w, c) float32 image.
+        matrix: (2, 3) or (3, 3) forward affine transform src -> dst (only the first two rows are used).
+        size: (width, height) of the output.
+
+    Returns:
+        (height, width[, c]) float32.
+    """
+    src = np.asarray(src, dtype=np.float32)
+    out_w, out_h = size
+    im = _invert_affine(matrix)
+    scale = 1 << _AB_BITS
+    round_delta = scale // (1 << _INTER_BITS) // 2
+    xs = np.arange(out_w, dtype=np.float64)
+    ys = np.arange(out_h, dtype=np.float64)
+    adelta = np.rint(im[0, 0] * xs * scale).astype(np.int64)
+    bdelta = np.rint(im[1, 0] * xs * scale).astype(np.int64)
+    x0 = np.rint((im[0, 1] * ys + im[0, 2]) * scale).astype(np.int64) + round_delta
+    y0 = np.rint((im[1, 1] * ys + im[1, 2]) * scale).astype(np.int64) + round_delta
+    gx = (x0[:, None] + adelta[None, :]) >> (_AB_BITS - _INTER_BITS)
+    gy = (y0[:, None] + bdelta[None, :]) >> (_AB_BITS - _INTER_BITS)
+    tab = 1 << _INTER_BITS
+    ix, iy = gx >> _INTER_BITS, gy >> _INTER_BITS
+    fx = ((gx & (tab - 1)).astype(np.float32) / tab)
+    fy = ((gy & (tab - 1)).astype(np.float32) / tab)
+
+    h, w = src.shape[:2]
+    flat = src.reshape(h * w, -1)
+    out = np.zeros((out_h, out_w, flat.shape[1]), dtype=np.float32)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            px, py = ix + dx, iy + dy
+            inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+            vals = np.where(inside[..., None], flat[np.clip(py, 0, h - 1) * w + np.clip(px, 0, w - 1)], 0)
+            out += vals * (wx * wy)[..., None]
+    return out.reshape((out_h, out_w) + src.shape[2:])
+
+
+def paste_back(frame: np.ndarray, render: np.ndarray, m_c2o: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Blend a rendered crop into the full frame (Ditto's ``PutBack``).
+
+    ``mask_w = clip(warp(mask), 0, 1)``, ``render_w = warp(render)`` with ``M_c2o``; ``out = mask_w * render_w +
+    (1 - mask_w) * frame`` in float32, clamped to [0, 255] and truncated (not rounded) to uint8.
+
+    Args:
+        frame: (H, W, 3) uint8 source frame.
+        render: (512, 512, 3) float32 render in [0, 255] (the decoder output ``clip(0, 1) * 255``).
+        m_c2o: (3, 3) or (2, 3) crop -> original transform.
+        mask: (512, 512) or (512, 512, 1) float32 mask; default :func:`get_mask` of the render size.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    frame = np.asarray(frame)
+    h, w = frame.shape[:2]
+    if mask is None:
+        mask = get_mask(render.shape[1], render.shape[0], 0.9, 0.9)
+    mask = np.asarray(mask, dtype=np.float32).reshape(render.shape[0], render.shape[1])
+    mask_w = np.clip(warp_affine(mask, m_c2o, (w, h)), 0, 1)[..., None]
+    render_w = warp_affine(render, m_c2o, (w, h))
+    out = mask_w * render_w + (np.float32(1) - mask_w) * frame.astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
