@@ -12,6 +12,7 @@ of its arrays for ``avatar weights convert --from ditto``.
 
 from __future__ import annotations
 
+import _compat_pickle
 import dataclasses
 import io
 import json
@@ -31,6 +32,7 @@ ALLOWED_GLOBALS = frozenset(
         ("builtins", "frozenset"),
         ("builtins", "complex"),
         ("builtins", "bytearray"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles: encode(str, "latin1")
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
@@ -43,11 +45,18 @@ ALLOWED_GLOBALS = frozenset(
 )
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 def _numpy_global(module: str, name: str):
+    import _codecs
     import builtins
 
     if module == "builtins":
         return getattr(builtins, name)
+    if module == "_codecs":
+        return getattr(_codecs, name)
     if module == "numpy":
         return getattr(np, name)
     sub = module.split(".", 2)[-1]  # multiarray | numeric
@@ -60,12 +69,16 @@ def _numpy_global(module: str, name: str):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        # Python-2-compatible names (protocols 0-2 write __builtin__.set), mapped as pickle's fix_imports does;
+        # the allowlist applies to the mapped name
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in ALLOWED_GLOBALS:
             return _numpy_global(module, name)
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+        raise _Refused(f"global '{module}.{name}' is not allowed")
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent ids are not allowed")
+        raise _Refused("persistent ids are not allowed")
 
 
 def restricted_load(data: bytes | io.BufferedIOBase, name: str = "pickle") -> Any:
@@ -82,7 +95,7 @@ def restricted_load(data: bytes | io.BufferedIOBase, name: str = "pickle") -> An
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         return _RestrictedUnpickler(f).load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise WeightsError(f"refusing to load {name}: {e} (only plain data and numpy arrays are read)") from None
     except Exception as e:  # truncated or corrupt: EOFError, ValueError, TypeError, ...
         raise WeightsError(f"cannot read {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
