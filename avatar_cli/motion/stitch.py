@@ -57,7 +57,8 @@ def blink_schedule(
     open_n: int | Sequence[int] = 0,
     rng: random.Random | None = None,
 ) -> list[int]:
-    """Per-frame index into the blink template (0 = eyes open), Ditto's ``_set_eye_blink_idx``.
+    """Per-frame row of the blink template, Ditto's ``_set_eye_blink_idx`` (row 0 outside blinks: it is still
+    applied, so a template's row 0 is its open-eye offset).
 
     A blink plays template rows 0..blink_len-1 over consecutive frames. The first blink starts after the
     first gap; gaps are: ``open_n = 0`` random 60-100 frames (``rng.randint``, drawn as Ditto draws from

@@ -92,3 +92,19 @@ def test_onnx_hubert_errors(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="pip install onnxruntime") as e:
         OnnxHubert(tmp_path / "missing.onnx")
     assert "\n" not in str(e.value)
+
+
+def test_onnx_hubert_runs_a_graph_with_the_interface():
+    pytest.importorskip("onnxruntime")
+    from pathlib import Path
+
+    enc = OnnxHubert(Path(__file__).resolve().parents[1] / "data" / "tiny_hubert_interface.onnx",
+                     providers=["CPUExecutionProvider"])
+    w = np.random.default_rng(1).standard_normal(6480).astype(np.float32)
+    out = enc(w)
+    # the tiny graph: window[:6400] as (20, 320), tiled to 1024 columns, times 2
+    ref = np.tile(w[:6400].reshape(20, 320), (1, 4))[:, :1024] * 2
+    assert out.shape == (20, 1024) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, ref)
+    f = offline_features(np.zeros(1000, np.float32), enc)
+    assert f.shape == (2, 1024)
