@@ -63,28 +63,32 @@ def _invert_affine(m: np.ndarray) -> np.ndarray:
     return np.array([[ia, ib, -ia * c - ib * f], [id_, ie, -id_ * c - ie * f]])
 
 
-def warp_affine(src: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def warp_affine(src: np.ndarray, matrix: np.ndarray, size: tuple[int, int],
+                roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """``cv2.warpAffine(src, matrix, size, flags=INTER_LINEAR)`` with a constant 0 border, in numpy.
 
     Output pixel (x, y) samples ``src`` at ``inverse(matrix) @ (x, y, 1)``, with OpenCV's fixed-point
-    coordinates: products scaled by 2^10 and rounded, then reduced to 1/32 pixel, bilinear weights of those
-    1/32 steps; source pixels outside the image count as 0.
+    coordinates (OpenCV <= 4.10, Ditto's pinned version): products scaled by 2^10 and rounded, then reduced to
+    1/32 pixel, bilinear weights of those 1/32 steps; source pixels outside the image count as 0. OpenCV 4.11+
+    samples at float coordinates instead (differences up to ~2 % of the local contrast at sharp edges).
 
     Args:
         src: (h, w) or (h, w, c) float32 image.
         matrix: (2, 3) or (3, 3) forward affine transform src -> dst (only the first two rows are used).
         size: (width, height) of the output.
+        roi: optional (x0, y0, x1, y1): compute only that part of the output (same values as the full warp).
 
     Returns:
-        (height, width[, c]) float32.
+        (height, width[, c]) float32, or (y1 - y0, x1 - x0[, c]) with ``roi``.
     """
     src = np.asarray(src, dtype=np.float32)
     out_w, out_h = size
+    x_lo, y_lo, x_hi, y_hi = roi if roi is not None else (0, 0, out_w, out_h)
     im = _invert_affine(matrix)
     scale = 1 << _AB_BITS
     round_delta = scale // (1 << _INTER_BITS) // 2
-    xs = np.arange(out_w, dtype=np.float64)
-    ys = np.arange(out_h, dtype=np.float64)
+    xs = np.arange(x_lo, x_hi, dtype=np.float64)
+    ys = np.arange(y_lo, y_hi, dtype=np.float64)
     adelta = np.rint(im[0, 0] * xs * scale).astype(np.int64)
     bdelta = np.rint(im[1, 0] * xs * scale).astype(np.int64)
     x0 = np.rint((im[0, 1] * ys + im[0, 2]) * scale).astype(np.int64) + round_delta
@@ -92,20 +96,34 @@ def warp_affine(src: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> n
     gx = (x0[:, None] + adelta[None, :]) >> (_AB_BITS - _INTER_BITS)
     gy = (y0[:, None] + bdelta[None, :]) >> (_AB_BITS - _INTER_BITS)
     tab = 1 << _INTER_BITS
-    ix, iy = gx >> _INTER_BITS, gy >> _INTER_BITS
-    fx = ((gx & (tab - 1)).astype(np.float32) / tab)
-    fy = ((gy & (tab - 1)).astype(np.float32) / tab)
+    fx = (gx & (tab - 1)).astype(np.float32) / tab
+    fy = (gy & (tab - 1)).astype(np.float32) / tab
 
     h, w = src.shape[:2]
-    flat = src.reshape(h * w, -1)
-    out = np.zeros((out_h, out_w, flat.shape[1]), dtype=np.float32)
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            px, py = ix + dx, iy + dy
-            inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-            vals = np.where(inside[..., None], flat[np.clip(py, 0, h - 1) * w + np.clip(px, 0, w - 1)], 0)
-            out += vals * (wx * wy)[..., None]
-    return out.reshape((out_h, out_w) + src.shape[2:])
+    c = 1 if src.ndim == 2 else src.shape[2]
+    # one pixel of zeros around the source: any neighbour outside maps onto it
+    padded = np.zeros((h + 2, w + 2, c), dtype=np.float32)
+    padded[1:-1, 1:-1] = src.reshape(h, w, c)
+    flat = padded.reshape(-1, c)
+    px = np.clip((gx >> _INTER_BITS) + 1, 0, w + 1)
+    py = np.clip((gy >> _INTER_BITS) + 1, 0, h + 1)
+    px1 = np.clip((gx >> _INTER_BITS) + 2, 0, w + 1)
+    py1 = np.clip((gy >> _INTER_BITS) + 2, 0, h + 1)
+    row0, row1 = py * (w + 2), py1 * (w + 2)
+    out = (flat[row0 + px] * ((1 - fx) * (1 - fy))[..., None]
+           + flat[row0 + px1] * (fx * (1 - fy))[..., None]
+           + flat[row1 + px] * ((1 - fx) * fy)[..., None]
+           + flat[row1 + px1] * (fx * fy)[..., None])
+    return out.reshape(out.shape[:2] + src.shape[2:])
+
+
+def _crop_roi(m_c2o: np.ndarray, crop_w: int, crop_h: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:
+    """Output pixels the warped crop can touch: the bounding box of its corners plus 2 pixels, clipped."""
+    m = np.asarray(m_c2o, dtype=np.float64)[:2]
+    corners = np.array([[0, 0, 1], [crop_w, 0, 1], [0, crop_h, 1], [crop_w, crop_h, 1]], np.float64) @ m.T
+    x0, y0 = np.floor(corners.min(0)) - 2
+    x1, y1 = np.ceil(corners.max(0)) + 3
+    return (int(np.clip(x0, 0, out_w)), int(np.clip(y0, 0, out_h)), int(np.clip(x1, 0, out_w)), int(np.clip(y1, 0, out_h)))
 
 
 def paste_back(frame: np.ndarray, render: np.ndarray, m_c2o: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -128,7 +146,14 @@ def paste_back(frame: np.ndarray, render: np.ndarray, m_c2o: np.ndarray, mask: n
     if mask is None:
         mask = get_mask(render.shape[1], render.shape[0], 0.9, 0.9)
     mask = np.asarray(mask, dtype=np.float32).reshape(render.shape[0], render.shape[1])
-    mask_w = np.clip(warp_affine(mask, m_c2o, (w, h)), 0, 1)[..., None]
-    render_w = warp_affine(render, m_c2o, (w, h))
-    out = mask_w * render_w + (np.float32(1) - mask_w) * frame.astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    # outside the warped crop the mask is 0 and the frame is kept: blend only inside its bounding box
+    x0, y0, x1, y1 = _crop_roi(m_c2o, render.shape[1], render.shape[0], w, h)
+    out = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    roi = (x0, y0, x1, y1)
+    mask_w = np.clip(warp_affine(mask, m_c2o, (w, h), roi), 0, 1)[..., None]
+    render_w = warp_affine(render, m_c2o, (w, h), roi)
+    blend = mask_w * render_w + (np.float32(1) - mask_w) * frame[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = np.clip(blend, 0, 255).astype(np.uint8)
+    return out

@@ -57,3 +57,19 @@ def test_paste_truncates_and_keeps_the_frame_outside():
     out = paste_back(frame, render, M)
     assert (out[0] == 200).all() and (out[:, -1] == 200).all()
     assert (out[18, 22] == 100).all()  # inside the crop: 100.9 truncated, not rounded
+
+
+def test_roi_equals_full_warp_and_crop_off_the_frame():
+    src = np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
+    M = np.array([[0.9, -0.3, -20.3], [0.3, 0.9, 15.7]], np.float64)
+    full = warp_affine(src, M, (70, 50))
+    np.testing.assert_array_equal(warp_affine(src, M, (70, 50), roi=(5, 7, 40, 30)), full[7:30, 5:40])
+    # a crop hanging off the top-left corner: the frame is kept where the mask is 0, blended elsewhere
+    frame = np.random.default_rng(2).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    render = np.random.default_rng(3).random((512, 512, 3)).astype(np.float32) * 255
+    Mc = np.array([[0.12, 0, -20], [0, 0.12, -25], [0, 0, 1]])
+    out = paste_back(frame, render, Mc)
+    mw = np.clip(warp_affine(get_mask()[..., 0], Mc, (80, 60)), 0, 1)[..., None]
+    ref = np.clip(mw * warp_affine(render, Mc, (80, 60)) + (1 - mw) * frame.astype(np.float32), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, ref)
+    assert (out[40:] == frame[40:]).all()
