@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from avatar_cli.media.paste import get_mask, paste_back, warp_affine
+from avatar_cli.media.paste import PasteBack, get_mask, paste_back, warp_affine
 from tests.motion.ditto_fakes import load_fixture
 
 FX = load_fixture()
@@ -73,3 +73,18 @@ def test_roi_equals_full_warp_and_crop_off_the_frame():
     ref = np.clip(mw * warp_affine(render, Mc, (80, 60)) + (1 - mw) * frame.astype(np.float32), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(out, ref)
     assert (out[40:] == frame[40:]).all()
+
+
+def test_precomputed_paste_numpy_and_torch_match_the_fixture():
+    torch = __import__("pytest").importorskip("torch")
+    render, frame = inputs()
+    pb = PasteBack(FX["paste_M"], frame.shape[:2])
+    ref = paste_back(frame, render, FX["paste_M"])
+    np.testing.assert_array_equal(pb(frame, render), ref)
+    np.testing.assert_array_equal(pb(frame, render), ref)  # reusable
+    out_t = pb(torch.from_numpy(frame), torch.from_numpy(render))
+    assert out_t.dtype == torch.uint8
+    diff = np.abs(out_t.numpy().astype(int) - FX["paste_out"].astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+    off = PasteBack(np.array([[0.1, 0, -500], [0, 0.1, -500], [0, 0, 1]]), frame.shape[:2])
+    np.testing.assert_array_equal(off(frame, render), frame)  # crop entirely outside the frame
