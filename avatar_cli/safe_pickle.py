@@ -152,6 +152,8 @@ class DittoConfig:
     max_size: int = 1920
     flag_stitching: bool = True
     relative_d: bool = True
+    use_d_keys: Any = None
+    drive_eye: bool | None = None
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "DittoConfig":

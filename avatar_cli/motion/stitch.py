@@ -136,6 +136,7 @@ class MotionStitch:
         fade_type: "" (no fades), "d0" (target = first output frame after controls) or "s" (the source).
         is_image: the source is one image (video sources: per-frame source infos are passed per call).
         overall_ctrl: controls for every frame; per-frame controls passed to :meth:`__call__` win.
+        d0: the relative-motion anchor, a motion dict or a (265,) vector (see :attr:`d0`).
         seed: seeds the blink RNG (``random.Random(seed)``); None draws from system entropy.
         transform_keypoint: optional ``info -> (1, 21, 3)`` keypoint transform, used by :meth:`keypoints`.
 
@@ -197,8 +198,25 @@ class MotionStitch:
         src_deg = {k: float(_bins_to_degrees(self.source[k]).reshape(-1)[0]) for k in ("yaw", "pitch")}
         self.pose_s = (src_deg["yaw"], src_deg["pitch"])
         self.fade_dst = _copy_info(self.source) if fade_type == "s" else None
-        self.d0 = None if d0 is None else _copy_info(d0)
+        self.d0 = d0
         self.idx = 0
+
+    @property
+    def d0(self) -> dict[str, np.ndarray] | None:
+        """The relative-motion anchor (a motion dict); settable with a dict or a (265,) motion vector (e.g.
+        :attr:`avatar_cli.motion.windows.OnlineMotion.d0` in streaming mode). None: taken from the first frame."""
+        return self._d0
+
+    @d0.setter
+    def d0(self, value) -> None:
+        if value is None:
+            self._d0 = None
+        elif isinstance(value, Mapping):
+            self._d0 = _copy_info(value)
+        else:
+            from avatar_cli.motion.condition import vector_to_motion
+
+            self._d0 = vector_to_motion(np.asarray(value))
 
     def set_num_frames(self, num_frames: int) -> None:
         """(Re)compute the blink schedule for ``num_frames`` frames (-1: 3000, cycled); Ditto's ``set_Nd``."""

@@ -120,3 +120,15 @@ def test_keypoints_use_the_given_transform():
     assert x_s.shape == x_d.shape == (1, 21, 3) and len(seen) == 2 and seen[0]["yaw"].shape == (1,)
     with pytest.raises(RuntimeError):
         MotionStitch(source_info()).keypoints(vector_to_motion(gen_motion(1)[0]))
+
+
+def test_d0_from_a_motion_vector_equals_d0_from_a_dict():
+    m = gen_motion(3)
+    a = MotionStitch(source_info(), d0=m[2])
+    b = MotionStitch(source_info(), d0=vector_to_motion(m[2]))
+    c = MotionStitch(source_info())
+    c.d0 = m[2]
+    for ms in (a, b, c):
+        out = ms(vector_to_motion(m[2]))  # the anchor itself: pose and t back at the source
+        np.testing.assert_allclose(out["t"], source_info()["t"], atol=1e-7)
+        assert float(out["roll"][0]) == pytest.approx(float(_bins_to_degrees(source_info()["roll"])[0]), abs=1e-5)
