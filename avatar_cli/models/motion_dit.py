@@ -34,11 +34,12 @@ class RotaryEmbedding(nn.Module):
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         """(..., n, dim) -> (..., n, dim)."""
-        pos = torch.arange(x.shape[-2], device=x.device, dtype=self.freqs.dtype)
-        angles = (pos[:, None] * self.freqs[None]).repeat_interleave(2, dim=-1).to(x)
+        freqs = self.freqs.float()  # angles in float32 even when the module runs in half precision
+        pos = torch.arange(x.shape[-2], device=x.device, dtype=freqs.dtype)
+        angles = (pos[:, None] * freqs[None]).repeat_interleave(2, dim=-1)
         pairs = x.unflatten(-1, (-1, 2))
         rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-        return x * angles.cos() + rotated * angles.sin()
+        return x * angles.cos().to(x.dtype) + rotated * angles.sin().to(x.dtype)
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -188,7 +189,8 @@ class MotionDecoder(nn.Module):
         tokens = torch.where(drop[:, None, None], self.null_cond_embed.to(tokens.dtype), tokens)
         cond_hidden = self.non_attn_cond_projection(tokens.mean(dim=-2))
 
-        t_hidden = self.time_mlp(t)
+        embed, linear, mish = self.time_mlp
+        t_hidden = mish(linear(embed(t).to(h.dtype)))
         t_vec = self.to_time_cond(t_hidden)
         t_tokens = self.to_time_tokens(t_hidden).view(b, 2, -1)
         t_vec = t_vec + torch.where(drop[:, None], self.null_cond_hidden.to(t_vec.dtype), cond_hidden)

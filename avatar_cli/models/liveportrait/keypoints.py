@@ -16,7 +16,8 @@ import torch
 def bins_to_degrees(logits: torch.Tensor) -> torch.Tensor:
     """(B, 66) pose-bin logits -> (B,) degrees: ``sum(softmax(logits) * arange(66)) * 3 - 97.5``.
 
-    The 66 bins are 3 degrees wide, centred on -97.5 + 3 i + ... (LivePortrait ``headpose_pred_to_degree``).
+    The expected bin index under the softmax, mapped linearly to degrees (3 degrees per bin, bin 0 at
+    -97.5): LivePortrait ``headpose_pred_to_degree``, Ditto ``bin66_to_degree``.
     """
     idx = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
     return (torch.softmax(logits, dim=-1) * idx).sum(dim=-1) * 3 - 97.5

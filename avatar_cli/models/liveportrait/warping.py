@@ -174,6 +174,7 @@ class WarpingNetwork(nn.Module):
         self.fourth = nn.Conv2d(out_features, out_features, kernel_size=1)
 
     def forward(self, feature_3d: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
+        kp_source, kp_driving = kp_source.to(feature_3d.dtype), kp_driving.to(feature_3d.dtype)
         dense = self.dense_motion_network(feature_3d, kp_source, kp_driving)
         out = F.grid_sample(feature_3d, dense["deformation"], align_corners=False)
         b, c, d, h, w = out.shape

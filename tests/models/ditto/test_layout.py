@@ -92,3 +92,7 @@ def test_from_preset_is_seeded_and_leaves_global_rng():
 def test_to_dtype():
     models = DittoModels.from_preset("tiny").to("cpu", torch.float64)
     assert {p.dtype for p in models.parameters()} == {torch.float64}
+    x = torch.randn(1, 80, 265, dtype=torch.float64)
+    with torch.no_grad():
+        out = models.dit(x, x[:, 0], torch.randn(1, 80, 1103, dtype=torch.float64), torch.tensor([5]))
+    assert out.dtype == torch.float64
