@@ -1,0 +1,171 @@
+"""Ditto's six networks as one bundle: built at the released sizes (random or loaded) or a tiny preset.
+
+Files (HF ``digital-avatar/ditto-talkinghead``, folder ``ditto_pytorch/models/``), each loaded by its
+upstream layout with ``torch.load(weights_only=True)`` and ``load_state_dict(strict=True)``:
+
+=====================  ============================  ===============================================
+attribute              file                          layout
+=====================  ============================  ===============================================
+``appearance``         appearance_extractor.pth      plain state dict
+``motion``             motion_extractor.pth          plain state dict
+``warp``               warp_network.pth              plain state dict
+``decoder``            decoder.pth                   plain state dict (spectral-norm u/v/orig)
+``stitch``             stitch_network.pth            ``{"retarget_shoulder": sd, ...}``, keys may
+                                                     carry ``module.`` (DDP); other entries ignored
+``dit``                lmdm_v0.4_hubert.pth          ``{"model_state_dict": sd}``
+=====================  ============================  ===============================================
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+from .liveportrait import (AppearanceFeatureExtractor, MotionExtractor, SPADEDecoder, StitchingNetwork,
+                           WarpingNetwork)
+from .motion_dit import MotionDecoder
+
+CLASSES: dict[str, type[nn.Module]] = {
+    "appearance": AppearanceFeatureExtractor, "motion": MotionExtractor, "warp": WarpingNetwork,
+    "decoder": SPADEDecoder, "stitch": StitchingNetwork, "dit": MotionDecoder,
+}
+FILES = {
+    "appearance": "appearance_extractor.pth", "motion": "motion_extractor.pth", "warp": "warp_network.pth",
+    "decoder": "decoder.pth", "stitch": "stitch_network.pth", "dit": "lmdm_v0.4_hubert.pth",
+}
+# Entry of the file's top-level dict that holds the state dict (None: the file is the state dict).
+ENTRIES = {"stitch": "retarget_shoulder", "dit": "model_state_dict"}
+WHAT = {"appearance": "appearance extractor", "motion": "motion extractor", "warp": "warping network",
+        "decoder": "SPADE decoder", "stitch": "stitching network", "dit": "motion DiT (LMDM)"}
+
+PRESETS: dict[str, dict[str, dict]] = {
+    # The released configs (Ditto core/models/modules/*, LMDM.py; DITTO.md sec. 3).
+    "full": {
+        "appearance": dict(image_channel=3, block_expansion=64, num_down_blocks=2, max_features=512,
+                           reshape_channel=32, reshape_depth=16, num_resblocks=6),
+        "motion": dict(num_kp=21, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_bins=66),
+        "warp": dict(num_kp=21, block_expansion=64, max_features=512, num_down_blocks=2, reshape_channel=32,
+                     reshape_depth=16, dense_block_expansion=32, dense_max_features=1024, dense_num_blocks=5,
+                     compress=4),
+        "decoder": dict(upscale=2, max_features=512, block_expansion=64, out_channels=64, num_down_blocks=2,
+                        spade_hidden=128),
+        "stitch": dict(input_size=126, hidden_sizes=(128, 128, 64), output_size=65),
+        "dit": dict(nfeats=265, seq_len=80, latent_dim=512, ff_size=1024, num_layers=8, num_heads=8,
+                    dropout=0.1, cond_feature_dim=1103),
+    },
+    # Same interfaces (256x256 crop in, 512x512 frame out, 21 keypoints, 66 bins, 80x265 motion from
+    # 1103-wide conditions) at small widths: for tests and demos on a CPU.
+    "tiny": {
+        "appearance": dict(image_channel=3, block_expansion=8, num_down_blocks=2, max_features=16,
+                           reshape_channel=8, reshape_depth=2, num_resblocks=1),
+        "motion": dict(num_kp=21, depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_bins=66),
+        "warp": dict(num_kp=21, block_expansion=4, max_features=16, num_down_blocks=2, reshape_channel=8,
+                     reshape_depth=2, dense_block_expansion=4, dense_max_features=8, dense_num_blocks=3,
+                     compress=1),
+        "decoder": dict(upscale=2, max_features=16, block_expansion=4, out_channels=4, num_down_blocks=2,
+                        spade_hidden=8),
+        "stitch": dict(input_size=126, hidden_sizes=(128, 128, 64), output_size=65),
+        "dit": dict(nfeats=265, seq_len=80, latent_dim=32, ff_size=64, num_layers=2, num_heads=4,
+                    dropout=0.1, cond_feature_dim=1103),
+    },
+}
+
+
+class DittoModels(nn.Module):
+    """The six networks (eval mode): ``appearance``, ``motion``, ``warp``, ``decoder``, ``stitch``, ``dit``.
+
+    ``config`` holds each network's constructor arguments. ``.to(device, dtype)`` is ``nn.Module.to``.
+    """
+
+    def __init__(self, config: dict[str, dict]):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        for name, cls in CLASSES.items():
+            self.add_module(name, cls(**self.config[name]))
+        self.eval()
+
+    appearance: AppearanceFeatureExtractor
+    motion: MotionExtractor
+    warp: WarpingNetwork
+    decoder: SPADEDecoder
+    stitch: StitchingNetwork
+    dit: MotionDecoder
+
+    @classmethod
+    def from_preset(cls, name: str = "full", seed: int = 0) -> DittoModels:
+        """Random weights (torch's default initialisation, seeded; the global RNG is left as it was).
+
+        Raises:
+            ValueError: unknown preset name.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown Ditto preset {name!r}; choose one of {', '.join(PRESETS)}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(PRESETS[name])
+
+    @classmethod
+    def from_files(cls, directory: str | Path, preset: str = "full") -> DittoModels:
+        """Load the six released ``.pth`` files from ``directory`` (see the module docstring).
+
+        Modules are built on the meta device and take the file's tensors (no double allocation).
+
+        Raises:
+            WeightsError: a file is missing or unreadable, lacks its entry, or has a missing key, an
+                extra key or a tensor of the wrong shape (one line naming the file and the key).
+        """
+        directory = Path(directory)
+        with torch.device("meta"):
+            models = cls(PRESETS[preset])
+        for name, filename in FILES.items():
+            state = _read_state_dict(directory / filename, ENTRIES.get(name))
+            _load_strict(getattr(models, name), state, directory / filename, WHAT[name])
+        return models.eval()
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Network name -> number of parameters (buffers excluded), e.g. ``{"appearance": 836224, ...}``."""
+        return {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in CLASSES}
+
+
+def _read_state_dict(path: Path, entry: str | None) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (``entry`` of its top-level dict if given), ``module.`` prefixes removed."""
+    if not path.is_file():
+        raise WeightsError(f"{path} not found: Ditto's PyTorch weights are the ditto_pytorch/models/ folder "
+                           "of HF digital-avatar/ditto-talkinghead")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refusal, truncated zip, not a torch file...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: cannot be read as a torch checkpoint ({first})") from exc
+    if entry is not None:
+        if not isinstance(obj, dict) or entry not in obj:
+            raise WeightsError(f"{path}: no '{entry}' entry (not Ditto's {path.name})")
+        obj = obj[entry]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    # DDP checkpoints prefix every key with 'module.' (Ditto's remove_ddp_dumplicate_key drops them all).
+    return {k.replace("module.", ""): v for k, v in obj.items()}
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Check keys and shapes against ``module`` (one-line WeightsError), then load with strict=True."""
+    expected = module.state_dict()
+    hint = f"expected the layout of Ditto's {what}"
+    missing = [k for k in expected if k not in state]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise WeightsError(f"{path}: missing key '{missing[0]}'{more}; {hint}")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise WeightsError(f"{path}: unexpected key '{extra[0]}'{more}; {hint}")
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise WeightsError(f"{path}: key '{key}' has shape {tuple(state[key].shape)}, expected "
+                               f"{tuple(ref.shape)}; {hint}")
+    state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
