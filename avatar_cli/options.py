@@ -16,7 +16,7 @@ from .errors import InputError
 from .media.audio import load_speech
 from .media.vocals import check_separator_installed
 from .media.features import load_features
-from .media.image import FITS, load_portrait
+from .media.image import FITS, load_portrait, load_source
 from .media.video import check_output_path
 from .models.catalog import MODELS, resolve_model
 from .sampling.clip_init import INIT_MODES
@@ -138,10 +138,16 @@ class RenderOptions:
         if self.method_name not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)} (got {self.method_name!r})")
         method, name = self.sampling, self.method_name
+        family = MODELS[self.model].family
+        if (family == "ditto") != (method.family == "ditto"):
+            raise InputError(f"--method {name} does not apply to --model {self.model}; leave --method out "
+                             f"(the model's own: {MODELS[self.model].default_method})")
         low, top = method.step_range
         checks = [
             (low <= self.steps <= top, f"--steps for {name} must be {low}..{top} (got {self.steps})"),
             (self.init in INIT_MODES, f"--init must be one of {', '.join(INIT_MODES)} (got {self.init!r})"),
+            (family != "ditto" or self.fps == 25, f"--model ditto renders at 25 fps (got --fps {self.fps:g})"),
+            (family != "ditto" or self.init == "gaussian", "--init applies to the U-Net models, not --model ditto"),
             (self.init == "gaussian" or method.supports_rolling,
              f"--init {self.init} cannot start PeRFlow's windows; use it with the LCM or DDIM methods"),
             (self.window_steps is None or method.num_windows is not None,
@@ -249,7 +255,10 @@ def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str
     opts.validate()
     output = check_output_path(output_path, overwrite)
     start = time.perf_counter()
-    image, geometry = load_portrait(image_path, opts.size, opts.fit, with_geometry=True)
+    if MODELS[opts.model].family == "ditto":  # Ditto keeps the portrait's own aspect ratio
+        image, geometry = load_source(image_path, with_geometry=True)
+    else:
+        image, geometry = load_portrait(image_path, opts.size, opts.fit, with_geometry=True)
     image_s = time.perf_counter() - start
     face_box = None
     if opts.face_box is not None:

@@ -36,11 +36,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 class Geometry:
     """How input-image pixels map onto the square frame: frame = (p - crop) * scale + pad."""
 
-    def __init__(self, width: int, height: int, size: int, fit: str):
+    def __init__(self, width: int, height: int, size: int, fit: str, scale: float | None = None):
         self.width, self.height = width, height
         side = min(width, height) if fit == "crop" else max(width, height)
-        self.scale = size / side
-        if fit == "crop":
+        self.scale = size / side if scale is None else scale
+        if fit == "source":  # the whole image, scaled: no crop, no padding
+            self.offset = (0, 0)
+        elif fit == "crop":
             self.offset = (-((width - side) // 2), -((height - side) // 2))
         else:
             self.offset = ((side - width) // 2, (side - height) // 2)
@@ -49,6 +51,66 @@ class Geometry:
         """(x, y, w, h) in input-image pixels -> the same box in frame pixels."""
         x, y, w, h = box
         return ((x + self.offset[0]) * self.scale, (y + self.offset[1]) * self.scale, w * self.scale, h * self.scale)
+
+
+def _decode(path: str | Path, draft: int) -> tuple[Image.Image, float]:
+    """Open an image file: EXIF orientation applied, JPEGs decoded at a reduced scale of at least
+    ``draft`` pixels a side; returns (8-bit RGB image, full width / decoded width).
+
+    Raises:
+        InputError: the file is missing, unreadable, not an image, truncated or too large.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image {path} does not exist; check the path")
+    if path.is_dir():
+        raise InputError(f"image {path} is a folder; give an image file")
+    default_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            with Image.open(path) as opened:
+                full_width = opened.size[0]
+                if opened.format == "JPEG":  # decode big JPEGs at 1/2..1/8 scale (still >= the draft size)
+                    opened.draft("RGB", (draft, draft))
+                draft_scale = full_width / opened.size[0]
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+    except UnidentifiedImageError:
+        raise InputError(f"{path} is not an image Pillow can read; give a PNG, JPEG, WebP, ... portrait") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"image {path} has over {MAX_PIXELS // 1_000_000} million pixels, too many to decode "
+                         f"safely; downscale it first") from None
+    except PermissionError:
+        raise InputError(f"image {path} is not readable (permission denied); check its permissions") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = "truncated or corrupt" if "truncated" in str(err) or "broken" in str(err) else str(err)
+        raise InputError(f"image {path} cannot be decoded ({reason}); re-export it") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = default_limit
+    return _to_rgb(image), draft_scale
+
+
+def load_source(path: str | Path, max_side: int = 1920, with_geometry: bool = False):
+    """Read a portrait at its own aspect ratio, as Ditto loads its source image: decoded as
+    :func:`load_portrait` decodes (EXIF, modes), then Ditto's load rule (``media/face_crop.py``
+    :func:`fit_source_size`: longest side at most ``max_side``, both sides even).
+
+    Returns:
+        (H, W, 3) uint8 RGB; with ``with_geometry`` also the :class:`Geometry` mapping file pixels
+        (after EXIF orientation) onto it.
+
+    Raises:
+        InputError: as :func:`load_portrait`.
+    """
+    from .face_crop import fit_source_size
+
+    image, draft_scale = _decode(path, max_side)
+    full_width, full_height = round(image.size[0] * draft_scale), round(image.size[1] * draft_scale)
+    array = fit_source_size(np.asarray(image, dtype=np.uint8).copy(), max_side)
+    geometry = Geometry(full_width, full_height, max_side, "source", scale=array.shape[1] / full_width)
+    return (array, geometry) if with_geometry else array
 
 
 def load_portrait(path: str | Path, size: int = 512, fit: str = "crop", with_geometry: bool = False):
@@ -70,39 +132,9 @@ def load_portrait(path: str | Path, size: int = 512, fit: str = "crop", with_geo
     Raises:
         InputError: the file is missing, unreadable, not an image or truncated.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"image {path} does not exist; check the path")
-    if path.is_dir():
-        raise InputError(f"image {path} is a folder; give an image file")
     if fit not in FITS:
         raise InputError(f"--fit must be one of {', '.join(FITS)} (got {fit!r})")
-    default_limit = Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(path) as opened:
-                full_width = opened.size[0]
-                if opened.format == "JPEG":  # decode big JPEGs at 1/2..1/8 scale (still >= 2x the output)
-                    opened.draft("RGB", (2 * size, 2 * size))
-                draft_scale = full_width / opened.size[0]
-                opened.load()
-                image = ImageOps.exif_transpose(opened)
-    except UnidentifiedImageError:
-        raise InputError(f"{path} is not an image Pillow can read; give a PNG, JPEG, WebP, ... portrait") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"image {path} has over {MAX_PIXELS // 1_000_000} million pixels, too many to decode "
-                         f"safely; downscale it first") from None
-    except PermissionError:
-        raise InputError(f"image {path} is not readable (permission denied); check its permissions") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        reason = "truncated or corrupt" if "truncated" in str(err) or "broken" in str(err) else str(err)
-        raise InputError(f"image {path} cannot be decoded ({reason}); re-export it") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = default_limit
-
-    image = _to_rgb(image)
+    image, draft_scale = _decode(path, 2 * size)
     width, height = image.size
     # --face-box is in the file's pixels: map from the full size, whatever scale JPEG decoding used
     geometry = Geometry(round(width * draft_scale), round(height * draft_scale), size, fit)

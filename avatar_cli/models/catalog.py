@@ -7,6 +7,7 @@ made for (``--method`` overrides it where another method applies).
 | fada | unet | a FADA student with CFG tokens (``avatar distill fada``) | fada (6 steps) |
 | teacher | unet | the multi-step teacher (``avatar train teacher``) | teacher (DDIM 25) |
 | hallo | unet | Hallo's public checkpoint (``avatar weights convert --from hallo``) | hallo (DDIM 40, CFG) |
+| ditto | ditto | Ditto's public checkpoint (``avatar weights download ditto``) | ditto (DiT, 10 steps, CFG 2) |
 
 ``adv-lcm`` and ``fada-balanced`` were ``--model`` names before models and methods were told
 apart; they remain as shorthands (:data:`SHORTHANDS`) for ``--model osa-lcm --method adv-lcm``
@@ -26,7 +27,7 @@ class ModelSpec:
 
     Attributes:
         name: the ``--model`` name.
-        family: the pipeline family that runs it (``pipelines/``): "unet".
+        family: the pipeline family that runs it (``pipelines/``): "unet" or "ditto".
         default_method: the sampling method used without ``--method``.
         description: one line for help and reports.
         preset_family: the U-Net variant built for ``--random-weights`` ("osa-lcm" ours, "hallo").
@@ -54,6 +55,8 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("teacher", "unet", "teacher", "the multi-step teacher (DDIM, multi-CFG)"),
     ModelSpec("hallo", "unet", "hallo", "Hallo's public checkpoint (DDIM 40, CFG 3.5)", preset_family="hallo",
               components=("hallo",), converted="hallo"),
+    ModelSpec("ditto", "ditto", "ditto", "Ditto: motion-space DiT + LivePortrait renderer", preset_family="ditto",
+              components=("ditto",), converted="ditto"),
 )}
 
 # Former --model names of sampling methods -> (model, method).

@@ -8,7 +8,7 @@ from avatar_cli.motion.condition import (
     COND_DIM,
     EMOTION_LABELS,
     MOTION_DIM,
-    ConditionBuilder,
+    AudioConditions,
     emotion_vector,
     motion_to_vector,
     parse_emotion,
@@ -25,7 +25,7 @@ from avatar_cli.motion.stitch import MotionStitch, blink_schedule, fade_schedule
 from avatar_cli.motion.windows import OnlineMotion, offline_motion
 
 __all__ = [
-    "COND_DIM", "EMOTION_LABELS", "MOTION_DIM", "ConditionBuilder", "MotionStitch", "OnlineMotion", "OnnxHubert",
+    "COND_DIM", "EMOTION_LABELS", "MOTION_DIM", "AudioConditions", "MotionStitch", "OnlineMotion", "OnnxHubert",
     "StreamChunker", "blink_schedule", "emotion_vector", "fade_schedule", "motion_to_vector", "offline_features",
     "offline_motion", "parse_emotion", "silence_features", "stream_windows", "vector_to_motion",
 ]

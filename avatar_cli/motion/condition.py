@@ -129,7 +129,7 @@ def mirror_index(index: int, size: int) -> int:
     return res if turn % 2 == 0 else size - res - 1
 
 
-class ConditionBuilder:
+class AudioConditions:
     """Builds the LMDM condition rows ``[audio | emotion | eye_open | eye_ball | sc]`` (1103 per frame).
 
     Re-implements Ditto's ``ConditionHandler.setup`` / ``__call__`` (all four extra conditions on, as in the

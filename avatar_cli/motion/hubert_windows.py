@@ -161,3 +161,24 @@ class OnnxHubert:
         if w.shape[1] != WINDOW:
             raise InputError(f"HuBERT window must have {WINDOW} samples, got {w.shape[1]}")
         return np.asarray(self.session.run(["encoding_out"], {"input_values": w})[0], dtype=np.float32).reshape(-1, FEATURE_DIM)
+
+
+class RandomHubert:
+    """A seeded random stand-in for the HuBERT encoder, for ``--random-weights`` (tests, benchmarks):
+    ``(6480,) -> (20, 1024)``, the window's 20 hops of 320 samples through a fixed random projection
+    and tanh. Its features depend on the speech (so the motion does), but carry no phonetics.
+
+    Args:
+        seed: seeds the projection.
+    """
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.projection = (rng.standard_normal((320, FEATURE_DIM)) / np.sqrt(320)).astype(np.float32)
+
+    def __call__(self, window: np.ndarray) -> np.ndarray:
+        w = np.asarray(window, dtype=np.float32).reshape(-1)
+        if w.shape[0] != WINDOW:
+            raise InputError(f"HuBERT window must have {WINDOW} samples, got {w.shape[0]}")
+        hops = w[: 20 * 320].reshape(20, 320)
+        return np.tanh(10 * hops @ self.projection)

@@ -128,7 +128,7 @@ def offline_motion(
     to ``v_min_max[0] .. v_min_max[1]`` per dim.
 
     Args:
-        cond: (N, 1103) float32 condition rows (:class:`~avatar_cli.motion.condition.ConditionBuilder`).
+        cond: (N, 1103) float32 condition rows (:class:`~avatar_cli.motion.condition.AudioConditions`).
         kp_source: (265,) the source motion vector (:func:`~avatar_cli.motion.condition.motion_to_vector`).
         sample_window: ``(cond (seq_frames, 1103), kp_cond (265,)) -> (seq_frames, 265)``.
         v_min_max: Ditto's ``v_min_max_for_clip`` (4, 265); rows 0 and 1 are used.
@@ -170,7 +170,7 @@ class OnlineMotion:
         sample_window: ``(cond (seq_frames, 1103), kp_cond (265,)) -> (seq_frames, 265)``.
         kp_source: (265,) source motion vector.
         cond_fn: ``(audio (n, 1024), start_idx) -> (n, 1103)``, e.g. a
-            :class:`~avatar_cli.motion.condition.ConditionBuilder`.
+            :class:`~avatar_cli.motion.condition.AudioConditions`.
         prefill: (overlap, 1024) features of ``overlap * 640`` samples of silence.
         num_frames: total frames to emit (Ditto's ``num_f``), or None to emit all that Ditto emits.
         overlap: Ditto's ``overlap_v2`` (70 in the official online cfg).

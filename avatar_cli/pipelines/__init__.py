@@ -4,6 +4,7 @@
 | family | module | models (``--model``) | paper ideas |
 |---|---|---|---|
 | unet | ``unet.py`` | osa-lcm, fada, teacher, hallo | EMO/Hallo dual U-Net; OSA-LCM, FADA sampling |
+| ditto | ``ditto.py`` | ditto | Ditto: motion-space DiT + LivePortrait warp and decoder |
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ __all__ = ["Pipeline", "RenderStats", "pipeline_class", "load_pipeline"]
 
 
 def pipeline_class(family: str) -> type[Pipeline]:
-    """The :class:`Pipeline` subclass of a family name ("unet")."""
+    """The :class:`Pipeline` subclass of a family name ("unet", "ditto")."""
     if family == "unet":
         from .unet import UNetPipeline
 
         return UNetPipeline
+    if family == "ditto":
+        from .ditto import DittoPipeline
+
+        return DittoPipeline
     raise InputError(f"unknown model family {family!r}")
 
 

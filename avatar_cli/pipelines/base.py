@@ -43,7 +43,7 @@ class RenderStats:
 
     @classmethod
     def of(cls, pipeline: "Pipeline") -> "RenderStats":
-        return cls(pipeline.device, dict.fromkeys(pipeline.stages, 0.0))
+        return cls(pipeline.device, dict.fromkeys(pipeline.stages, 0.0), sampling_stage=pipeline.sampling_stage)
 
     @property
     def first_frame_delay_s(self) -> float | None:
@@ -80,7 +80,8 @@ class Pipeline:
     """
 
     family: str = ""
-    stages: tuple[str, ...] = ("write",)
+    stages: tuple[str, ...] = ("audio", "write")
+    sampling_stage: str = "sampling"  # the first-frame delay is measured from this stage's start
 
     def __init__(self, device: torch.device, dtype: torch.dtype, source: str = ""):
         self.device, self.dtype, self.source = device, dtype, source
@@ -152,7 +153,8 @@ class Pipeline:
         self.check(opts)
         start = time.perf_counter()
         stats = RenderStats.of(self)
-        stats.stages[self.stages[0]] += job.decode_s + job.image_s  # reading the inputs
+        stats.stages[self.stages[0]] += job.image_s  # reading the portrait: the first stage's input
+        stats.stages["audio"] += job.decode_s  # decoding the speech
         inputs = self.prepare(job, stats)
         written = 0
         height, width = job.image.shape[:2]

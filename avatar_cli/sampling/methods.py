@@ -10,6 +10,7 @@ rule and what it needs of the weights; the clip loop (``pipelines/unet.py``) and
 | fada-balanced | FADA "Ours-Balanced" | PeRFlow | 6 | multi-CFG (eq. 9), 6.5 / 2.5 | 18 |
 | teacher | FADA teacher / OSA-LCM base | DDIM | 25 | multi-CFG (eq. 9), 6.5 / 2.5, batch of 3 | 75 |
 | hallo | Hallo | DDIM (its v-prediction, zero-SNR, trailing schedule) | 40 | CFG 3.5, batch of 2 | 80 |
+| ditto | Ditto | DDIM eta 1 on the cosine schedule over 80-frame motion windows (``motion_ddim.py``) | 10 | CFG 2, two calls | 20 per window |
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ class Method:
     Attributes:
         name: the ``--method`` name.
         paper: where it comes from.
-        scheduler: "lcm", "perflow" or "ddim".
+        scheduler: "lcm", "perflow", "ddim" (diffusers' or ours, over U-Net latents) or
+            "motion-ddim" (Ditto's DiT over motion windows, ``sampling/motion_ddim.py``).
         default_steps: num_inference_steps when none is given.
         guidance: "none", "multi-cfg", "cfg-tokens" or "cfg" (``sampling/guidance.py``).
         scales: default guidance scales: (cfg_a, cfg_r) for multi-cfg and cfg-tokens, (s,) for cfg.
-        family: the U-Net variant whose weights it needs ("osa-lcm": any; "hallo": a face locator).
+        family: the weights it needs ("osa-lcm": any U-Net; "hallo": a U-Net with a face locator;
+            "ditto": Ditto's motion DiT).
     """
 
     name: str
@@ -65,7 +68,8 @@ class Method:
     @property
     def step_range(self) -> tuple[int, int]:
         """(fewest, most) num_inference_steps: PeRFlow needs a step in each of its 4 windows."""
-        return {"lcm": (1, 50), "perflow": (PERFLOW_WINDOWS, 100), "ddim": (1, 1000)}[self.scheduler]
+        return {"lcm": (1, 50), "perflow": (PERFLOW_WINDOWS, 100), "ddim": (1, 1000),
+                "motion-ddim": (1, 100)}[self.scheduler]
 
     @property
     def supports_rolling(self) -> bool:
@@ -164,6 +168,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fada-balanced", 'FADA "Ours-Balanced"', "perflow", 6, "multi-cfg", (6.5, 2.5)),
     Method("teacher", "FADA teacher / OSA-LCM base (DDIM)", "ddim", 25, "multi-cfg", (6.5, 2.5)),
     Method("hallo", "Hallo (DDIM, CFG)", "ddim", 40, "cfg", (3.5,), family="hallo"),
+    Method("ditto", "Ditto (motion DiT, DDIM eta 1, CFG 2)", "motion-ddim", 10, "cfg", (2.0,), family="ditto"),
 )}
 
 

@@ -8,7 +8,7 @@ import pytest
 from avatar_cli.errors import InputError
 from avatar_cli.motion.condition import (
     COND_SLICES,
-    ConditionBuilder,
+    AudioConditions,
     emotion_vector,
     motion_to_vector,
     parse_emotion,
@@ -26,7 +26,7 @@ FX = load_fixture()
 )
 def test_condition_matches_ditto(name, emo):
     src = source_info()
-    cb = ConditionBuilder(emo, EYE_OPEN, EYE_BALL, src["kp"])
+    cb = AudioConditions(emo, EYE_OPEN, EYE_BALL, src["kp"])
     got = cb(feats(7, 1), -2)  # negative start: indices clamp to 0 as in the streaming prefill
     assert got.shape == (7, 1103) and got.dtype == np.float32
     np.testing.assert_allclose(got, FX[f"cond_{name}"], rtol=0, atol=1e-6)
@@ -34,7 +34,7 @@ def test_condition_matches_ditto(name, emo):
 
 def test_condition_80_frames_and_layout():
     src = source_info()
-    got = ConditionBuilder([[4], [3, 4], [6]], EYE_OPEN, EYE_BALL, src["kp"])(feats(80, 1), 0)
+    got = AudioConditions([[4], [3, 4], [6]], EYE_OPEN, EYE_BALL, src["kp"])(feats(80, 1), 0)
     np.testing.assert_allclose(got[:, 1024:], FX["cond_perframe_80"], atol=1e-6)
     np.testing.assert_array_equal(got[:, COND_SLICES["sc"]], np.repeat(src["kp"], 80, 0))
     np.testing.assert_array_equal(got[:, COND_SLICES["eye_open"]], np.repeat(EYE_OPEN[None], 80, 0))
@@ -54,16 +54,16 @@ def test_emotion_values_by_hand():
 def test_emotion_changes_only_the_emotion_entries():
     src = source_info()
     a = feats(5, 3)
-    base = ConditionBuilder("neutral", EYE_OPEN, EYE_BALL, src["kp"])(a, 0)
-    happy = ConditionBuilder("happy", EYE_OPEN, EYE_BALL, src["kp"])(a, 0)
+    base = AudioConditions("neutral", EYE_OPEN, EYE_BALL, src["kp"])(a, 0)
+    happy = AudioConditions("happy", EYE_OPEN, EYE_BALL, src["kp"])(a, 0)
     np.testing.assert_array_equal(np.nonzero((base != happy).any(0))[0], [1027, 1028])  # happy up, neutral down
-    mix = ConditionBuilder("happy+surprise", EYE_OPEN, EYE_BALL, src["kp"])(a, 0)
+    mix = AudioConditions("happy+surprise", EYE_OPEN, EYE_BALL, src["kp"])(a, 0)
     np.testing.assert_array_equal(np.nonzero((base != mix).any(0))[0], np.arange(1024, 1032))
 
 
 def test_per_frame_emotion_cycles_and_video_eyes_mirror():
     src = source_info()
-    cb = ConditionBuilder([[0], [1], [2]], np.arange(6, dtype=np.float32).reshape(3, 2), np.zeros((3, 6)), src["kp"])
+    cb = AudioConditions([[0], [1], [2]], np.arange(6, dtype=np.float32).reshape(3, 2), np.zeros((3, 6)), src["kp"])
     c = cb(feats(7, 2), 0)
     np.testing.assert_array_equal(c[:, COND_SLICES["emotion"]].argmax(1), [0, 1, 2, 0, 1, 2, 0])
     # mirror order over 3 frames: 0 1 2 2 1 0 0

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from avatar_cli.motion.condition import ConditionBuilder
+from avatar_cli.motion.condition import AudioConditions
 from avatar_cli.motion.windows import OnlineMotion, offline_motion, smooth
 from tests.motion.ditto_fakes import EYE_BALL, EYE_OPEN, fake_dit, feats, load_fixture, source_info
 
@@ -24,7 +24,7 @@ class CountingDit:
 
 def test_offline_overlap10_short_last_window():
     src = source_info()
-    cond = ConditionBuilder(4, EYE_OPEN, EYE_BALL, src["kp"])(feats(150, 2), 0)
+    cond = AudioConditions(4, EYE_OPEN, EYE_BALL, src["kp"])(feats(150, 2), 0)
     dit = CountingDit()
     got = offline_motion(cond, FX["kp_source"], dit, overlap=10)
     assert dit.calls == int(FX["offline_a_windows"]) == 3  # starts 0, 70, 140 (last one 10 frames, padded)
@@ -34,7 +34,7 @@ def test_offline_overlap10_short_last_window():
 
 def test_offline_fix_kp_cond_and_clip():
     src = source_info()
-    cond = ConditionBuilder(4, EYE_OPEN, EYE_BALL, src["kp"])(feats(60, 3), 0)
+    cond = AudioConditions(4, EYE_OPEN, EYE_BALL, src["kp"])(feats(60, 3), 0)
     vmm = np.stack([np.full(265, -0.8, np.float32), np.full(265, 0.8, np.float32), np.zeros(265), np.zeros(265)])
     dit = CountingDit()
     got = offline_motion(cond, FX["kp_source"], dit, overlap=30, fix_kp_cond=1, fix_kp_cond_dim=(202, 265),
@@ -57,7 +57,7 @@ def test_smooth_by_hand():
 @pytest.mark.parametrize("overlap", [70, 75])
 def test_online_matches_ditto(overlap):
     src = source_info()
-    cb = ConditionBuilder([[4], [3], [6, 1]], EYE_OPEN, EYE_BALL, src["kp"])
+    cb = AudioConditions([[4], [3], [6, 1]], EYE_OPEN, EYE_BALL, src["kp"])
     om = OnlineMotion(fake_dit, FX["kp_source"], cb, feats(overlap, 99), overlap=overlap)
     f = feats(40, 4)
     outs = [om.push(f[i:i + 5]) for i in range(0, 40, 5)]
@@ -76,7 +76,7 @@ def test_online_matches_ditto(overlap):
 
 def test_online_trims_to_num_frames():
     src = source_info()
-    cb = ConditionBuilder([[4], [3], [6, 1]], EYE_OPEN, EYE_BALL, src["kp"])
+    cb = AudioConditions([[4], [3], [6, 1]], EYE_OPEN, EYE_BALL, src["kp"])
     om = OnlineMotion(fake_dit, FX["kp_source"], cb, feats(70, 99), overlap=70, num_frames=40)
     f = feats(40, 4)
     got = np.concatenate([om.push(f[i:i + 5]) for i in range(0, 40, 5)] + [om.flush()])

@@ -1,0 +1,298 @@
+"""Ditto's motion-space family: portrait + speech -> LivePortrait motion from a small DiT -> frames.
+
+Data flow (Ditto's offline pipeline, ``../shared/DITTO.md`` sec. 1; Li et al., "Ditto: Motion-Space
+Diffusion for Controllable Realtime Talking Head Synthesis")::
+
+    portrait (its own aspect, <= 1920) -> face crop 512 + crop->frame matrix (media/face_crop.py)
+        -> 256 px -> appearance extractor -> f_s (1, 32, 16, 64, 64)          (once per portrait)
+        -> motion extractor -> source motion x_s_info (pitch/yaw/roll bins, t, exp, scale, kp)
+        -> eye openness / gaze (MediaPipe, or neutral values)
+    speech 16 kHz -> HuBERT windows (motion/hubert_windows.py) -> (N, 1024) at 25 fps
+        -> conditions (N, 1103) = [audio | emotion | eye_open | eye_ball | source kp] (motion/condition.py)
+        -> the motion DiT in 80-frame windows, DDIM eta 1 + CFG 2 (sampling/motion_ddim.py),
+           overlap fusion and smoothing (motion/windows.py) -> motion (N, 265)
+    for each chunk of frames:
+        MotionStitch: relative motion, lip/eye regions, blinks (motion/stitch.py)
+        -> keypoints x_s, x_d (models/liveportrait/keypoints.py) -> stitching network
+        -> warping network (f_s, x_s, x_d) -> SPADE decoder -> 512 x 512 render
+        -> pasted back into the full portrait with the feathered crop mask (media/paste.py)
+    -> the shared writer (pipelines/base.py): speech muxed, temporary file renamed
+
+Weights folder (``from_pretrained``): the Hugging Face snapshot of ``digital-avatar/ditto-talkinghead``
+(``ditto_pytorch/models/*.pth``, ``ditto_pytorch/aux_models/*``, ``ditto_cfg/*.pkl``) or the folder
+``avatar weights convert --from ditto`` writes (``models/``, ``aux_models/``, ``ditto_cfg.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError, WeightsError
+from ..media.face_crop import SourceCrop, crop_source, detect_eye_state
+from ..media.paste import PasteBack
+from ..models.ditto import DittoModels
+from ..models.liveportrait.keypoints import transform_keypoint
+from ..models.liveportrait.stitching import stitch
+from ..motion.condition import AudioConditions, motion_to_vector, vector_to_motion
+from ..motion.hubert_windows import OnnxHubert, RandomHubert, num_frames, offline_features
+from ..motion.stitch import MotionStitch
+from ..motion.windows import offline_motion
+from ..options import RenderJob, RenderOptions
+from ..runtime import resolve_device, resolve_dtype
+from ..safe_pickle import DittoConfig
+from ..sampling.motion_ddim import draw_noises, sample_motion_ddim
+from .base import Pipeline, RenderStats
+
+MOTION_KEYS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")  # the motion extractor's output order
+HUBERT_FILE = "hubert_streaming_fix_kv.onnx"
+EYE_TASK_FILE = "face_landmarker.task"
+
+
+@dataclass
+class SourceState:
+    """What Ditto computes once per portrait.
+
+    Attributes:
+        crop: the 512 crop, its crop->frame matrix and the 256 network input (``media/face_crop.py``).
+        features: f_s (1, 32, 16, 64, 64), the appearance features.
+        motion: the source motion as numpy float32: pitch/yaw/roll (1, 66) bin logits, t (1, 3),
+            exp (1, 63), scale (1, 1), kp (1, 63).
+        eye_open: (2,); eye_ball: (6,) (MediaPipe, or neutral values).
+        keypoints: x_s (1, 21, 3), the source's transformed keypoints.
+    """
+
+    crop: SourceCrop
+    features: torch.Tensor
+    motion: dict[str, np.ndarray]
+    eye_open: np.ndarray
+    eye_ball: np.ndarray
+    keypoints: torch.Tensor
+
+
+def _folder(root: Path, *names: str) -> Path | None:
+    return next((root / n for n in names if (root / n).exists()), None)
+
+
+class DittoPipeline(Pipeline):
+    """Ditto: audio -> LivePortrait motion with a DiT, then LivePortrait's warp and decoder.
+
+    Args:
+        models: :class:`DittoModels` (the six networks).
+        config: the run options of Ditto's cfg pickle (:class:`DittoConfig`; code defaults without it).
+        encoder: the HuBERT window encoder ``(6480,) -> (20, 1024)`` (:class:`OnnxHubert`, or
+            :class:`RandomHubert` with random weights).
+        aux_dir: folder of the face-crop ONNX models and ``face_landmarker.task``; None: crops only
+            from ``--face-box`` (or, with random weights, a centred box).
+        device, dtype: where the networks run; the DiT, keypoints and stitching stay float32.
+        render_batch: frames warped and decoded per call.
+    """
+
+    family = "ditto"
+    stages = ("crop", "audio", "motion", "warp", "decode", "paste", "write")
+    sampling_stage = "motion"
+
+    def __init__(self, models: DittoModels, config: DittoConfig, encoder: Callable[[np.ndarray], np.ndarray],
+                 aux_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, source: str = "", render_batch: int = 4):
+        super().__init__(torch.device(device), dtype, source)
+        self.models = models.to(self.device).eval()
+        for name in ("appearance", "motion", "warp", "decoder"):  # the renderer in the run dtype
+            getattr(self.models, name).to(dtype=dtype)
+        self.config, self.encoder = config, encoder
+        self.aux_dir = None if aux_dir is None else Path(aux_dir)
+        self.render_batch = render_batch
+        self._sources: dict[tuple, SourceState] = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                        compile: bool = False, **_) -> "DittoPipeline":
+        """Load Ditto's released files (a hub snapshot or a converted folder, see the module docstring).
+
+        ``dtype="auto"`` is float32 on the CPU (Ditto's fp16 autocast is 30-150x slower there) and
+        float16 on CUDA.
+
+        Raises:
+            WeightsError: a missing or malformed file (named), or onnxruntime missing for HuBERT.
+        """
+        root = Path(path)
+        dev = resolve_device(device)
+        dt = resolve_dtype("float16" if dtype == "auto" and dev.type == "cuda" else dtype, dev)
+        models_dir = _folder(root, "models", "ditto_pytorch/models")
+        if models_dir is None:
+            raise WeightsError(f"{root} holds no Ditto weights (no models/ or ditto_pytorch/models/); run "
+                               f"'avatar weights download ditto' or pass the folder 'weights convert --from ditto' wrote")
+        if (root / "ditto_cfg.json").is_file():
+            config = DittoConfig.load(root)
+        else:
+            pickles = sorted((root / "ditto_cfg").glob("*pytorch*.pkl")) if (root / "ditto_cfg").is_dir() else []
+            config = DittoConfig.from_pickle(pickles[0]) if pickles else DittoConfig()
+        aux = _folder(root, "aux_models", "ditto_pytorch/aux_models")
+        if aux is None or not (aux / HUBERT_FILE).is_file():
+            raise WeightsError(f"Ditto's audio encoder {HUBERT_FILE} is not in {root}; run "
+                               f"'avatar weights download ditto'")
+        index = root / "avatar_index.json"  # written by 'weights convert --from ditto'; "preset" for tests
+        preset = json.loads(index.read_text()).get("preset", "full") if index.is_file() else "full"
+        models = DittoModels.from_files(models_dir, preset=preset)
+        pipe = cls(models, config, OnnxHubert(aux / HUBERT_FILE), aux, dev, dt, str(root))
+        if compile:
+            pipe.models.warp.compile()
+            pipe.models.decoder.compile()
+        return pipe
+
+    @classmethod
+    def from_preset(cls, arch: str = "full", device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                    seed: int = 0, compile: bool = False, **_) -> "DittoPipeline":
+        """Random weights at the released sizes (``full``) or a tiny preset, with a seeded random
+        stand-in for HuBERT: real shapes and costs, the frames are noise."""
+        dev = resolve_device(device)
+        dt = resolve_dtype("float16" if dtype == "auto" and dev.type == "cuda" else dtype, dev)
+        pipe = cls(DittoModels.from_preset(arch, seed=seed), DittoConfig(), RandomHubert(seed), None, dev, dt,
+                   f"random:{arch}")
+        if compile:
+            pipe.models.warp.compile()
+            pipe.models.decoder.compile()
+        return pipe
+
+    # ------------------------------------------------------------ once per portrait
+    @torch.no_grad()
+    def source_state(self, image: np.ndarray, face_box=None) -> SourceState:
+        """Crop, appearance features, source motion, eye state and source keypoints of a portrait
+        (H, W, 3) uint8; cached for the last 4 portraits.
+
+        Raises:
+            InputError: no face found (the message asks for --face-box).
+            WeightsError: no face-crop models and no face box.
+        """
+        import hashlib
+
+        key = (hashlib.sha1(image.tobytes()).hexdigest(), image.shape, None if face_box is None else tuple(face_box))
+        if key in self._sources:
+            return self._sources[key]
+        if face_box is None and self.aux_dir is None and self.source.startswith("random"):
+            h, w = image.shape[:2]
+            side = 0.5 * min(h, w)
+            face_box = ((w - side) / 2, (h - side) / 2, side, side)
+            self.warn("note: random weights without --face-box: a centred face box is assumed")
+        cfg = self.config
+        crop = crop_source(image, self.aux_dir, face_box, warn=self.warn, crop_scale=cfg.crop_scale,
+                           crop_vx=cfg.crop_vx_ratio, crop_vy=cfg.crop_vy_ratio)
+        rgb = torch.from_numpy(crop.rgb_256).to(self.device, self.dtype)
+        features = self.models.appearance(rgb)
+        heads = self.models.motion(rgb)
+        motion = {k: v.float().reshape(1, -1).cpu().numpy() for k, v in zip(MOTION_KEYS, heads)}
+        task = None if self.aux_dir is None else self.aux_dir / EYE_TASK_FILE
+        eye_open, eye_ball = detect_eye_state(crop.img_crop, task, warn=self.warn)
+        keypoints = transform_keypoint({k: torch.from_numpy(v).to(self.device) for k, v in motion.items()})
+        state = SourceState(crop, features, motion, np.asarray(eye_open, np.float32), np.asarray(eye_ball, np.float32),
+                            keypoints)
+        self._sources[key] = state
+        while len(self._sources) > 4:
+            self._sources.pop(next(iter(self._sources)))
+        return state
+
+    # ------------------------------------------------------------ the pipeline interface
+    def check(self, options: RenderOptions) -> None:
+        options.validate()
+        if options.sampling.family != "ditto":
+            raise InputError(f"--method {options.method_name} does not apply to --model ditto")
+
+    def prepare(self, job: RenderJob, stats: RenderStats) -> dict:
+        with stats("crop"):
+            return {"source": self.source_state(job.image, job.face_box)}
+
+    def describe(self, options: RenderOptions) -> dict:
+        return {"nfe": options.sampling.nfe(options.steps), "num_inference_steps": options.steps,
+                "guidance": options.guidance}
+
+    def count_flops(self, image: np.ndarray, options: RenderOptions, seconds: float) -> int:
+        """FLOPs of ``seconds`` of speech after the once-per-portrait work (warm cache)."""
+        self.source_state(image)
+        return super().count_flops(image, options, seconds)
+
+    @torch.no_grad()
+    def motion(self, features: np.ndarray, source: SourceState, options: RenderOptions,
+               stats: RenderStats | None = None) -> np.ndarray:
+        """(N, 1024) audio features -> (N, 265) motion: the DiT over 80-frame windows (DITTO.md sec. 7).
+
+        One generator seeded with ``options.seed`` draws the S-1 per-step noises once (reused by every
+        window, as Ditto does) and then each window's x_T."""
+        cfg, dit, steps = self.config, self.models.dit, options.steps
+        scale = options.scales[0]
+        generator = torch.Generator(self.device).manual_seed(options.seed)
+        seq = dit.null_cond_embed.shape[1]  # the DiT's window, 80 frames
+        shape = (1, seq, 265)
+        noises = draw_noises(steps, shape, generator, self.device)
+        conditions = AudioConditions(cfg.emo, source.eye_open, source.eye_ball, source.motion["kp"])
+
+        def sample_window(cond: np.ndarray, kp_cond: np.ndarray) -> np.ndarray:
+            c = torch.from_numpy(np.ascontiguousarray(cond))[None].to(self.device)
+            frame = torch.from_numpy(np.ascontiguousarray(kp_cond))[None].to(self.device)
+            x_t = torch.randn(shape, generator=generator, device=self.device)
+            x0 = sample_motion_ddim(lambda x, t: dit.guided(x, frame, c, t, scale), x_t, noises, steps)
+            if stats is not None:
+                stats.evaluations += 2 * steps
+            return x0[0].float().cpu().numpy()
+
+        return offline_motion(conditions(features), motion_to_vector(source.motion), sample_window,
+                              seq_frames=seq, overlap=cfg.overlap_v2, fix_kp_cond=cfg.fix_kp_cond,
+                              fix_kp_cond_dim=cfg.fix_kp_cond_dim, smo_k=cfg.smo_k_d,
+                              v_min_max=cfg.v_min_max_for_clip)
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray, waveform: np.ndarray, options: RenderOptions | None = None, *,
+                 on_progress: Callable[[int, int], None] | None = None, stats: RenderStats | None = None,
+                 source: SourceState | None = None) -> Iterator[np.ndarray]:
+        """Yield the video's frames, (n, H, W, 3) uint8 at the portrait's size, ``render_batch`` at a
+        time; ``ceil(samples / 16000 * 25)`` frames in all (Ditto's count).
+
+        Args:
+            image: (H, W, 3) uint8 RGB portrait, both sides even.
+            waveform: (samples,) float32 mono speech at 16 kHz.
+            source: :meth:`source_state` of ``image`` (computed here when None).
+
+        Raises:
+            InputError: options that do not apply, no face found.
+        """
+        opts = options or RenderOptions(model="ditto")
+        self.check(opts)
+        stats = stats or RenderStats.of(self)
+        if source is None:
+            with stats("crop"):
+                source = self.source_state(image)
+        with stats("audio"):
+            features = offline_features(waveform, self.encoder)
+        total = num_frames(waveform.shape[0])
+        with stats("motion"):
+            motion = self.motion(features[:total], source, opts, stats)
+        cfg, models = self.config, self.models
+        stitcher = MotionStitch(source.motion, num_frames=total, delta_eye_arr=cfg.delta_eye_arr,
+                                delta_eye_open_n=cfg.delta_eye_open_n if cfg.delta_eye_arr is not None else -1,
+                                fade_type=cfg.fade_type, overall_ctrl=cfg.overall_ctrl_info,
+                                use_d_keys=cfg.use_d_keys, seed=opts.seed)
+        paste = PasteBack(source.crop.M_c2o, image.shape[:2])
+        chunks = -(-total // self.render_batch)
+        for n in range(chunks):
+            with stats("warp"):
+                rows = range(n * self.render_batch, min((n + 1) * self.render_batch, total))
+                infos = [stitcher(vector_to_motion(motion[i])) for i in rows]
+                driving = {k: torch.from_numpy(np.concatenate([info[k].reshape(1, -1) for info in infos]))
+                           .to(self.device) for k in infos[0]}
+                x_d = transform_keypoint(driving)
+                x_s = source.keypoints.expand(len(infos), -1, -1)
+                if cfg.flag_stitching:
+                    x_d = stitch(models.stitch, x_s, x_d)
+                warped = models.warp(source.features.expand(len(infos), -1, -1, -1, -1),
+                                     x_s.to(self.dtype), x_d.to(self.dtype))
+            with stats("decode"):
+                renders = models.decoder(warped).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
+            with stats("paste"):
+                frames = np.stack([paste(image, render.cpu().numpy()) for render in renders])
+            if on_progress is not None:
+                on_progress(n + 1, chunks)
+            yield frames
