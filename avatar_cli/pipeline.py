@@ -409,7 +409,7 @@ class AvatarPipeline:
                 if face.mask_image is not None and models.face_locator is not None:
                     locator = models.face_locator(face.mask_image.to(self.device, self.dtype)[None])
                     locator = locator[:, :, None].expand(-1, -1, frames_per_clip, -1, -1)
-                masks = {k: v.to(self.device)[None] for k, v in face.region_masks.items()} \
+                masks = {k: tuple(m.to(self.device)[None] for m in v) for k, v in face.region_masks.items()} \
                     if face.region_masks is not None else None
             z_ref, reference = self._portrait(image, face_tokens)
             null_reference = None

@@ -45,7 +45,7 @@ class Conditioner:
         return Conditions(tokens, audio, ref, motion, locator, masks)
 
     def _face(self, example: dict, latent: int, frames: int):
-        """Face-locator features (1, C, F, h, w) and region masks {region: (1, h, w)} (Hallo).
+        """Face-locator features (1, C, F, h, w) and region masks {region: 4 levels (1, h/2^k, w/2^k)} (Hallo).
 
         Both depend only on a video's boxes (the face locator is frozen): computed once per video."""
         from ..media.face import face_mask_image, lip_box_from_face, region_masks
@@ -58,7 +58,8 @@ class Conditioner:
         key = (face_box, lip_box, latent)
         if key not in self._faces:
             image = face_mask_image(face_box, size).to(self.device, self.dtype)[None]
-            masks = {k: v.to(self.device)[None] for k, v in region_masks(face_box, lip_box, size, latent).items()}
+            masks = {k: tuple(m.to(self.device)[None] for m in v)
+                     for k, v in region_masks(face_box, lip_box, size, latent).items()}
             self._faces[key] = (self.models.face_locator(image), masks)
         locator, masks = self._faces[key]
         return locator[:, :, None].expand(-1, -1, frames, -1, -1), masks
