@@ -3,9 +3,12 @@
 import pytest
 import torch
 
+from avatar_cli.models.attention import ReferenceFeatures
 from avatar_cli.models.bundle import AvatarModels
 from avatar_cli.models.cfg_tokens import CFGTokens, cfg_embedding
-from avatar_cli.models.attention import ReferenceFeatures
+from avatar_cli.models.denoising_unet import DenoisingUNet3D
+from avatar_cli.models.presets import preset
+from avatar_cli.models.reference_net import ReferenceNet
 from avatar_cli.sampling.guidance import Conditions, GuidedDenoiser, cfg, multi_cfg
 
 
@@ -126,8 +129,10 @@ def test_cfg_layers_are_added_only_explicitly_and_change_nothing_at_init(tmp_pat
 def test_cfg_batch_keeps_each_branchs_per_level_region_masks():
     """Hallo's guided batch: the per-level masks of each branch go with that branch (a batch of 2
     equals the two branches run alone), and every level reaches the U-Net block of its size."""
-    models = AvatarModels.from_preset("tiny", family="hallo", seed=3)
-    unet, net = models.denoising_unet, models.reference_net
+    cfg_ = preset("tiny", "hallo")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        unet, net = DenoisingUNet3D(**cfg_["denoising_unet"]).eval(), ReferenceNet(**cfg_["reference_net"]).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # the audio branches' zero convolutions start at zero: give them weights
         for name, p in unet.named_parameters():
