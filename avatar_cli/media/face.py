@@ -4,9 +4,11 @@ Hallo's inference (restated, DESIGN sec. 7) conditions on three things derived f
 
 - the **face-locator image**: the face box (the face's extent, enlarged 1.2x) as a hard mask image
   (3, S, S) in [0, 1], turned into features by the face locator;
-- the **region masks** of the audio attention at latent resolution: face = the face box blurred
-  (Gaussian, kernel 51 at 64x64 latents), lip = the lip box (enlarged 2x) blurred (kernel 31),
-  each min-max normalised; full (background) = 1 - face; face without lips = max(face - lip, 0);
+- the **region masks** of the audio attention, one per U-Net resolution (latent, /2, /4, /8), made
+  as Hallo makes them, as 8-bit images: the face box (enlarged 1.2x) and the lip box (enlarged 2x)
+  drawn at frame size, resized to 64x64, blurred (Gaussian, kernels 51 and 31) and min-max
+  normalised; full (background) = 1 - face; face without lips = max(face - lip, 0); each level
+  resized from the 64x64 image (bilinear with antialiasing), see :func:`region_masks`;
 - the **face embedding**: InsightFace's ArcFace embedding (512-d) of the face, through the image
   projector; zeros (Hallo's unconditional embedding) when there is none.
 
@@ -22,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 
@@ -39,14 +40,15 @@ class FaceConditions:
     Attributes:
         embedding: (512,) face embedding, or None for the zero (unconditional) embedding.
         mask_image: (3, S, S) in [0, 1], the face-locator input.
-        region_masks: {"full", "face", "lip"} -> (h, w) at latent resolution.
+        region_masks: {"full", "face", "lip"} -> 4 levels (h, w), (h/2, w/2), (h/4, w/4),
+            (h/8, w/8) (:func:`region_masks`).
         face_box, lip_box: boxes in frame pixels (before enlarging).
         source: "face-box option", "mediapipe" or "whole frame" (no face located).
     """
 
     embedding: torch.Tensor | None
     mask_image: torch.Tensor
-    region_masks: dict[str, torch.Tensor]
+    region_masks: dict[str, tuple[torch.Tensor, ...]]
     face_box: Box
     lip_box: Box
     source: str
@@ -73,36 +75,192 @@ def box_mask(box: Box, size: int, grid: int) -> torch.Tensor:
     return mask
 
 
-def gaussian_blur(mask: torch.Tensor, kernel: int) -> torch.Tensor:
-    """OpenCV's GaussianBlur(ksize, sigma=0) on a (h, w) mask: sigma = 0.3 ((k - 1) / 2 - 1) + 0.8,
-    reflected borders."""
-    kernel = max(3, kernel | 1)
-    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
-    offsets = torch.arange(kernel, dtype=torch.float64) - kernel // 2
-    weights = torch.exp(-(offsets ** 2) / (2 * sigma ** 2))
-    weights = (weights / weights.sum()).float()
+# ------------------------------------------------------------------------------- region masks
+# Hallo (fudan-generative-vision/hallo @ 8fd7c57) makes its audio-region masks as 8-bit images:
+# ``hallo/utils/util.py`` get_face_mask / get_lip_mask draw the enlarged boxes at image size,
+# get_blur_mask resizes them to 64x64 (cv2.resize, bilinear), blurs them (cv2.GaussianBlur, kernel 51
+# for the face, 31 for the lips) and min-max normalises them (cv2.normalize), and writes PNGs;
+# get_background_mask and get_sep_face_mask derive the background (255 - face) and the face without
+# lips (face - lip, saturating). ``hallo/datasets/image_processor.py`` then resizes each 64x64 PNG
+# separately to image/8, /16, /32 and /64 (torchvision Resize on a PIL image: Pillow's bilinear
+# resize with its antialiasing, 8-bit out) and divides by 255 (ToTensor). The U-Net's audio
+# attention at each resolution takes the level of that resolution (``hallo/models/attention.py``).
+# The functions below compute the same images with numpy and Pillow, bit for bit (OpenCV's
+# fixed-point arithmetic for 8-bit images restated).
+
+MASK_SIDE = 64        # Hallo's blurred masks are 64x64 whatever the image size
+MASK_LEVELS = 4       # one per U-Net resolution: latent, latent/2, latent/4, latent/8
+FACE_KERNEL, LIP_KERNEL = 51, 31
+
+
+def hallo_region(box: Box, ratio: float, size: int) -> tuple[int, int, int, int]:
+    """A box enlarged about its centre as Hallo's ``expand_region`` does, in whole pixels.
+
+    Args:
+        box: (x, y, w, h) in (size x size) frame pixels; its edges are rounded first (Hallo rounds
+            the landmarks' extremes).
+        ratio: enlargement (1.2 face, 2.0 lips).
+        size: frame side in pixels.
+
+    Returns:
+        (x0, x1, y0, y1) integer bounds: the box is moved back inside the frame rather than
+        clipped, as Hallo does; a box larger than the frame is clipped to it (where Hallo's
+        slicing would wrap around).
+    """
+    x, y, w, h = box
+
+    def axis(low: float, high: float) -> tuple[int, int]:
+        low, high = float(np.round(low)), float(np.round(high))
+        mid, side = (high + low) // 2, (high - low) * ratio
+        low, high = mid - side // 2, mid + side // 2
+        if low < 0:
+            high, low = high - low, 0.0
+        if high > size:
+            low, high = low - (high - size), float(size)
+        return int(max(round(low), 0)), int(min(round(high), size))
+
+    x0, x1 = axis(x, x + w)
+    y0, y1 = axis(y, y + h)
+    return x0, x1, y0, y1
+
+
+def _resize_linear_u8(image: np.ndarray, side: int) -> np.ndarray:
+    """OpenCV's ``cv2.resize(image, (side, side))`` (INTER_LINEAR) on a (H, W) uint8 image when
+    shrinking: half-pixel centres, 11-bit fixed-point weights, its rounding. Returns uint8."""
+    def taps(src: int):
+        f = (np.arange(side) + 0.5) * (src / side) - 0.5
+        s = np.floor(f).astype(np.int64)
+        f = np.where(s < 0, 0.0, f - s)
+        s = np.maximum(s, 0)
+        last = s >= src - 1
+        f, s = np.where(last, 0.0, f), np.where(last, src - 1, s)
+        w1 = np.rint(f * 2048).astype(np.int64)
+        return s, np.minimum(s + 1, src - 1), 2048 - w1, w1
+
+    y0, y1, wy0, wy1 = taps(image.shape[0])
+    x0, x1, wx0, wx1 = taps(image.shape[1])
+    a = image.astype(np.int64)
+    rows = (a[:, x0] * wx0 + a[:, x1] * wx1) >> 4
+    out = ((wy0[:, None] * rows[y0]) >> 16) + ((wy1[:, None] * rows[y1]) >> 16)
+    return np.clip((out + 2) >> 2, 0, 255).astype(np.uint8)
+
+
+def _gaussian_kernel_u8(kernel: int) -> np.ndarray:
+    """OpenCV's bit-exact Gaussian kernel for 8-bit images (sigma 0.15 k + 0.35, i.e.
+    0.3 ((k - 1) / 2 - 1) + 0.8): 8 fraction bits, rounded with error diffusion from the ends,
+    the centre tap taking the remainder so that the taps sum to 256."""
+    sigma = kernel * 0.15 + 0.35
+    x = np.arange(kernel) - (kernel - 1) / 2
+    g = np.exp(-(x ** 2) / (2 * sigma * sigma))
+    g = g / g.sum()
+    taps = np.zeros(kernel, np.int64)
+    err = 0.0
+    for i in range(kernel // 2):
+        value = g[i] * 256 + err
+        taps[i] = taps[kernel - 1 - i] = int(np.rint(value))
+        err = value - taps[i]
+    taps[kernel // 2] = 256 - 2 * taps[: kernel // 2].sum()
+    return taps
+
+
+def _gaussian_blur_u8(image: np.ndarray, kernel: int) -> np.ndarray:
+    """OpenCV's ``cv2.GaussianBlur(image, (k, k), 0)`` on a (H, W) uint8 image, bit for bit: fixed
+    point rows then columns, reflected borders (BORDER_REFLECT_101), rounded to uint8."""
+    taps = _gaussian_kernel_u8(kernel)
     pad = kernel // 2
-    x = mask[None, None]
-    x = F.pad(x, (pad, pad, 0, 0), mode="reflect" if pad < x.shape[-1] else "replicate")
-    x = F.conv2d(x, weights.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, pad, pad), mode="reflect" if pad < x.shape[-2] else "replicate")
-    x = F.conv2d(x, weights.view(1, 1, -1, 1))
-    return x[0, 0]
+    h, w = image.shape
+    a = np.pad(image.astype(np.int64), ((0, 0), (pad, pad)), mode="reflect")
+    rows = sum(taps[i] * a[:, i:i + w] for i in range(kernel))
+    b = np.pad(rows, ((pad, pad), (0, 0)), mode="reflect")
+    cols = sum(taps[i] * b[i:i + h] for i in range(kernel))
+    return np.clip((cols + (1 << 15)) >> 16, 0, 255).astype(np.uint8)
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    low, high = x.min(), x.max()
-    return (x - low) / (high - low) if high > low else torch.ones_like(x)
+def _normalise_u8(image: np.ndarray) -> np.ndarray:
+    """``cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)`` on uint8 (float32 scale and shift,
+    rounded half to even). A constant image (a face box covering the whole frame) becomes all
+    255 here (OpenCV would give all 0: no face anywhere)."""
+    low, high = int(image.min()), int(image.max())
+    if high == low:
+        return np.full_like(image, 255)
+    scale = 255.0 / (high - low)
+    out = image.astype(np.float32) * np.float32(scale) + np.float32(-low * scale)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def region_masks(face_box: Box, lip_box: Box, size: int, latent: int) -> dict[str, torch.Tensor]:
-    """Hallo's audio-region masks at latent resolution (see module docstring)."""
-    kernel_scale = latent / 64  # Hallo's kernels are for 64x64 latents (512 px)
-    face = _normalise(gaussian_blur(box_mask(expand(face_box, FACE_EXPAND, size), size, latent),
-                                    round(51 * kernel_scale)))
-    lip = _normalise(gaussian_blur(box_mask(expand(lip_box, LIP_EXPAND, size), size, latent),
-                                   round(31 * kernel_scale)))
-    return {"full": 1.0 - face, "face": (face - lip).clamp(min=0.0), "lip": lip}
+def hallo_mask_images(face_box: Box, lip_box: Box, size: int) -> dict[str, np.ndarray]:
+    """Hallo's three 64x64 8-bit region-mask images (its ``*_sep_background/face/lip.png``).
+
+    Args:
+        face_box, lip_box: (x, y, w, h) in (size x size) frame pixels, before enlarging (face
+            1.2x, lips 2x).
+        size: frame side in pixels.
+
+    Returns:
+        {"full", "face", "lip"} -> (64, 64) uint8: the face box and the lip box each drawn at
+        frame size, resized to 64x64, blurred (kernels 51 and 31) and min-max normalised; full =
+        the background (255 - face, through Hallo's float arithmetic), face = face - lip
+        (saturating at 0), lip.
+    """
+    def blurred(box: Box, ratio: float, kernel: int) -> np.ndarray:
+        x0, x1, y0, y1 = hallo_region(box, ratio, size)
+        hard = np.zeros((size, size), np.uint8)
+        hard[y0:y1, x0:x1] = 255
+        return _normalise_u8(_gaussian_blur_u8(_resize_linear_u8(hard, MASK_SIDE), kernel))
+
+    face = blurred(face_box, FACE_EXPAND, FACE_KERNEL)
+    lip = blurred(lip_box, LIP_EXPAND, LIP_KERNEL)
+    full = ((1.0 - face / 255.0) * 255).astype(np.uint8)  # Hallo truncates here (254.99.. -> 254)
+    face_only = np.clip(face.astype(np.int16) - lip, 0, 255).astype(np.uint8)
+    return {"full": full, "face": face_only, "lip": lip}
+
+
+def mask_level_sides(latent: int) -> list[int]:
+    """The U-Net's feature-map sides for a latent side: latent, then halved (rounded up, as a
+    stride-2 convolution with padding 1 does) ``MASK_LEVELS - 1`` times."""
+    sides = [latent]
+    for _ in range(MASK_LEVELS - 1):
+        sides.append((sides[-1] + 1) // 2)
+    return sides
+
+
+def mask_levels(image: np.ndarray, latent: int) -> tuple[torch.Tensor, ...]:
+    """One 8-bit mask image at every U-Net resolution, as Hallo's image_processor makes them.
+
+    Each level is resized from ``image`` itself (not from the level above) with Pillow's bilinear
+    filter and its antialiasing (what torchvision's Resize does to a PIL image), kept 8-bit, then
+    divided by 255 (ToTensor).
+
+    Args:
+        image: (S, S) uint8.
+        latent: latent side h (image size / 8).
+
+    Returns:
+        ``MASK_LEVELS`` float32 tensors (h, h), (h/2, h/2), (h/4, h/4), (h/8, h/8) in [0, 1] (sides
+        from :func:`mask_level_sides`).
+    """
+    from PIL import Image
+
+    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    return tuple(torch.from_numpy(np.asarray(picture.resize((side, side), Image.BILINEAR), dtype=np.uint8).copy())
+                 .float().div(255) for side in mask_level_sides(latent))
+
+
+def region_masks(face_box: Box, lip_box: Box, size: int, latent: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Hallo's audio-region masks at every U-Net resolution (see the comment above).
+
+    Args:
+        face_box, lip_box: (x, y, w, h) in (size x size) frame pixels, before enlarging.
+        size: frame side in pixels.
+        latent: latent side h (size / 8).
+
+    Returns:
+        {"full", "face", "lip"} -> ``MASK_LEVELS`` float32 tensors (h, h), (h/2, h/2), (h/4, h/4),
+        (h/8, h/8), multiples of 1/255 in [0, 1]; level k weights the audio attention of the
+        U-Net blocks at that resolution.
+    """
+    return {region: mask_levels(image, latent)
+            for region, image in hallo_mask_images(face_box, lip_box, size).items()}
 
 
 def face_mask_image(face_box: Box, size: int) -> torch.Tensor:

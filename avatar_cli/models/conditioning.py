@@ -91,14 +91,16 @@ class ConditionBuilder:
         return features[:, :, None].expand(-1, -1, frames, -1, -1)
 
     def face_from_boxes(self, face_box, lip_box, size: int, latent: int, frames: int):
-        """Face-locator features (1, C, F, h, w) and region masks of a face and lip box in frame
-        pixels (``media/face.py``), computed once per pair of boxes (the face locator is frozen)."""
+        """Face-locator features (1, C, F, h, w) and region masks {region: 4 levels (1, h/2^k, w/2^k)}
+        of a face and lip box in frame pixels (``media/face.py``, as Hallo makes them), computed once
+        per pair of boxes (the face locator is frozen)."""
         from ..media.face import face_mask_image, region_masks
 
         key = (tuple(face_box), tuple(lip_box), size, latent)
         if key not in self._faces:
             features = self.face_locator(face_mask_image(face_box, size), 1)[:, :, 0]
-            masks = {k: v.to(self.device)[None] for k, v in region_masks(face_box, lip_box, size, latent).items()}
+            masks = {k: tuple(m.to(self.device)[None] for m in v)
+                     for k, v in region_masks(face_box, lip_box, size, latent).items()}
             self._faces[key] = (features, masks)
         features, masks = self._faces[key]
         return features[:, :, None].expand(-1, -1, frames, -1, -1), masks

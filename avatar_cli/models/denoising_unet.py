@@ -176,7 +176,7 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         audio_embeds: torch.Tensor,
         reference_features: dict[str, torch.Tensor] | None = None,
         motion_features: dict[str, torch.Tensor] | None = None,
-        region_masks: dict[str, torch.Tensor] | None = None,
+        region_masks: dict[str, torch.Tensor | tuple[torch.Tensor, ...]] | None = None,
         region_scales: tuple[float, float, float] = (1.0, 1.0, 1.0),
         guidance_scales: tuple[float, float] | None = None,
         conditioning_features: torch.Tensor | None = None,
@@ -193,8 +193,12 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
                 (``ReferenceNet.extract_features``); None = no reference (a null condition).
             motion_features: attn1 name -> (B*M, L, C) reference-net tokens of the M motion frames;
                 None = no motion frames.
-            region_masks: region ("full"/"face"/"lip") -> (B, h, w) weights at latent resolution;
-                None = all ones (no face information).
+            region_masks: region ("full"/"face"/"lip") -> the audio branch's weights at every
+                resolution: a sequence of levels (B, h, w), (B, h/2, w/2), ... (Hallo's per-level
+                masks, ``media.face.region_masks``); each block takes the level of its feature-map
+                size (for SD1.5's layout the level Hallo picks by block depth). A single (B, h, w)
+                tensor is area-resized to the lower resolutions instead. None = all ones (no face
+                information).
             region_scales: (full, face, lip) audio-branch weights.
             guidance_scales: (cfg_a, cfg_r) for the CFG-token layers (FADA eq. 10); None skips
                 them. Ignored by a model without CFG layers.
@@ -303,15 +307,26 @@ class _Step:
         return out.reshape(b, m + f, c, h, w)[:, m:].reshape(n, c, h, w)
 
     def masks(self, size: tuple[int, int]) -> dict[str, torch.Tensor] | None:
-        """Region masks resized to a feature-map size, flattened to (B*F or B, H*W)."""
+        """Region masks at a feature-map size, flattened to (B*F, H*W).
+
+        Per-level masks: the level of that size (ValueError if none has it). A single mask:
+        area-resized from it."""
         if self.region_masks is None:
             return None
         key = tuple(size)
         if key not in self._mask_cache:
             resized = {}
             for region in REGIONS:
-                mask = self.region_masks[region][:, None].float()
-                mask = F.interpolate(mask, size=key, mode="area") if key != tuple(mask.shape[2:]) else mask
+                levels = self.region_masks[region]
+                if isinstance(levels, torch.Tensor):
+                    mask = levels[:, None].float()
+                    mask = F.interpolate(mask, size=key, mode="area") if key != tuple(mask.shape[2:]) else mask
+                    mask = mask[:, 0]
+                else:
+                    mask = next((m for m in levels if tuple(m.shape[-2:]) == key), None)
+                    if mask is None:
+                        sides = [tuple(m.shape[-2:]) for m in levels]
+                        raise ValueError(f"no {region} region mask of size {key} (levels {sides})")
                 resized[region] = mask.flatten(1).repeat_interleave(self.frames, dim=0)
             self._mask_cache[key] = resized
         return self._mask_cache[key]

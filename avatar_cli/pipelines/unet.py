@@ -383,7 +383,7 @@ class UNetPipeline(Pipeline):
                 face_tokens = build.face_tokens(face.embedding)
                 if face.mask_image is not None:
                     locator = build.face_locator(face.mask_image, frames_per_clip)
-                masks = {k: v.to(self.device)[None] for k, v in face.region_masks.items()} \
+                masks = {k: tuple(m.to(self.device)[None] for m in v) for k, v in face.region_masks.items()} \
                     if face.region_masks is not None else None
             z_ref, reference = self._portrait(image, face_tokens)
             null_reference = build.null_reference(reference, tuple(z_ref.shape)) if method.guided else None

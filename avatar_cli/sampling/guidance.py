@@ -49,7 +49,8 @@ class Conditions:
             rows without reference).
         motion_features: layer -> (B*M, L, C) motion-frame tokens, or None.
         conditioning_features: (B, C_0, F, h, w) face-locator features, or None.
-        region_masks: region -> (B, h, w) audio-region masks, or None (all ones).
+        region_masks: region -> per-level audio-region masks [(B, h, w), (B, h/2, w/2), ...]
+            (or one (B, h, w) mask, area-resized by the U-Net), or None (all ones).
     """
 
     encoder_hidden_states: torch.Tensor
@@ -57,7 +58,7 @@ class Conditions:
     reference_features: dict[str, torch.Tensor]
     motion_features: dict[str, torch.Tensor] | None
     conditioning_features: torch.Tensor | None = None
-    region_masks: dict[str, torch.Tensor] | None = None
+    region_masks: dict[str, torch.Tensor | tuple[torch.Tensor, ...]] | None = None
 
     @staticmethod
     def cat(items: list["Conditions"]) -> "Conditions":
@@ -66,6 +67,13 @@ class Conditions:
             if dicts[0] is None:
                 return None
             return {k: torch.cat([d[k] for d in dicts]) for k in dicts[0]}
+
+        def cat_masks(dicts):  # region -> one mask, or a tuple of per-level masks
+            if dicts[0] is None:
+                return None
+            first = dicts[0]
+            return {k: torch.cat([d[k] for d in dicts]) if isinstance(first[k], torch.Tensor)
+                    else tuple(torch.cat(level) for level in zip(*(d[k] for d in dicts))) for k in first}
 
         def cat_optional(tensors):
             if all(t is None for t in tensors):
@@ -85,7 +93,7 @@ class Conditions:
             ReferenceFeatures(cat_dict([c.reference_features for c in items]), keep),
             cat_dict([c.motion_features for c in items]),
             cat_optional([c.conditioning_features for c in items]),
-            cat_dict([c.region_masks for c in items]),
+            cat_masks([c.region_masks for c in items]),
         )
 
     def unet_kwargs(self) -> dict:

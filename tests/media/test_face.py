@@ -6,35 +6,82 @@ import types
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from avatar_cli.errors import InputError
 from avatar_cli.media import face as face_mod
-from avatar_cli.media.face import expand, face_conditions, gaussian_blur, region_masks
+from avatar_cli.media.face import (
+    _gaussian_blur_u8,
+    _gaussian_kernel_u8,
+    _resize_linear_u8,
+    expand,
+    face_conditions,
+    hallo_region,
+    region_masks,
+)
 
 
-def test_gaussian_blur_matches_opencv_kernel_sigma():
-    impulse = torch.zeros(64, 64)
-    impulse[32, 32] = 1.0
-    out = gaussian_blur(impulse, 51)
-    sigma = 0.3 * ((51 - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for ksize 51: 8.0
-    x = torch.arange(-25, 26, dtype=torch.float64)
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    expected = torch.outer(g, g).float()
-    torch.testing.assert_close(out[7:58, 7:58], expected, rtol=1e-5, atol=1e-7)
-    assert abs(out.sum().item() - 1.0) < 1e-5
+def _float_gaussian(n: int) -> np.ndarray:
+    sigma = 0.3 * ((n - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for ksize n (8.0 for 51)
+    x = np.arange(n) - n // 2
+    g = np.exp(-(x ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def test_8bit_gaussian_kernel_is_opencvs_fixed_point_gaussian():
+    for n in (51, 31):
+        taps = _gaussian_kernel_u8(n)
+        assert taps.sum() == 256 and (taps == taps[::-1]).all()
+        assert np.abs(taps / 256 - _float_gaussian(n)).max() <= 1 / 256
 
 
 def test_region_masks_follow_hallos_recipe():
     face_box, lip_box = (16.0, 8.0, 32.0, 40.0), (26.0, 36.0, 12.0, 6.0)
     masks = region_masks(face_box, lip_box, size=64, latent=64)
-    assert set(masks) == {"full", "face", "lip"} and all(m.shape == (64, 64) for m in masks.values())
-    assert masks["lip"].max() == 1.0 and masks["lip"][39, 32] > 0.9 and masks["lip"][5, 5] < 0.01
-    torch.testing.assert_close(masks["full"][10, 32] + masks["face"][10, 32] + 0 * masks["lip"][10, 32],
-                               torch.tensor(1.0), rtol=0, atol=1e-6)  # above the lips: face + background = 1
-    assert masks["full"][0, 0] > 0.9 and masks["full"][28, 32] < 0.1   # background outside, not inside
-    assert (masks["face"] >= 0).all() and masks["face"][39, 32] < 0.1   # the face branch leaves the lips out
+    assert set(masks) == {"full", "face", "lip"}
+    assert all([tuple(m.shape) for m in levels] == [(64, 64), (32, 32), (16, 16), (8, 8)] for levels in masks.values())
+    assert [tuple(m.shape) for m in region_masks(face_box, lip_box, 384, 48)["lip"]] == [(48, 48), (24, 24), (12, 12),
+                                                                                       (6, 6)]
+    for levels in masks.values():  # 8-bit images: multiples of 1/255
+        for level in levels:
+            assert torch.equal(level * 255, (level * 255).round()) and 0 <= level.min() and level.max() <= 1
+    full, face, lip = (masks[r][0] for r in ("full", "face", "lip"))
+    assert lip.max() == 1.0 and lip[39, 32] > 0.9 and lip[5, 5] < 0.01
+    # above the lips: face + background = 1 (Hallo truncates 255 - face, so up to 1/255 less)
+    assert 1 - 1.5 / 255 < (full[10, 32] + face[10, 32]).item() <= 1.0
+    assert full[0, 0] > 0.9 and full[28, 32] < 0.1   # background outside, not inside
+    assert (face >= 0).all() and face[39, 32] < 0.1   # the face branch leaves the lips out
+    # each lower level is resized from the 64x64 image, bilinear with antialiasing: close to, but
+    # not, the area average of the level above
+    for levels in masks.values():
+        area = F.interpolate(levels[0][None, None], size=(8, 8), mode="area")[0, 0]
+        assert (area - levels[3]).abs().max() < 0.15
+    assert max((F.interpolate(ls[0][None, None], size=(8, 8), mode="area")[0, 0] - ls[3]).abs().max()
+               for ls in masks.values()) > 0.01
     assert expand((10, 10, 10, 10), 2.0, 64) == (5.0, 5.0, 20.0, 20.0)
+
+
+def test_hallo_region_moves_an_enlarged_box_back_into_the_frame():
+    # Hallo's expand_region: centre (x0 + x1) // 2, half side (x1 - x0) * ratio // 2, shifted inside
+    assert hallo_region((10.0, 20.0, 20.0, 10.0), 2.0, 64) == (0, 40, 15, 35)   # x: 20 -/+ 20 -> 0..40
+    assert hallo_region((50.0, 0.0, 10.0, 4.0), 2.0, 64) == (44, 64, 0, 8)     # x: 55 -/+ 10 -> 45..65 -> 44..64
+    assert hallo_region((0.0, 0.0, 64.0, 64.0), 1.2, 64) == (0, 64, 0, 64)    # larger than the frame: clipped
+
+
+def test_mask_images_follow_opencv_resize_and_blur_by_hand():
+    hard = np.zeros((512, 512), np.uint8)
+    hard[100:300] = 255
+    small = _resize_linear_u8(hard, 64)   # 8x smaller: row d samples rows 8d+3 and 8d+4 half and half
+    assert (small[13:37] == 255).all() and (small[12] == 128).all() and (small[37] == 128).all()
+    assert (small[:12] == 0).all() and (small[38:] == 0).all()
+    # the 8-bit blur: within about one level of the float Gaussian with reflected borders
+    blurred = _gaussian_blur_u8(small, 51)
+    g = _float_gaussian(51)
+    padded = np.pad(small.astype(np.float64), 25, mode="reflect")
+    rows = np.stack([np.convolve(r, g, mode="valid") for r in padded])
+    exact = np.stack([np.convolve(c, g, mode="valid") for c in rows.T]).T
+    assert blurred.dtype == np.uint8 and blurred.shape == (64, 64)
+    assert np.abs(blurred - exact).max() <= 1.5
 
 
 def test_face_box_sets_the_locator_image_and_embedding_options(tmp_path):
@@ -44,7 +91,7 @@ def test_face_box_sets_the_locator_image_and_embedding_options(tmp_path):
     # the locator image is the face box enlarged 1.2x: (12.8, 12.8) .. (51.2, 51.2)
     assert cond.mask_image.shape == (3, 64, 64)
     assert cond.mask_image[0, 32, 32] == 1 and cond.mask_image[0, 5, 5] == 0 and cond.mask_image[0, 12, 32] == 1
-    assert cond.region_masks["full"].shape == (8, 8)
+    assert [tuple(m.shape) for m in cond.region_masks["full"]] == [(8, 8), (4, 4), (2, 2), (1, 1)]
     np.save(tmp_path / "emb.npy", np.arange(512, dtype=np.float32))
     cond = face_conditions(image, 8, (16, 16, 32, 32), embedding=str(tmp_path / "emb.npy"))
     assert torch.equal(cond.embedding, torch.arange(512, dtype=torch.float32))

@@ -3,9 +3,12 @@
 import pytest
 import torch
 
+from avatar_cli.models.attention import ReferenceFeatures
 from avatar_cli.models.bundle import AvatarModels
 from avatar_cli.models.cfg_tokens import CFGTokens, cfg_embedding
-from avatar_cli.models.attention import ReferenceFeatures
+from avatar_cli.models.denoising_unet import DenoisingUNet3D
+from avatar_cli.models.presets import preset
+from avatar_cli.models.reference_net import ReferenceNet
 from avatar_cli.sampling.guidance import Conditions, GuidedDenoiser, cfg, multi_cfg
 
 
@@ -121,3 +124,41 @@ def test_cfg_layers_are_added_only_explicitly_and_change_nothing_at_init(tmp_pat
         a = student(x, 999, tokens, audio, ref, None, guidance_scales=(6.5, 2.0))
         b = student(x, 999, tokens, audio, ref, None, guidance_scales=(1.0, 1.0))
     assert (a - b).abs().max() > 1e-4
+
+
+def test_cfg_batch_keeps_each_branchs_per_level_region_masks():
+    """Hallo's guided batch: the per-level masks of each branch go with that branch (a batch of 2
+    equals the two branches run alone), and every level reaches the U-Net block of its size."""
+    cfg_ = preset("tiny", "hallo")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        unet, net = DenoisingUNet3D(**cfg_["denoising_unet"]).eval(), ReferenceNet(**cfg_["reference_net"]).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the audio branches' zero convolutions start at zero: give them weights
+        for name, p in unet.named_parameters():
+            if "zero_conv" in name:
+                p.normal_(0.0, 0.2, generator=gen)
+    latents = torch.randn(1, 4, 3, 8, 8, generator=gen)
+    tokens = torch.randn(1, 4, 32, generator=gen)
+
+    def conditions(seed):
+        g = torch.Generator().manual_seed(seed)
+        masks = {r: tuple(torch.rand(1, 8 >> k, 8 >> k, generator=g) for k in range(4)) for r in ("full", "face", "lip")}
+        return Conditions(tokens, torch.randn(1, 3, 4, 32, generator=g), net.extract_features(latents[:, :, 0], tokens),
+                          None, torch.randn(1, 32, 3, 8, 8, generator=g), masks)
+
+    cond, null = conditions(1), conditions(2)
+    with torch.no_grad():
+        guided = GuidedDenoiser(unet, cond, "cfg", (3.5,), null, region_scales=(1.0, 0.7, 1.3))(latents, 500)
+        alone = [unet(latents, 500, **c.unet_kwargs(), region_scales=(1.0, 0.7, 1.3)) for c in (null, cond)]
+        torch.testing.assert_close(guided, cfg(*alone, 3.5), rtol=1e-5, atol=1e-5)
+        # the 4x4 level is what the mid block uses: changing it (and only it) changes the output
+        changed = {r: (ms[0], ms[1] * 0, *ms[2:]) for r, ms in cond.region_masks.items()}
+        other = unet(latents, 500, **{**cond.unet_kwargs(), "region_masks": changed})
+        unused = {r: (ms[0], ms[1], ms[2] * 0, ms[3] * 0) for r, ms in cond.region_masks.items()}
+        same = unet(latents, 500, **{**cond.unet_kwargs(), "region_masks": unused})
+        base = unet(latents, 500, **cond.unet_kwargs())
+    assert (other - base).abs().max() > 1e-6
+    torch.testing.assert_close(same, base, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no full region mask of size \\(4, 4\\)"):
+        unet(latents, 500, **{**cond.unet_kwargs(), "region_masks": {r: (ms[0],) for r, ms in cond.region_masks.items()}})

@@ -63,8 +63,10 @@ def test_conditions_carry_the_face_locator_features_and_region_masks(hallo):
         torch.testing.assert_close(cond.conditioning_features[:, :, f], expected)
     masks = region_masks((16.0, 8.0, 32.0, 40.0), (24.0, 34.0, 16.0, 8.0), 64, 8)
     assert set(cond.region_masks) == {"full", "face", "lip"}
-    for name, mask in masks.items():
-        torch.testing.assert_close(cond.region_masks[name][0], mask)
+    for name, levels in masks.items():
+        assert [tuple(m.shape) for m in cond.region_masks[name]] == [(1, 8, 8), (1, 4, 4), (1, 2, 2), (1, 1, 1)]
+        for ours, level in zip(cond.region_masks[name], levels):
+            torch.testing.assert_close(ours[0], level)
     null = conditioner.null(cond)
     assert null.conditioning_features is None and null.region_masks is cond.region_masks  # Hallo's null branch
     assert torch.count_nonzero(null.audio_embeds) == 0
