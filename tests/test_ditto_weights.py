@@ -261,3 +261,34 @@ def test_show_gives_files_sizes_and_the_licence_note(empty_home, capsys, monkeyp
     code, out, _ = _run(capsys, "weights", "show", "ditto")
     assert code == 0 and "2d106det.onnx" in out and "not resolved yet" in out
     assert _run(capsys, "weights", "show", "nope")[0] == 2
+
+
+def test_resolving_main_without_a_hub_is_one_line(ditto_hub, capsys, monkeypatch):
+    import socket
+
+    _, _, _, _, manifest, tmp = ditto_hub
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    code, _, err = _run(capsys, "weights", "download", "ditto", "--manifest", manifest, "--quiet")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"avatar: error: cannot reach http://127.0.0.1:{port} to resolve {REPO}@main")
+    assert not (tmp / "home" / "trusted-sha256.json").exists()  # nothing recorded
+
+
+def test_key_check_reads_legacy_and_zip_files_without_loading_into_modules(tmp_path):
+    """check_ditto_models counts the keys DittoModels.from_files loads, for the zip format (memory-mapped)
+    and the pre-1.6 format torch cannot memory-map."""
+    from avatar_cli.convert import check_ditto_models
+
+    models = DittoModels.from_preset("tiny", seed=2)
+    write_release(models, tmp_path / "models")
+    legacy = tmp_path / "models" / "decoder.pth"
+    torch.save(models.decoder.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(RuntimeError, match="mmap"):
+        torch.load(legacy, weights_only=True, mmap=True)
+    reports, ignored = check_ditto_models(tmp_path / "models", "tiny")
+    loaded = DittoModels.from_files(tmp_path / "models", preset="tiny")  # the loader it stands for
+    assert [r.loaded for r in reports] == [len(getattr(loaded, n).state_dict()) for n in FILES]
+    assert ignored == {"stitch_network.pth entries Ditto does not use (retarget_mouth, retarget_eye)": 2}

@@ -53,8 +53,11 @@ def weights_list(
     long: Annotated[bool, typer.Option("--long", "-l", help="The wide table: full licence, path or reason.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show every manifest entry, one line each: installed / available / no public weights, size,
-    short licence, description. Full licence, files and path: [bold]avatar weights show NAME[/bold]."""
+    """Every manifest entry, one line each: installed or not, size, short licence, description.
+
+    Markers: ● installed, ○ available, ✗ no public weights. The full licence, files, sizes and path
+    of one entry: [bold]avatar weights show NAME[/bold]; the former wide table: --long.
+    """
     from .. import weights as w
 
     entries = [(c, w.installed_path(c, local_dir)) for c in w.load_manifest(manifest).values()]
@@ -104,8 +107,12 @@ def weights_show(
     local_dir: LocalDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """One entry in full: repo and revision, licence (per file where it differs), what it feeds,
-    files with sizes and sha256 (from the manifest or recorded on first download), where it is."""
+    """One entry in full: licences, revision, files with sizes and hashes, where it is.
+
+    Repo and revision (with the commit a floating revision resolved to), the full licence and each
+    file's own licence where it differs, what it feeds, every file with its size and sha256 (from the
+    manifest, recorded on first download, or unknown), and the path or why it is not available.
+    """
     from .. import weights as w
 
     (c,) = w.select(w.load_manifest(manifest), [name])
