@@ -23,6 +23,7 @@ audio blocks) keep their initialisation and are reported as missing.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -408,6 +409,25 @@ def _link_or_copy(src: Path, dst: Path) -> str:
         return "copied"
 
 
+@contextmanager
+def _atomic_dir(output: Path):
+    """``models.bundle.atomic_folder``'s contract (a hidden ``.NAME.partial`` sibling that replaces
+    ``output`` only when the block ends without an error, removed otherwise), without importing
+    ``models.bundle``, whose diffusers and transformers imports cost ~10 s on a 2-core CPU: the Ditto
+    conversion needs neither."""
+    import shutil
+
+    tmp = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def convert_ditto(snapshot: str | Path, output: str | Path, arch: str = "full",
                   overwrite: bool = False) -> ConversionReport:
     """Gather Ditto's released PyTorch set into one folder that ``--model ditto`` reads.
@@ -440,7 +460,6 @@ def convert_ditto(snapshot: str | Path, output: str | Path, arch: str = "full",
     import json
 
     from . import __version__
-    from .models.bundle import INDEX_FILE, atomic_folder
     from .models.ditto import FILES
     from .safe_pickle import DittoConfig
 
@@ -464,7 +483,7 @@ def convert_ditto(snapshot: str | Path, output: str | Path, arch: str = "full",
     reports, ignored = check_ditto_models(snapshot / DITTO_MODELS, arch)
 
     how = {"linked": 0, "copied": 0}
-    with atomic_folder(output) as tmp:
+    with _atomic_dir(output) as tmp:
         tmp.mkdir(parents=True)
         cfg.save(tmp)
         for sub, source, names in (("models", DITTO_MODELS, FILES.values()),
@@ -476,6 +495,6 @@ def convert_ditto(snapshot: str | Path, output: str | Path, arch: str = "full",
                  "cfg": sorted(p.name for p in tmp.glob("ditto_cfg.*")),
                  "models": {attr: f"models/{name}" for attr, name in FILES.items()},
                  "aux_models": [f"aux_models/{name}" for name in DITTO_AUX_FILES]}
-        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "avatar_index.json").write_text(json.dumps(index, indent=2) + "\n")  # models.bundle.INDEX_FILE
     notes = {"files": how, "cfg_arrays": {k: list(v.shape) for k, v in cfg.arrays().items()}}
     return ConversionReport(str(output), reports, ignored, notes)

@@ -123,6 +123,12 @@ def test_download_verify_convert_then_load(ditto_hub, capsys):
     assert record[f"{REPO}@main"] == COMMIT
     assert sum(k.startswith(f"{REPO}@{COMMIT}:") for k in record) == len(files)  # first-use hashes at the commit
 
+    # a second download stays at the recorded commit: no new resolution, nothing fetched again
+    before = len(hub.requests)
+    code, out, err = _run(capsys, "weights", "download", "ditto", "--manifest", manifest, "--quiet")
+    assert code == 0 and "resolved" not in err
+    assert not any("/resolve/main/" in r[1] or r[0] == "GET" and "/resolve/" in r[1] for r in hub.requests[before:])
+
     code, out, err = _run(capsys, "weights", "verify", "ditto", "--manifest", manifest, "--json")
     assert code == 0, err
     (report,) = json.loads(out)
@@ -292,3 +298,26 @@ def test_key_check_reads_legacy_and_zip_files_without_loading_into_modules(tmp_p
     loaded = DittoModels.from_files(tmp_path / "models", preset="tiny")  # the loader it stands for
     assert [r.loaded for r in reports] == [len(getattr(loaded, n).state_dict()) for n in FILES]
     assert ignored == {"stitch_network.pth entries Ditto does not use (retarget_mouth, retarget_eye)": 2}
+
+
+def test_usb_stick_then_offline_convert(ditto_hub, capsys, monkeypatch):
+    """Download to --local-dir on a connected machine; elsewhere, offline and without the first machine's
+    records, verify and convert from $AVATAR_WEIGHTS_DIR."""
+    _, files, models, _, manifest, tmp = ditto_hub
+    stick = tmp / "usb"
+    code, out, err = _run(capsys, "weights", "download", "ditto", "--manifest", manifest, "--local-dir", stick,
+                          "--quiet", "--json")
+    assert code == 0, err
+    assert json.loads(out)["revision"] == COMMIT
+    assert all((stick / "ditto" / p).read_bytes() == d for p, d in files.items())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AVATAR_WEIGHTS_DIR", str(stick))
+    monkeypatch.setenv("HF_HOME", str(tmp / "empty-hf"))
+    monkeypatch.setenv("AVATAR_HOME", str(tmp / "other-home"))
+    code, out, err = _run(capsys, "weights", "verify", "ditto", "--manifest", manifest)
+    assert code == 0 and "trust on first use" in err
+    code, out, err = _run(capsys, "weights", "convert", "--from", "ditto", "--arch", "tiny", "--manifest", manifest)
+    assert code == 0, err
+    out_dir = tmp / "other-home" / "converted" / "ditto"
+    loaded = DittoModels.from_files(out_dir / "models", preset="tiny")
+    assert torch.equal(loaded.dit.final_layer.weight, models.dit.final_layer.weight)
