@@ -5,6 +5,12 @@ resumable, cached by revision in the standard Hugging Face cache (HF_HOME / HF_H
 HF_ENDPOINT and HF_TOKEN respected. Every downloaded file is hashed: a sha256 that differs from the
 manifest's deletes the file; a file whose sha256 the manifest cannot know is recorded on first
 download (trust on first use) in ``$AVATAR_HOME/trusted-sha256.json`` and checked from then on.
+A file whose size differs from the manifest's fails before any hash is recorded.
+
+Revisions are 40-hex commits. Where none is known, an entry may say ``revision = "main"`` with a
+``revision_note``: the first download resolves it to a commit (the Hub's ``X-Repo-Commit``), prints it
+and records it in the same file; downloads, lookups and first-use hashes then stay at that commit
+(:func:`effective_revision`).
 
 Where a component is looked for, in order:
 1. ``<local_dir>/<name>/`` when ``local_dir`` is given, else ``$AVATAR_WEIGHTS_DIR/<name>/`` when set

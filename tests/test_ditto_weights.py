@@ -136,6 +136,8 @@ def test_download_verify_convert_then_load(ditto_hub, capsys):
     folder = Path(report["path"])
     assert folder.name == COMMIT
 
+    code, out, err = _run(capsys, "weights", "list", "--manifest", manifest)
+    assert out.splitlines()[1].split()[:2] == ["●", "ditto"]  # installed
     code, out, err = _run(capsys, "weights", "show", "ditto", "--manifest", manifest, "--json")
     shown = json.loads(out)
     assert shown["installed"] and shown["effective_revision"] == COMMIT

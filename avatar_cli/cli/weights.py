@@ -144,7 +144,7 @@ def weights_show(
         resolved = w.effective_revision(c)
         revision += f" (resolved to {resolved})" if resolved != c.revision else " (not resolved yet)"
     for key, value in (("name", c.name), ("description", c.description), ("status", status),
-                       ("repo", f"{c.repo_id or '-'} @ {revision}"), ("revision note", c.revision_note),
+                       ("repo", f"{c.repo_id} @ {revision}" if c.repo_id else ""), ("revision note", c.revision_note),
                        ("size", _size_text(c) + ("" if c.size is not None or not c.available else
                                                  " (some sizes are not published)")),
                        ("licence", c.licence), ("per file", c.licence_notes()), ("used by", ", ".join(c.used_by)),
