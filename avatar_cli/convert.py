@@ -1,5 +1,9 @@
 """Checkpoint conversion into the project's folder layout (``models/bundle.py``).
 
+- Ditto's PyTorch release (HF ``digital-avatar/ditto-talkinghead``: the cfg pickle, six ``.pth`` files,
+  five auxiliary ONNX/MediaPipe files) is checked key by key without loading its tensors and gathered
+  into one folder (:func:`convert_ditto`); the ``.pth`` files keep their upstream layout, which
+  ``DittoModels.from_files`` reads.
 - Hallo's ``net.pth`` (one state dict: ``reference_unet.``, ``denoising_unet.``, ``face_locator.``,
   ``imageproj.``, ``audioproj.``) maps by name onto the Hallo family of our models
   (:func:`map_hallo_state`), with zero missing and zero unexpected keys.
@@ -19,6 +23,7 @@ audio blocks) keep their initialisation and are reported as missing.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,12 +61,19 @@ class ComponentReport:
 
 @dataclass
 class ConversionReport:
+    """What a conversion wrote: ``output``, keys per component, counts of input keys deliberately
+    left out (``ignored``), and ``notes`` (other facts: files linked or copied, the cfg's arrays)."""
+
     output: str
     components: list[ComponentReport]
     ignored: dict[str, int]
+    notes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"output": self.output, "components": [c.summary() for c in self.components], "ignored": self.ignored}
+        out = {"output": self.output, "components": [c.summary() for c in self.components], "ignored": self.ignored}
+        if self.notes:
+            out["notes"] = self.notes
+        return out
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -294,3 +306,195 @@ def convert_hallo(net: str | Path, output: str | Path, vae: str | Path, wav2vec2
     with atomic_folder(output) as tmp:
         models.save_pretrained(tmp)
     return ConversionReport(str(output), reports, ignored)
+
+
+# ------------------------------------------------------------------------------------------- Ditto
+#: Where the files sit in HF digital-avatar/ditto-talkinghead (DITTO notes sec. 2).
+DITTO_CFG = "ditto_cfg/v0.4_hubert_cfg_pytorch.pkl"
+DITTO_MODELS = "ditto_pytorch/models"
+DITTO_AUX = "ditto_pytorch/aux_models"
+DITTO_AUX_FILES = ("hubert_streaming_fix_kv.onnx", "det_10g.onnx", "2d106det.onnx", "landmark203.onnx",
+                   "face_landmarker.task")
+
+
+def _read_ditto_state(path: Path, entry: str | None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(state dict, other top-level entries) of one Ditto ``.pth``, memory-mapped: the tensors' bytes
+    are not read (``torch.load(mmap=True, weights_only=True)``; a legacy, non-zip file is read whole).
+    ``module.`` prefixes (DDP) are removed, as Ditto's loader does.
+
+    Raises:
+        WeightsError: unreadable, not weights-only, no ``entry``, or not a dict of tensors (one line).
+    """
+    def load(mmap: bool):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            obj = load(True)
+        except RuntimeError as err:  # "mmap can only be used with files saved with the zipfile format"
+            if "mmap" not in str(err):
+                raise
+            obj = load(False)
+    except Exception as err:  # noqa: BLE001 - weights_only refusal, truncated zip, not a torch file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path}: cannot be read as a torch checkpoint ({first[:200]})") from None
+    others: list[str] = []
+    if entry is not None:
+        if not isinstance(obj, dict) or entry not in obj:
+            raise WeightsError(f"{path}: no '{entry}' entry (not Ditto's {path.name})")
+        others = [str(k) for k in obj if k != entry]
+        obj = obj[entry]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    return {k.replace("module.", ""): v for k, v in obj.items()}, others
+
+
+def check_ditto_models(directory: str | Path, preset: str = "full") -> tuple[list[ComponentReport], dict[str, int]]:
+    """Check the six ``.pth`` files of ``ditto_pytorch/models/`` against :class:`DittoModels` (built on
+    the meta device at ``preset``): every key present, none extra, every shape equal, as
+    ``DittoModels.from_files`` (``load_state_dict(strict=True)``) will require; without reading the
+    tensors (memory-mapped), so ~0.7 GB of weights cost no RAM.
+
+    Returns:
+        (one report per network, named ``appearance (appearance_extractor.pth)`` etc.; the top-level
+        entries of the stitch file Ditto does not use, counted under ``ignored``).
+
+    Raises:
+        WeightsError: a file missing or unreadable, or a missing / extra key or a wrong shape (one line
+            naming the file and the first key).
+    """
+    from .models.ditto import ENTRIES, FILES, PRESETS, WHAT, DittoModels
+
+    directory = Path(directory)
+    if preset not in PRESETS:
+        raise InputError(f"unknown Ditto preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    with torch.device("meta"):
+        models = DittoModels(PRESETS[preset])
+    reports, ignored = [], {}
+    for name, filename in FILES.items():
+        path = directory / filename
+        if not path.is_file():
+            raise WeightsError(f"{path} not found: Ditto's PyTorch weights are the ditto_pytorch/models/ folder of "
+                               f"HF digital-avatar/ditto-talkinghead")
+        state, others = _read_ditto_state(path, ENTRIES.get(name))
+        expected = getattr(models, name).state_dict()
+        hint = f"expected the layout of Ditto's {WHAT[name]}"
+        for keys, what in (([k for k in expected if k not in state], "missing"),
+                           ([k for k in state if k not in expected], "unexpected")):
+            if keys:
+                more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+                raise WeightsError(f"{path}: {what} key '{keys[0]}'{more}; {hint}")
+        for key, ref in expected.items():
+            if tuple(state[key].shape) != tuple(ref.shape):
+                raise WeightsError(f"{path}: key '{key}' has shape {tuple(state[key].shape)}, expected "
+                                   f"{tuple(ref.shape)}; {hint} (is --arch right?)")
+        reports.append(ComponentReport(f"{name} ({filename})", loaded=len(state)))
+        if others:
+            ignored[f"{filename} entries Ditto does not use ({', '.join(others)})"] = len(others)
+    return reports, ignored
+
+
+def _link_or_copy(src: Path, dst: Path) -> str:
+    """Hard-link ``src`` (its resolved target: an HF cache snapshot holds symbolic links to blobs) at
+    ``dst``, or copy it where a link is impossible (another filesystem, no link support).
+    Returns "linked" or "copied"."""
+    import os
+    import shutil
+
+    try:
+        os.link(src.resolve(), dst)
+        return "linked"
+    except OSError:
+        shutil.copyfile(src, dst)
+        return "copied"
+
+
+@contextmanager
+def _atomic_dir(output: Path):
+    """``models.bundle.atomic_folder``'s contract (a hidden ``.NAME.partial`` sibling that replaces
+    ``output`` only when the block ends without an error, removed otherwise), without importing
+    ``models.bundle``, whose diffusers and transformers imports cost ~10 s on a 2-core CPU: the Ditto
+    conversion needs neither."""
+    import shutil
+
+    tmp = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert_ditto(snapshot: str | Path, output: str | Path, arch: str = "full",
+                  overwrite: bool = False) -> ConversionReport:
+    """Gather Ditto's released PyTorch set into one folder that ``--model ditto`` reads.
+
+    Writes, atomically (a hidden ``.NAME.partial`` folder renamed when complete)::
+
+        output/avatar_index.json        {"family": "ditto", "preset": ..., "models": {...}, ...}
+        output/ditto_cfg.json           DittoConfig.save: the cfg pickle's settings as JSON
+        output/ditto_cfg.safetensors    its arrays (delta_eye_arr (15, 63), v_min_max_for_clip (4, 265))
+        output/models/*.pth             the six networks, upstream layout (DittoModels.from_files)
+        output/aux_models/*             hubert_streaming_fix_kv.onnx, det_10g.onnx, 2d106det.onnx,
+                                        landmark203.onnx, face_landmarker.task
+
+    The ``.pth`` and auxiliary files are hard links to the snapshot's where possible (no second copy
+    of 2.3 GB), else copies. The cfg pickle is read by the restricted unpickler only
+    (``safe_pickle.DittoConfig.from_pickle``); every ``.pth`` is checked by :func:`check_ditto_models`
+    before anything is written.
+
+    Args:
+        snapshot: the repo folder (holding ``ditto_cfg/`` and ``ditto_pytorch/``), e.g. the installed
+            ``ditto`` component's.
+        output: folder to write.
+        arch: the DittoModels preset the ``.pth`` files must match ("full" for the release).
+
+    Raises:
+        InputError: snapshot not a folder or a file absent, output exists without ``overwrite``, or a cfg
+            pickle that is refused (it would run code) or unreadable: nothing is written.
+        WeightsError: a ``.pth`` file with a missing / extra key or a wrong shape: nothing is written.
+    """
+    import json
+
+    from . import __version__
+    from .models.ditto import FILES
+    from .safe_pickle import DittoConfig
+
+    snapshot, output = Path(snapshot), Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"output {output} exists; pass --overwrite to replace it")
+    if not snapshot.is_dir():
+        raise InputError(f"{snapshot} is not a folder; give the folder of HF digital-avatar/ditto-talkinghead "
+                         f"(holding ditto_cfg/ and ditto_pytorch/)")
+    wanted = ([DITTO_CFG] + [f"{DITTO_MODELS}/{f}" for f in FILES.values()]
+              + [f"{DITTO_AUX}/{f}" for f in DITTO_AUX_FILES])
+    absent = [p for p in wanted if not (snapshot / p).is_file()]
+    if absent:
+        more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+        raise InputError(f"{snapshot} lacks {absent[0]}{more}: give the folder of HF digital-avatar/ditto-talkinghead, "
+                         f"or run 'avatar weights download ditto'")
+    try:
+        cfg = DittoConfig.from_pickle(snapshot / DITTO_CFG)
+    except WeightsError as err:  # refused (a global that could run code) or malformed: bad input
+        raise InputError(str(err)) from None
+    reports, ignored = check_ditto_models(snapshot / DITTO_MODELS, arch)
+
+    how = {"linked": 0, "copied": 0}
+    with _atomic_dir(output) as tmp:
+        tmp.mkdir(parents=True)
+        cfg.save(tmp)
+        for sub, source, names in (("models", DITTO_MODELS, FILES.values()),
+                                   ("aux_models", DITTO_AUX, DITTO_AUX_FILES)):
+            (tmp / sub).mkdir()
+            for name in names:
+                how[_link_or_copy(snapshot / source / name, tmp / sub / name)] += 1
+        index = {"family": "ditto", "preset": arch, "avatar_cli_version": __version__, "source": str(snapshot),
+                 "cfg": sorted(p.name for p in tmp.glob("ditto_cfg.*")),
+                 "models": {attr: f"models/{name}" for attr, name in FILES.items()},
+                 "aux_models": [f"aux_models/{name}" for name in DITTO_AUX_FILES]}
+        (tmp / "avatar_index.json").write_text(json.dumps(index, indent=2) + "\n")  # models.bundle.INDEX_FILE
+    notes = {"files": how, "cfg_arrays": {k: list(v.shape) for k, v in cfg.arrays().items()}}
+    return ConversionReport(str(output), reports, ignored, notes)

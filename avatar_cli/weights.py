@@ -5,6 +5,12 @@ resumable, cached by revision in the standard Hugging Face cache (HF_HOME / HF_H
 HF_ENDPOINT and HF_TOKEN respected. Every downloaded file is hashed: a sha256 that differs from the
 manifest's deletes the file; a file whose sha256 the manifest cannot know is recorded on first
 download (trust on first use) in ``$AVATAR_HOME/trusted-sha256.json`` and checked from then on.
+A file whose size differs from the manifest's fails before any hash is recorded.
+
+Revisions are 40-hex commits. Where none is known, an entry may say ``revision = "main"`` with a
+``revision_note``: the first download resolves it to a commit (the Hub's ``X-Repo-Commit``), prints it
+and records it in the same file; downloads, lookups and first-use hashes then stay at that commit
+(:func:`effective_revision`).
 
 Where a component is looked for, in order:
 1. ``<local_dir>/<name>/`` when ``local_dir`` is given, else ``$AVATAR_WEIGHTS_DIR/<name>/`` when set
@@ -17,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,13 +34,19 @@ from .errors import InputError, WeightsError
 MANIFEST_ENV = "AVATAR_MANIFEST"
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
 @dataclass(frozen=True)
 class WeightFile:
-    """One file of a component: path inside the repo, size in bytes and sha256 (None = unknown)."""
+    """One file of a component: path inside the repo, size in bytes and sha256 (None = unknown), and
+    ``licence`` where the file's licence differs from its component's (e.g. a non-commercial model
+    inside an Apache-2.0 set)."""
 
     path: str
     size: int | None = None
     sha256: str | None = None
+    licence: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,12 +63,41 @@ class Component:
     reason: str = ""
     files: tuple[WeightFile, ...] = ()
     sha256_note: str = ""
+    licence_short: str = ""
+    revision_note: str = ""
 
     @property
     def size(self) -> int | None:
         """Total bytes, or None when a file's size is unknown."""
         sizes = [f.size for f in self.files]
         return None if not sizes or any(s is None for s in sizes) else sum(sizes)
+
+    @property
+    def known_size(self) -> int:
+        """Bytes of the files whose size is known (a lower bound of the total when some are not)."""
+        return sum(f.size or 0 for f in self.files)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether ``revision`` is a full 40-hex commit id (else a branch such as "main")."""
+        return bool(self.revision and _COMMIT.fullmatch(self.revision))
+
+    @property
+    def short_licence(self) -> str:
+        """A short licence name for tables: ``licence_short``, else the licence up to its first
+        " (" or ";" ("-" for none)."""
+        if self.licence_short:
+            return self.licence_short
+        return re.split(r" \(|;", self.licence, maxsplit=1)[0].strip() or "-"
+
+    def licence_notes(self) -> str:
+        """One line naming the files whose own licence differs from the component's (``""`` if none),
+        e.g. ``"det_10g.onnx, 2d106det.onnx: InsightFace, non-commercial research only"``."""
+        groups: dict[str, list[str]] = {}
+        for f in self.files:
+            if f.licence:
+                groups.setdefault(f.licence, []).append(Path(f.path).name)
+        return "; ".join(f"{', '.join(names)}: {licence}" for licence, names in groups.items())
 
 
 def manifest_path(path: str | Path | None = None) -> Path:
@@ -83,17 +125,23 @@ def load_manifest(path: str | Path | None = None) -> dict[str, Component]:
         if not isinstance(entry, dict):
             continue
         try:
-            files = tuple(WeightFile(f["path"], f.get("size"), f.get("sha256") or None) for f in entry.get("files", []))
+            files = tuple(WeightFile(f["path"], f.get("size"), f.get("sha256") or None, f.get("licence", ""))
+                          for f in entry.get("files", []))
             components[name] = Component(
                 name=name, description=entry["description"], repo_id=entry.get("repo_id"),
                 revision=entry.get("revision"), licence=entry["licence"], used_by=tuple(entry.get("used_by", [])),
                 available=bool(entry["available"]), reason=entry.get("reason", ""), files=files,
-                sha256_note=entry.get("sha256_note", ""),
+                sha256_note=entry.get("sha256_note", ""), licence_short=entry.get("licence_short", ""),
+                revision_note=entry.get("revision_note", ""),
             )
         except (KeyError, TypeError) as err:
             raise WeightsError(f"weights manifest {source}: entry [{name}] lacks or mistypes {err}") from None
-        if components[name].available and not (components[name].repo_id and components[name].revision and files):
+        c = components[name]
+        if c.available and not (c.repo_id and c.revision and files):
             raise WeightsError(f"weights manifest {source}: available entry [{name}] needs repo_id, revision, files")
+        if c.available and not c.pinned and not c.revision_note:
+            raise WeightsError(f"weights manifest {source}: entry [{name}] has revision {c.revision!r}, not a 40-hex "
+                               f"commit; pin a commit, or say why none is known in a revision_note")
     return components
 
 
@@ -141,7 +189,8 @@ def installed_path(component: Component, local_dir: str | Path | None = None) ->
         return root / component.name
     from huggingface_hub import try_to_load_from_cache
 
-    found = [try_to_load_from_cache(component.repo_id, f.path, cache_dir=_hub_cache(), revision=component.revision)
+    revision = effective_revision(component)
+    found = [try_to_load_from_cache(component.repo_id, f.path, cache_dir=_hub_cache(), revision=revision)
              for f in component.files]
     if all(isinstance(p, str) for p in found):
         first, rel = Path(found[0]), component.files[0].path
@@ -181,7 +230,25 @@ def _trusted() -> dict[str, str]:
 
 
 def _trust_key(component: Component, f: WeightFile) -> str:
-    return f"{component.repo_id}@{component.revision}:{f.path}"
+    return f"{component.repo_id}@{effective_revision(component)}:{f.path}"
+
+
+def _revision_key(component: Component) -> str:
+    return f"{component.repo_id}@{component.revision}"
+
+
+def effective_revision(component: Component) -> str | None:
+    """The revision files are fetched and looked up at: the manifest's commit when pinned; for a
+    floating revision (``"main"`` with a ``revision_note``) the commit it resolved to on the first
+    download (recorded in ``$AVATAR_HOME/trusted-sha256.json``), else the branch name itself."""
+    if component.pinned or not component.revision:
+        return component.revision
+    recorded = _trusted().get(_revision_key(component))
+    return recorded if recorded and _COMMIT.fullmatch(recorded) else component.revision
+
+
+def _record_revision(component: Component, commit: str) -> None:
+    _store(_revision_key(component), commit)
 
 
 def expected_sha256(component: Component, f: WeightFile) -> tuple[str | None, str]:
@@ -193,8 +260,12 @@ def expected_sha256(component: Component, f: WeightFile) -> tuple[str | None, st
 
 
 def _record(component: Component, f: WeightFile, digest: str) -> None:
+    _store(_trust_key(component, f), digest)
+
+
+def _store(key: str, value: str) -> None:
     store = _trusted()
-    store[_trust_key(component, f)] = digest
+    store[key] = value
     path = _trust_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -236,7 +307,10 @@ class VerifyReport:
 
 def download(component: Component, local_dir: str | Path | None = None, quiet: bool = False,
              log=print) -> tuple[Path, list[FileReport]]:
-    """Download a component's files at its pinned revision and check their sha256.
+    """Download a component's files at its pinned revision and check their sizes and sha256.
+
+    A floating revision (``"main"``, allowed only with a ``revision_note``) is resolved to a commit
+    on the first download (:func:`_resolve_revision`), recorded and printed; later calls stay there.
 
     Args:
         component: an available manifest entry.
@@ -267,11 +341,14 @@ def download(component: Component, local_dir: str | Path | None = None, quiet: b
         disable_progress_bars()
     verbosity = hub_logging.get_verbosity()
     hub_logging.set_verbosity_error()  # no "Retrying in 4s" lines: a failure ends in one line of ours
+    revision = effective_revision(component)
     try:
+        if not _COMMIT.fullmatch(revision) and not _offline():
+            revision = _resolve_revision(component, log)
         for f in component.files:
             try:
                 path = Path(hf_hub_download(
-                    component.repo_id, f.path, revision=component.revision, cache_dir=_hub_cache(),
+                    component.repo_id, f.path, revision=revision, cache_dir=_hub_cache(),
                     local_dir=target, endpoint=os.environ.get("HF_ENDPOINT") or None,
                     local_files_only=_offline()))
             except GatedRepoError:
@@ -287,7 +364,7 @@ def download(component: Component, local_dir: str | Path | None = None, quiet: b
                                    f"the network (or HF_ENDPOINT), or download on a connected machine with --local-dir "
                                    f"and set AVATAR_WEIGHTS_DIR here") from None
             except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
-                raise WeightsError(f"{component.repo_id}@{component.revision} has no {f.path} "
+                raise WeightsError(f"{component.repo_id}@{revision} has no {f.path} "
                                    f"({type(err).__name__}); the manifest entry [{component.name}] is out of date") from None
             except (HfHubHTTPError, OSError) as err:
                 raise WeightsError(f"downloading {component.name}/{f.path} failed: "
@@ -304,7 +381,45 @@ def download(component: Component, local_dir: str | Path | None = None, quiet: b
     return path.parents[len(Path(component.files[-1].path).parts) - 1], reports
 
 
+def _resolve_revision(component: Component, log=print) -> str:
+    """The commit a floating revision (e.g. "main") points to now, asked of the hub (a HEAD request
+    for the first file: its ``X-Repo-Commit``), recorded so that later downloads, lookups and
+    first-use hashes stay at that commit, and printed (pin it in the manifest).
+
+    Raises:
+        WeightsError: the hub cannot be reached, or does not know the repo, revision or file.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    first = component.files[0].path
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(component.repo_id, first, revision=component.revision,
+                                               endpoint=endpoint), endpoint=endpoint)
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+        raise WeightsError(f"{component.repo_id}@{component.revision} has no {first} ({type(err).__name__}); "
+                           f"the manifest entry [{component.name}] is out of date") from None
+    except Exception as err:  # noqa: BLE001 - connection refused, DNS, timeout, HTTP errors: one line
+        where = endpoint or "https://huggingface.co"
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsError(f"cannot reach {where} to resolve {component.repo_id}@{component.revision} ({detail}): "
+                           f"check the network (or HF_ENDPOINT), or download on a connected machine with "
+                           f"--local-dir and set AVATAR_WEIGHTS_DIR here") from None
+    commit = meta.commit_hash
+    if not commit or not _COMMIT.fullmatch(commit):
+        raise WeightsError(f"{component.repo_id}@{component.revision}: the hub gave no commit id; cannot pin it")
+    _record_revision(component, commit)
+    log(f"{component.name}: {component.repo_id}@{component.revision} resolved to commit {commit} (recorded in "
+        f"{_trust_file()}; downloads and checks stay at it)")
+    return commit
+
+
 def _check(component: Component, f: WeightFile, path: Path, record: bool, log=print) -> FileReport:
+    if not path.is_file():
+        return FileReport(component.name, f.path, "missing", "not on disk")
+    if f.size is not None and path.stat().st_size != f.size:  # also before a first-use hash is recorded
+        return FileReport(component.name, f.path, "mismatch", f"size {path.stat().st_size} != {f.size}")
     digest = sha256_file(path)
     expected, source = expected_sha256(component, f)
     if expected is None:
@@ -316,8 +431,6 @@ def _check(component: Component, f: WeightFile, path: Path, record: bool, log=pr
     if digest != expected:
         return FileReport(component.name, f.path, "mismatch",
                           f"sha256 {digest[:12]}... differs from the {source} {expected[:12]}...", digest)
-    if f.size is not None and path.stat().st_size != f.size:
-        return FileReport(component.name, f.path, "mismatch", f"size {path.stat().st_size} != {f.size}", digest)
     return FileReport(component.name, f.path, "ok", source, digest)
 
 

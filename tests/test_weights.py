@@ -41,12 +41,14 @@ def test_the_built_wheel_ships_the_manifest(tmp_path):
 def test_shipped_manifest_is_complete_and_honest():
     manifest = w.load_manifest()
     for name in ("sd-vae-ft-mse", "sd15-unet", "wav2vec2-base-960h", "animatediff-mm-sd-v15-v2", "taesd",
-                 "hallo", "hallo-face-analysis", "hallo-audio-separator", "osa-lcm", "fada"):
+                 "hallo", "hallo-face-analysis", "hallo-audio-separator", "ditto", "osa-lcm", "fada"):
         assert name in manifest, name
     for c in manifest.values():
         assert c.licence and c.description and c.used_by
+        assert len(c.short_licence) <= 14, (c.name, c.short_licence)  # the 80-column table
         if c.available:
-            assert re.fullmatch(r"[0-9a-f]{40}", c.revision), (c.name, c.revision)  # pinned, not "main"
+            # pinned; "main" only where no commit is known and a note says so (resolved on first download)
+            assert re.fullmatch(r"[0-9a-f]{40}", c.revision) or (c.revision == "main" and c.revision_note), c.name
             assert c.files and c.repo_id
             for f in c.files:
                 assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)

@@ -1,4 +1,4 @@
-"""``avatar weights``: list, download, verify, path, convert (manifest: weights.toml)."""
+"""``avatar weights``: list, show, download, verify, path, convert (manifest: weights.toml)."""
 
 from __future__ import annotations
 
@@ -23,42 +23,146 @@ LocalDirOption = Annotated[Optional[Path], typer.Option(
     "instead of the Hugging Face cache.", show_default=False)]
 
 
-@weights_app.command("list", epilog="[bold]Examples[/bold]\n\n  avatar weights list\n\n  avatar weights list --json\n\n  AVATAR_WEIGHTS_DIR=/media/usb/avatar-weights avatar weights list")
+def _size_text(c) -> str:
+    """A component's size for tables: "335.1 MB"; ">9.8 MB" when some file sizes are unknown (the
+    known part, if at least 1 MB); "?" otherwise; "-" for entries without public weights."""
+    from rich.filesize import decimal
+
+    if not c.available:
+        return "-"
+    if c.size is not None:
+        return decimal(c.size)
+    return f">{decimal(c.known_size)}" if c.known_size >= 1_000_000 else "?"  # not ">455 bytes" for GBs
+
+
+def _row(c, path) -> dict:
+    return {"name": c.name, "description": c.description, "repo_id": c.repo_id, "revision": c.revision,
+            "revision_note": c.revision_note or None, "size_bytes": c.size, "known_size_bytes": c.known_size,
+            "licence": c.licence, "licence_short": c.short_licence, "licence_notes": c.licence_notes() or None,
+            "available": c.available, "reason": c.reason or None, "installed": path is not None,
+            "path": None if path is None else str(path), "used_by": list(c.used_by)}
+
+
+MARKERS = {"installed": "[green]●[/green]", "available": "○", "none": "[red]✗[/red]"}
+
+
+@weights_app.command("list", epilog="[bold]Examples[/bold]\n\n  avatar weights list\n\n  avatar weights list --json\n\n  avatar weights show ditto\n\n  AVATAR_WEIGHTS_DIR=/media/usb/avatar-weights avatar weights list")
 def weights_list(
+    manifest: ManifestOption = None,
+    local_dir: LocalDirOption = None,
+    long: Annotated[bool, typer.Option("--long", "-l", help="The wide table: full licence, path or reason.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every manifest entry, one line each: installed or not, size, short licence, description.
+
+    Markers: ● installed, ○ available, ✗ no public weights. The full licence, files, sizes and path
+    of one entry: [bold]avatar weights show NAME[/bold]; the former wide table: --long.
+    """
+    from .. import weights as w
+
+    entries = [(c, w.installed_path(c, local_dir)) for c in w.load_manifest(manifest).values()]
+    if as_json:
+        typer.echo(json.dumps([_row(c, path) for c, path in entries]))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    if long:
+        table = Table(title="avatar-cli weights")
+        table.add_column("name", no_wrap=True)
+        table.add_column("size", no_wrap=True, justify="right")
+        table.add_column("licence", overflow="fold", max_width=24)
+        table.add_column("available")
+        table.add_column("installed")
+        table.add_column("path / reason", overflow="fold", min_width=30)
+        for c, path in entries:
+            table.add_row(c.name, _size_text(c), c.licence, "yes" if c.available else "[red]no[/red]",
+                          "[green]yes[/green]" if path is not None else "no",
+                          str(path) if path is not None else c.reason or "")
+        Console().print(table)
+        return
+    # one line per entry: every column but the description as wide as its widest cell (names are
+    # typed by users, never cut), the description takes what is left and ends in an ellipsis
+    console = Console()
+    rows = [(MARKERS["installed" if path is not None else "available" if c.available else "none"], c.name,
+             _size_text(c), c.short_licence, c.description) for c, path in entries]
+    widths = [1] + [max(len(h), *(len(r[i]) for r in rows)) for i, h in ((1, "name"), (2, "size"), (3, "licence"))]
+    rest = max(10, console.width - sum(widths) - len(widths))
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 1, 0, 0),
+                  caption="● installed  ○ available  ✗ not public     details: avatar weights show NAME",
+                  caption_justify="left")
+    for (header, justify), width in zip((("", "left"), ("name", "left"), ("size", "right"), ("licence", "left")),
+                                        widths):
+        table.add_column(header, no_wrap=True, width=width, justify=justify)
+    table.add_column("description", no_wrap=True, overflow="ellipsis", width=rest)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@weights_app.command("show", epilog="[bold]Examples[/bold]\n\n  avatar weights show ditto\n\n  avatar weights show hallo --json")
+def weights_show(
+    name: Annotated[str, typer.Argument(help="Component name.", show_default=False)],
     manifest: ManifestOption = None,
     local_dir: LocalDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show every manifest entry: size, licence, availability, whether and where it is installed."""
+    """One entry in full: licences, revision, files with sizes and hashes, where it is.
+
+    Repo and revision (with the commit a floating revision resolved to), the full licence and each
+    file's own licence where it differs, what it feeds, every file with its size and sha256 (from the
+    manifest, recorded on first download, or unknown), and the path or why it is not available.
+    """
     from .. import weights as w
 
-    rows = []
-    for c in w.load_manifest(manifest).values():
-        path = w.installed_path(c, local_dir)
-        rows.append({"name": c.name, "description": c.description, "repo_id": c.repo_id, "revision": c.revision,
-                     "size_bytes": c.size, "licence": c.licence, "available": c.available,
-                     "reason": c.reason or None, "installed": path is not None,
-                     "path": None if path is None else str(path), "used_by": list(c.used_by)})
+    (c,) = w.select(w.load_manifest(manifest), [name])
+    path = w.installed_path(c, local_dir)
+    info = _row(c, path)
+    info["effective_revision"] = w.effective_revision(c) if c.available else None
+    info["sha256_note"] = c.sha256_note or None
+    files = []
+    for f in c.files:
+        sha, source = w.expected_sha256(c, f)
+        files.append({"path": f.path, "size_bytes": f.size, "sha256": sha, "sha256_source": source,
+                      "licence": f.licence or None})
+    info["files"] = files
     if as_json:
-        typer.echo(json.dumps(rows))
+        typer.echo(json.dumps(info))
         return
     from rich.console import Console
     from rich.filesize import decimal
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="avatar-cli weights")
-    table.add_column("name", no_wrap=True)
-    table.add_column("size", no_wrap=True, justify="right")
-    table.add_column("licence", overflow="fold", max_width=12)
-    table.add_column("available")
-    table.add_column("installed")
-    table.add_column("path / reason", overflow="fold", min_width=30)
-    for r in rows:
-        size = decimal(r["size_bytes"]) if r["size_bytes"] else ("?" if r["available"] else "-")
-        table.add_row(r["name"], size, r["licence"],
-                      "yes" if r["available"] else "[red]no[/red]", "[green]yes[/green]" if r["installed"] else "no",
-                      r["path"] or r["reason"] or "")
-    Console().print(table)
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
+    status = ("installed: " + str(path)) if path is not None else \
+        (f"not installed ('avatar weights download {c.name}')" if c.available else f"no public weights: {c.reason}")
+    revision = c.revision or "-"
+    if c.available and not c.pinned:
+        resolved = w.effective_revision(c)
+        revision += f" (resolved to {resolved})" if resolved != c.revision else " (not resolved yet)"
+    for key, value in (("name", c.name), ("description", c.description), ("status", status),
+                       ("repo", f"{c.repo_id} @ {revision}" if c.repo_id else ""), ("revision note", c.revision_note),
+                       ("size", _size_text(c) + ("" if c.size is not None or not c.available else
+                                                 " (some sizes are not published)")),
+                       ("licence", c.licence), ("per file", c.licence_notes()), ("used by", ", ".join(c.used_by)),
+                       ("sha256", c.sha256_note)):
+        if value:
+            head.add_row(key, escape(value))
+    console = Console()
+    console.print(head)
+    if c.files:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        table.add_column("file", overflow="fold")
+        table.add_column("size", justify="right", no_wrap=True)
+        table.add_column("sha256", no_wrap=True)
+        for f, row in zip(c.files, files):
+            sha = f"{row['sha256'][:12]}… ({row['sha256_source']})" if row["sha256"] else row["sha256_source"]
+            label = f.path + (f" [dim]({escape(f.licence)})[/dim]" if f.licence else "")
+            table.add_row(label, decimal(f.size) if f.size is not None else "?", sha)
+        console.print(table)
 
 
 @weights_app.command("download", epilog="[bold]Examples[/bold]\n\n  avatar weights download hallo\n\n  avatar weights download sd-vae-ft-mse wav2vec2-base-960h --quiet\n\n  avatar weights download --all --local-dir /media/usb/avatar-weights")
@@ -84,10 +188,13 @@ def weights_download(
     for c in chosen:
         path, reports = w.download(c, local_dir, quiet=quiet or as_json, log=lambda m: note(m, False))
         if as_json:
-            typer.echo(json.dumps({"name": c.name, "path": str(path),
+            typer.echo(json.dumps({"name": c.name, "path": str(path), "revision": w.effective_revision(c),
+                                   "licence_notes": c.licence_notes() or None,
                                    "files": [{"path": r.path, "status": r.status, "sha256": r.sha256} for r in reports]}))
         else:
             note(f"{c.name}: {len(reports)} file(s) verified in {path}", quiet)
+            if c.licence_notes():  # not silenced by --quiet: it limits what the files may be used for
+                note(f"{c.name}: licence: {c.licence_notes()} ('avatar weights show {c.name}')")
 
 
 @weights_app.command("verify", epilog="[bold]Examples[/bold]\n\n  avatar weights verify\n\n  avatar weights verify hallo --json")
@@ -143,17 +250,18 @@ def weights_path(
 class Source(str, Enum):
     sd15 = "sd15"
     hallo = "hallo"
+    ditto = "ditto"
 
 
-@weights_app.command("convert", epilog="[bold]Examples[/bold]\n\n  avatar weights convert --from hallo\n\n  avatar weights convert --from hallo net.pth --vae sd-vae-ft-mse --wav2vec2 wav2vec2-base-960h -o ./hallo-weights\n\n  avatar weights convert --from sd15 v1-5-pruned.safetensors --motion-module mm_sd_v15_v2.ckpt -o ./weights")
+@weights_app.command("convert", epilog="[bold]Examples[/bold]\n\n  avatar weights convert --from hallo\n\n  avatar weights convert --from ditto\n\n  avatar weights convert --from ditto ./ditto-talkinghead -o ./ditto-weights\n\n  avatar weights convert --from hallo net.pth --vae sd-vae-ft-mse --wav2vec2 wav2vec2-base-960h -o ./hallo-weights\n\n  avatar weights convert --from sd15 v1-5-pruned.safetensors --motion-module mm_sd_v15_v2.ckpt -o ./weights")
 def weights_convert(
     source: Annotated[Source, typer.Option("--from", help="What the checkpoint is.", show_default=False)],
     checkpoint: Annotated[Optional[Path], typer.Argument(
-        help="sd15: the single-file checkpoint; hallo: hallo/net.pth",
-        show_default="the installed 'hallo' component's")] = None,
+        help="sd15: the single-file checkpoint; hallo: hallo/net.pth; ditto: the repo folder (ditto_cfg/, "
+        "ditto_pytorch/)", show_default="the installed 'hallo' / 'ditto' component's")] = None,
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Folder to write [default for hallo: $AVATAR_HOME/converted/hallo, which render "
-        "uses without --weights]", show_default=False)] = None,
+        "--output", "-o", help="Folder to write [default for hallo and ditto: $AVATAR_HOME/converted/NAME, "
+        "which render uses without --weights]", show_default=False)] = None,
     motion_module: Annotated[Optional[Path], typer.Option(
         help="sd15: an AnimateDiff motion-module file (mm_sd_v15_v2.ckpt layout).", show_default=False)] = None,
     vae: Annotated[Optional[Path], typer.Option(help="hallo: its sd-vae-ft-mse folder.", show_default=False)] = None,
@@ -161,6 +269,7 @@ def weights_convert(
                                                      show_default=False)] = None,
     arch: Annotated[Arch, typer.Option(help="Architecture the checkpoint has.")] = Arch.full,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    manifest: ManifestOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the key report as JSON.")] = False,
 ) -> None:
     """Convert public checkpoints into the project's folder layout, reporting every key.
@@ -173,10 +282,40 @@ def weights_convert(
     folder for --model hallo, with zero missing and zero unexpected keys. Without arguments it reads
     the installed 'hallo' component (avatar weights download hallo).
 
+    [bold]--from ditto[/bold] [DIR]: Ditto's PyTorch release (HF digital-avatar/ditto-talkinghead) ->
+    ditto_cfg.json + .safetensors (the cfg pickle, read without running code), models/ (the six .pth,
+    every key checked), aux_models/ (HuBERT, face and eye models); hard links where possible.
+    Without DIR it reads the installed 'ditto' component (avatar weights download ditto).
+
     Fails on any key that fits nowhere.
     """
-    from ..convert import convert_hallo, convert_sd15
+    from ..convert import convert_ditto, convert_hallo, convert_sd15
 
+    if source is Source.ditto:
+        from .. import weights as w
+
+        if checkpoint is None:
+            component = w.load_manifest(manifest).get("ditto")
+            checkpoint = w.installed_path(component) if component is not None else None
+            if checkpoint is None:
+                raise InputError("give the folder of Ditto's files (ditto_cfg/, ditto_pytorch/), or download them "
+                                 "first ('avatar weights download ditto')")
+        output = output or w.converted_dir("ditto")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        report = convert_ditto(checkpoint, output, arch=arch.value, overwrite=overwrite)
+        if as_json:
+            typer.echo(json.dumps(report.to_dict()))
+            return
+        for c in report.components:
+            typer.echo(f"{c.name}: {c.loaded} keys checked, 0 missing, 0 unexpected")
+        arrays = ", ".join(f"{k} {tuple(v)}" for k, v in report.notes["cfg_arrays"].items()) or "no arrays"
+        typer.echo(f"cfg: ditto_cfg.json ({arrays})")
+        for what, n in report.ignored.items():
+            typer.echo(f"ignored: {n} {what}")
+        files = report.notes["files"]
+        note(f"wrote {report.output} ({files['linked']} file(s) hard-linked, {files['copied']} copied); "
+             f"render with --model ditto")
+        return
     if source is Source.sd15:
         if checkpoint is None or output is None:
             raise InputError("--from sd15 needs the checkpoint file and -o DIR")
@@ -186,7 +325,7 @@ def weights_convert(
         from .. import weights as w
 
         if checkpoint is None or vae is None or wav2vec2 is None:
-            component = w.load_manifest().get("hallo")
+            component = w.load_manifest(manifest).get("hallo")
             root = w.installed_path(component) if component is not None else None
             if root is None:
                 raise InputError("give Hallo's net.pth, --vae DIR and --wav2vec2 DIR, or download them first "
