@@ -14,18 +14,28 @@ from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
 from .common import Arch, ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, note, progress, signals_interrupt
 
 RENDER_EPILOG = """\
-[bold]Models[/bold] (--model: which weights) and their default [bold]methods[/bold] (--method: how they are sampled; NFE = U-Net evaluations per clip)
+[bold]Models[/bold] (--model: which weights, and the method each uses by default)
 
-  osa-lcm   an OSA-LCM student     osa-lcm: LCM, 1 step, no guidance                 NFE 1
-                                   adv-lcm: LCM, --steps 2 (default) or 4            NFE 2 / 4
-  fada      a FADA student         fada: PeRFlow 6 steps (2,2,1,1), CFG tokens        NFE 6
-                                   fada-balanced: PeRFlow 6 steps, 3-way multi-CFG    NFE 18
-  teacher   the teacher            teacher: DDIM 25 steps, multi-CFG (batch of 3)     NFE 75
-  hallo     Hallo's checkpoint     hallo: DDIM 40 steps, CFG 3.5 (batch of 2)         NFE 80
+  osa-lcm   an OSA-LCM student ('avatar distill osa-lcm')         osa-lcm
+  fada      a FADA student with CFG tokens ('avatar distill fada')  fada
+  teacher   the multi-step teacher ('avatar train teacher')         teacher
+  hallo     Hallo's checkpoint ('avatar weights convert --from hallo')  hallo
+  ditto     Ditto's checkpoint ('avatar weights download ditto')    ditto
 
+[bold]Methods[/bold] (--method; NFE = denoiser evaluations per clip)
+
+  osa-lcm        OSA-LCM: LCM, 1 step, no guidance                 NFE 1
+  adv-lcm        Adv-LCM: LCM, --steps 2 (default) or 4            NFE 2 / 4
+  fada           FADA Fast: PeRFlow 6 steps (2,2,1,1), CFG tokens   NFE 6
+  fada-balanced  FADA Balanced: PeRFlow 6 steps, 3-way multi-CFG    NFE 18
+  teacher        DDIM 25 steps, 3-way multi-CFG (batch of 3)       NFE 75
+  hallo          Hallo: DDIM 40 steps, CFG 3.5 (batch of 2)         NFE 80
+  ditto          Ditto: motion DiT, DDIM 10 steps, CFG 2            NFE 20 per 80-frame window
+
+The U-Net methods apply to the U-Net models (osa-lcm, fada, teacher, hallo); ditto to --model ditto.
 --model adv-lcm and --model fada-balanced are shorthands for --model osa-lcm --method adv-lcm and
 --model fada --method fada-balanced. Guidance defaults (--guidance-audio / --guidance-ref): fada 6.5 / 2.0,
-fada-balanced and teacher 6.5 / 2.5; hallo --guidance-scale 3.5.
+fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2.
 
 [bold]Hallo[/bold] (--model hallo, weights from 'avatar weights convert --from hallo'): the face is found with MediaPipe (the face extra) or --face-box; its ArcFace embedding comes from InsightFace (the arcface extra), --face-embedding FILE.npy, or --no-face-embedding.
 
@@ -33,6 +43,7 @@ fada-balanced and teacher 6.5 / 2.5; hallo --guidance-scale 3.5.
 
 [bold]Examples[/bold]
 
+  avatar render portrait.png speech.wav --model ditto -o talk.mp4          [dim]# real face (Ditto's weights)[/dim]
   avatar render portrait.png speech.wav --model hallo -o talk.mp4          [dim]# real face (converted Hallo weights)[/dim]
   avatar render face.png voice.wav --weights ./hallo --model hallo --method adv-lcm --steps 4
   avatar render face.jpg speech.mp3 --random-weights --arch tiny --size 128 [dim]# fast CPU preview of the pipeline[/dim]
