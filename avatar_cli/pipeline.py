@@ -1,4 +1,4 @@
-"""The render pipeline: portrait + speech -> frames -> mp4. Owns the clip loop (DESIGN sec. 1).
+"""The render pipeline: portrait + speech -> frames -> mp4. Owns the clip loop (docs/architecture.md, "Data flow").
 
 Data flow::
 
@@ -434,7 +434,7 @@ class AvatarPipeline:
                 motion_features = null_motion = None
                 if motion_count and method.guidance == "cfg" and not torch.equal(face_tokens, null_tokens):
                     # Hallo's reference net pairs motion frames with alternating face tokens
-                    # (DESIGN sec. 7): reproduce that pairing for each branch.
+                    # (docs/hallo.md, "What runs"): reproduce that pairing for each branch.
                     motion_features = self._reference_features(motion, _alternating(face_tokens, null_tokens, 1))
                     null_motion = self._reference_features(motion, _alternating(face_tokens, null_tokens, 0))
                 elif motion_count:
