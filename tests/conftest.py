@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared test data, a tiny random-weight pipeline, and an mp4 reader."""
+"""Common fixtures: the small real inputs in tests/data, a tiny random-weight pipeline, and an mp4 reader."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """../shared/data (real portraits and speech, see SOURCES.md there); skips when absent."""
-    if not (SHARED / "astronaut.png").exists():
-        pytest.skip(f"shared test data not found at {SHARED} (expected ../shared/data beside the checkout)")
-    return SHARED
+def test_data() -> Path:
+    """tests/data: small real inputs shipped with the repository (see tests/data/README.md):
+    astronaut.png (256x256 RGB portrait), cat_chelsea.png (226x150 RGB, no human face),
+    cameraman_gray.png (256x256 grayscale), speech_espeak.wav (4.0 s mono 16 kHz),
+    speech_espeak_48k.wav (2.33 s mono 48 kHz)."""
+    return DATA
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,10 @@ TINY = ["--random-weights", "--arch", "tiny", "--size", "64"]
 
 
 @pytest.fixture()
-def media(tmp_path, shared_data):
+def media(tmp_path, test_data):
     """Short speech files and an output folder in a scratch folder."""
     for name, seconds in (("one.wav", 0.6), ("two.wav", 0.9)):
-        ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", str(seconds), str(tmp_path / name))
+        ffmpeg("-i", str(test_data / "speech_espeak.wav"), "-t", str(seconds), str(tmp_path / name))
     (tmp_path / "out").mkdir()
     return tmp_path
 
@@ -36,10 +36,10 @@ def _results(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def test_csv_jobs_render_with_per_job_options_and_report(media, shared_data, capsys):
-    img = shared_data / "astronaut.png"
+def test_csv_jobs_render_with_per_job_options_and_report(media, test_data, capsys):
+    img = test_data / "astronaut.png"
     jobs = _write_jobs(media, [f"{img},one.wav,out/a.mp4,1", f"{img},two.wav,out/b.mp4,",
-                               f"{shared_data / 'cat_chelsea.png'},one.wav,out/c.mp4,3"])
+                               f"{test_data / 'cat_chelsea.png'},one.wav,out/c.mp4,3"])
     assert main(["batch", str(jobs), "--json", *TINY]) == 0
     captured = capsys.readouterr()
     results = _results(captured.out)
@@ -55,8 +55,8 @@ def test_csv_jobs_render_with_per_job_options_and_report(media, shared_data, cap
     assert (media / "out" / "e.mp4").read_bytes() != (media / "out" / "a.mp4").read_bytes()
 
 
-def test_jsonl_and_headerless_stdin(media, shared_data, monkeypatch, capsys):
-    img = str(shared_data / "astronaut.png")
+def test_jsonl_and_headerless_stdin(media, test_data, monkeypatch, capsys):
+    img = str(test_data / "astronaut.png")
     jsonl = media / "jobs.jsonl"
     jsonl.write_text(json.dumps({"image": img, "audio": "one.wav", "output": "out/j.mp4", "seed": 5}) + "\n")
     assert main(["batch", str(jsonl), "--quiet", *TINY]) == 0 and (media / "out" / "j.mp4").is_file()
@@ -68,8 +68,8 @@ def test_jsonl_and_headerless_stdin(media, shared_data, monkeypatch, capsys):
     assert (media / "out" / "s.mp4").is_file() and (media / "stdin.ledger.jsonl").is_file()
 
 
-def test_a_bad_job_fails_alone_and_fail_fast_stops(media, shared_data, capsys):
-    img = shared_data / "astronaut.png"
+def test_a_bad_job_fails_alone_and_fail_fast_stops(media, test_data, capsys):
+    img = test_data / "astronaut.png"
     rows = [f"{img},missing.wav,out/a.mp4,", f"{media / 'one.wav'},one.wav,out/b.mp4,", f"{img},one.wav,out/c.mp4,"]
     jobs = _write_jobs(media, rows)
     assert main(["batch", str(jobs), "--json", "--quiet", *TINY]) == 1
@@ -82,8 +82,8 @@ def test_a_bad_job_fails_alone_and_fail_fast_stops(media, shared_data, capsys):
     assert [r["status"] for r in _results(capsys.readouterr().out)] == ["failed"]
 
 
-def test_resume_skips_finished_and_redoes_missing_or_altered(media, shared_data, capsys):
-    img = shared_data / "astronaut.png"
+def test_resume_skips_finished_and_redoes_missing_or_altered(media, test_data, capsys):
+    img = test_data / "astronaut.png"
     jobs = _write_jobs(media, [f"{img},one.wav,out/{n}.mp4," for n in "abc"])
     assert main(["batch", str(jobs), "--quiet", *TINY]) == 0
     (media / "out" / "b.mp4").unlink()
@@ -96,8 +96,8 @@ def test_resume_skips_finished_and_redoes_missing_or_altered(media, shared_data,
     assert "--resume or --overwrite" in capsys.readouterr().err
 
 
-def test_shards_split_the_jobs_without_overlap(media, shared_data, capsys):
-    img = shared_data / "astronaut.png"
+def test_shards_split_the_jobs_without_overlap(media, test_data, capsys):
+    img = test_data / "astronaut.png"
     jobs = _write_jobs(media, [f"{img},one.wav,out/{n}.mp4," for n in "abcde"])
     done = []
     for shard in ("0/2", "1/2"):
@@ -107,10 +107,10 @@ def test_shards_split_the_jobs_without_overlap(media, shared_data, capsys):
     assert main(["batch", str(jobs), "--shard", "2/2", *TINY]) == 2
 
 
-def test_the_models_load_once_and_a_portrait_is_encoded_once(media, shared_data):
-    img = shared_data / "astronaut.png"
+def test_the_models_load_once_and_a_portrait_is_encoded_once(media, test_data):
+    img = test_data / "astronaut.png"
     jobs = batchmod.read_jobs(_write_jobs(media, [f"{img},one.wav,out/{n}.mp4," for n in "ab"]
-                                          + [f"{shared_data / 'cat_chelsea.png'},one.wav,out/c.mp4,"]))
+                                          + [f"{test_data / 'cat_chelsea.png'},one.wav,out/c.mp4,"]))
     pipe = UNetPipeline.from_preset("tiny", device="cpu", dtype="float32")
     results = batchmod.run(pipe, jobs, RenderOptions(size=64), batchmod.Ledger(media / "l.jsonl"))
     assert [r.status for r in results] == ["ok"] * 3
@@ -129,21 +129,21 @@ def test_the_models_load_once_and_a_portrait_is_encoded_once(media, shared_data)
     ("image,audio,output,init\n{img},one.wav,out/a.mp4,sideways", "row 2, column init: --init must be"),
     ("image,audio,output,size\n{img},one.wav,out/a.mp4,100", "row 2, column size: --size"),
 ])
-def test_bad_jobs_files_are_usage_errors_naming_row_and_column(media, shared_data, capsys, content, words):
+def test_bad_jobs_files_are_usage_errors_naming_row_and_column(media, test_data, capsys, content, words):
     path = media / "jobs.csv"
     if content is not None:
-        path.write_text(content.format(img=shared_data / "astronaut.png"))
+        path.write_text(content.format(img=test_data / "astronaut.png"))
     assert main(["batch", str(path), *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
     assert list((media / "out").iterdir()) == []
 
 
-def test_truncated_weights_fail_with_a_clear_message(tmp_path, media, shared_data, capsys):
+def test_truncated_weights_fail_with_a_clear_message(tmp_path, media, test_data, capsys):
     AvatarModels.from_preset("tiny").save_pretrained(tmp_path / "w")
     blob = tmp_path / "w" / "denoising_unet" / "diffusion_pytorch_model.safetensors"
     blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
-    jobs = _write_jobs(media, [f"{shared_data / 'astronaut.png'},one.wav,out/a.mp4,"])
+    jobs = _write_jobs(media, [f"{test_data / 'astronaut.png'},one.wav,out/a.mp4,"])
     assert main(["batch", str(jobs), "--weights", str(tmp_path / "w"), "--size", "64"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot load weights" in err[0] and "Traceback" not in err[0]
@@ -153,10 +153,10 @@ def _avatar(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "avatar_cli", *args], **kwargs)
 
 
-def test_interrupt_during_the_second_job_then_resume(media, shared_data):
+def test_interrupt_during_the_second_job_then_resume(media, test_data):
     long = media / "long.wav"
-    ffmpeg("-stream_loop", "5", "-i", str(shared_data / "speech_espeak.wav"), str(long))  # ~60 s each
-    img = shared_data / "astronaut.png"
+    ffmpeg("-stream_loop", "14", "-i", str(test_data / "speech_espeak.wav"), str(long))  # 15 x 4 s each
+    img = test_data / "astronaut.png"
     jobs = _write_jobs(media, [f"{img},one.wav,out/first.mp4,", f"{img},long.wav,out/second.mp4,",
                                f"{img},long.wav,out/third.mp4,"])
     proc = _avatar("batch", str(jobs), *TINY, "--quiet", stderr=subprocess.PIPE, text=True)
@@ -176,11 +176,11 @@ def test_interrupt_during_the_second_job_then_resume(media, shared_data):
 
 
 @pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]], ids=["sigterm", "ctrl-c-twice"])
-def test_sigterm_and_a_second_ctrl_c_exit_130_leaving_no_partial_file(media, shared_data, signals):
+def test_sigterm_and_a_second_ctrl_c_exit_130_leaving_no_partial_file(media, test_data, signals):
     """SIGTERM cleans up like Ctrl-C; a second Ctrl-C exits at once, its temporary output removed too."""
     long = media / "long.wav"
-    ffmpeg("-stream_loop", "9", "-i", str(shared_data / "speech_espeak.wav"), str(long))  # ~100 s
-    jobs = _write_jobs(media, [f"{shared_data / 'astronaut.png'},long.wav,out/a.mp4,"])
+    ffmpeg("-stream_loop", "24", "-i", str(test_data / "speech_espeak.wav"), str(long))  # 25 x 4 s
+    jobs = _write_jobs(media, [f"{test_data / 'astronaut.png'},long.wav,out/a.mp4,"])
     proc = _avatar("batch", str(jobs), *TINY, "--quiet", stderr=subprocess.PIPE, text=True)
     wait_until_writing(proc, media / "out", "a.mp4")
     for sig in signals:
@@ -190,8 +190,8 @@ def test_sigterm_and_a_second_ctrl_c_exit_130_leaving_no_partial_file(media, sha
     assert list((media / "out").iterdir()) == []  # neither the output nor its temporary file
 
 
-def test_an_unexpected_error_fails_one_job_and_the_others_render(media, shared_data, monkeypatch, capsys):
-    img = shared_data / "astronaut.png"
+def test_an_unexpected_error_fails_one_job_and_the_others_render(media, test_data, monkeypatch, capsys):
+    img = test_data / "astronaut.png"
     jobs = _write_jobs(media, [f"{img},one.wav,out/a.mp4,", f"{img},two.wav,out/b.mp4,"])
     real = UNetPipeline.render_job
 
@@ -208,8 +208,8 @@ def test_an_unexpected_error_fails_one_job_and_the_others_render(media, shared_d
     assert sorted(p.name for p in (media / "out").iterdir()) == ["b.mp4"]
 
 
-def test_headerless_rows_with_a_missing_first_image_fail_that_job_only(media, shared_data, monkeypatch, capsys):
-    img = shared_data / "astronaut.png"
+def test_headerless_rows_with_a_missing_first_image_fail_that_job_only(media, test_data, monkeypatch, capsys):
+    img = test_data / "astronaut.png"
     monkeypatch.chdir(media)
     import io
 
@@ -219,8 +219,8 @@ def test_headerless_rows_with_a_missing_first_image_fail_that_job_only(media, sh
     assert [r["status"] for r in results] == ["failed", "ok"] and "missing.png" in results[0]["error"]
 
 
-def test_devices_from_stdin_keep_every_column(media, shared_data, monkeypatch):
-    img = shared_data / "astronaut.png"
+def test_devices_from_stdin_keep_every_column(media, test_data, monkeypatch):
+    img = test_data / "astronaut.png"
     monkeypatch.chdir(media)
     import io
 
@@ -231,8 +231,8 @@ def test_devices_from_stdin_keep_every_column(media, shared_data, monkeypatch):
     assert probe(media / "out" / "a.mp4")["width"] == 128 and probe(media / "out" / "b.mp4")["width"] == 64
 
 
-def test_devices_run_one_shard_process_each(media, shared_data, capsys):
-    img = shared_data / "astronaut.png"
+def test_devices_run_one_shard_process_each(media, test_data, capsys):
+    img = test_data / "astronaut.png"
     jobs = _write_jobs(media, [f"{img},one.wav,out/{n}.mp4," for n in "abc"])
     assert main(["batch", str(jobs), "--devices", "cpu,cpu", "--quiet", *TINY]) == 0
     assert sorted(p.name for p in (media / "out").iterdir()) == ["a.mp4", "b.mp4", "c.mp4"]
@@ -240,17 +240,17 @@ def test_devices_run_one_shard_process_each(media, shared_data, capsys):
     assert sorted(ledger) == [0, 1, 2]  # one ledger, appended by both shards
 
 
-def test_separate_vocals_column_reads_yes_and_no(media, shared_data):
+def test_separate_vocals_column_reads_yes_and_no(media, test_data):
     from avatar_cli.batch import read_jobs
 
     path = media / "jobs.csv"
-    path.write_text(f"image,audio,output,separate_vocals\n{shared_data / 'astronaut.png'},one.wav,out/a.mp4,yes\n"
-                    f"{shared_data / 'astronaut.png'},one.wav,out/b.mp4,no\n"
-                    f"{shared_data / 'astronaut.png'},one.wav,out/c.mp4,\n")
+    path.write_text(f"image,audio,output,separate_vocals\n{test_data / 'astronaut.png'},one.wav,out/a.mp4,yes\n"
+                    f"{test_data / 'astronaut.png'},one.wav,out/b.mp4,no\n"
+                    f"{test_data / 'astronaut.png'},one.wav,out/c.mp4,\n")
     assert [job.options.get("separate_vocals") for job in read_jobs(path)] == [True, False, None]
 
 
-def test_the_cli_loads_the_models_once_and_audio_features_columns_are_checked(media, shared_data, monkeypatch,
+def test_the_cli_loads_the_models_once_and_audio_features_columns_are_checked(media, test_data, monkeypatch,
                                                                                capsys):
     builds = []
     real = AvatarModels.from_preset.__func__
@@ -266,7 +266,7 @@ def test_the_cli_loads_the_models_once_and_audio_features_columns_are_checked(me
     assert main(["audio", "encode", str(media / "one.wav"), "-o", str(other_fps), "--fps", "30", "--random-weights",
                  "--arch", "tiny", "--quiet"]) == 0
     builds.clear()
-    img = shared_data / "astronaut.png"
+    img = test_data / "astronaut.png"
     jobs = _write_jobs(media, [f"{img},one.wav,out/a.mp4,{good}", f"{img},one.wav,out/b.mp4,{other_fps}",
                                f"{img},two.wav,out/c.mp4,"], header="image,audio,output,audio_features")
     assert main(["batch", str(jobs), "--json", *TINY]) == 1
@@ -277,7 +277,7 @@ def test_the_cli_loads_the_models_once_and_audio_features_columns_are_checked(me
     assert sorted(p.name for p in (media / "out").iterdir()) == ["a.mp4", "c.mp4"]
 
 
-def test_an_unwritable_output_folder_is_a_usage_error(media, shared_data, monkeypatch, capsys):
+def test_an_unwritable_output_folder_is_a_usage_error(media, test_data, monkeypatch, capsys):
     """Root writes anywhere, so the folder's permission is taken away by monkeypatching os.access."""
     import os
 
@@ -286,14 +286,14 @@ def test_an_unwritable_output_folder_is_a_usage_error(media, shared_data, monkey
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked) and mode == os.W_OK
                         else real(p, mode, **kw))
-    jobs = _write_jobs(media, [f"{shared_data / 'astronaut.png'},one.wav,locked/a.mp4,"])
+    jobs = _write_jobs(media, [f"{test_data / 'astronaut.png'},one.wav,locked/a.mp4,"])
     assert main(["batch", str(jobs), *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "row 2, column output: folder" in err[0] and "not writable" in err[0]
 
 
-def test_the_bad_input_matrix_fails_job_by_job(media, shared_data, capsys):
-    img = shared_data / "astronaut.png"
+def test_the_bad_input_matrix_fails_job_by_job(media, test_data, capsys):
+    img = test_data / "astronaut.png"
     (media / "empty.png").write_bytes(b"")
     (media / "text.png").write_text("not an image")
     data = img.read_bytes()

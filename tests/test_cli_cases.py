@@ -17,25 +17,25 @@ TINY = ["--random-weights", "--arch", "tiny", *SMALL]
 
 
 @pytest.fixture
-def speech(tmp_path, shared_data):
+def speech(tmp_path, test_data):
     path = tmp_path / "speech.wav"
-    ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", "0.6", str(path))
+    ffmpeg("-i", str(test_data / "speech_espeak.wav"), "-t", "0.6", str(path))
     return path
 
 
-def test_unreadable_weights_are_failed_work_exit_1(tmp_path, shared_data, speech, capsys):
+def test_unreadable_weights_are_failed_work_exit_1(tmp_path, test_data, speech, capsys):
     AvatarModels.from_preset("tiny").save_pretrained(tmp_path / "w")
     blob = tmp_path / "w" / "denoising_unet" / "diffusion_pytorch_model.safetensors"
     blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
     out = tmp_path / "talk.mp4"
-    assert main(["render", str(shared_data / "astronaut.png"), str(speech), "--weights", str(tmp_path / "w"),
+    assert main(["render", str(test_data / "astronaut.png"), str(speech), "--weights", str(tmp_path / "w"),
                  "-o", str(out), *SMALL]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot load weights" in err[0]
     assert [p.name for p in tmp_path.iterdir() if "talk" in p.name] == []
 
 
-def test_unreadable_inputs_are_named_even_for_root(tmp_path, shared_data, speech, monkeypatch, capsys):
+def test_unreadable_inputs_are_named_even_for_root(tmp_path, test_data, speech, monkeypatch, capsys):
     """Root reads files whatever their mode, so the permission is taken away by monkeypatching."""
     import PIL.Image
 
@@ -51,8 +51,8 @@ def test_unreadable_inputs_are_named_even_for_root(tmp_path, shared_data, speech
 
     monkeypatch.setattr(PIL.Image, "open", guarded_open)
     (tmp_path / "locked.wav").write_bytes(speech.read_bytes())
-    (tmp_path / "locked.png").write_bytes((shared_data / "astronaut.png").read_bytes())
-    assert main(["render", str(shared_data / "astronaut.png"), locked + ".wav", *TINY]) == 2
+    (tmp_path / "locked.png").write_bytes((test_data / "astronaut.png").read_bytes())
+    assert main(["render", str(test_data / "astronaut.png"), locked + ".wav", *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "locked.wav" in err[0] and "is not readable" in err[0]
     assert main(["render", locked + ".png", str(speech), *TINY]) == 2
@@ -79,40 +79,40 @@ def test_wav_of_24_bit_float_and_8_bit_samples(tmp_path, speech, codec):
     assert np.abs(decoded - reference).max() < tolerance
 
 
-def test_fada_needs_cfg_layers_or_the_explicit_flag(tmp_path, shared_data, speech, capsys):
+def test_fada_needs_cfg_layers_or_the_explicit_flag(tmp_path, test_data, speech, capsys):
     AvatarModels.from_preset("tiny").save_pretrained(tmp_path / "w")  # a teacher: no CFG-token layers
-    args = ["render", str(shared_data / "astronaut.png"), str(speech), "--weights", str(tmp_path / "w"),
+    args = ["render", str(test_data / "astronaut.png"), str(speech), "--weights", str(tmp_path / "w"),
             "--model", "fada", "-o", str(tmp_path / "f.mp4"), "--json", *SMALL]
     assert main(args) == 2
     assert "--add-cfg-layers" in capsys.readouterr().err and not (tmp_path / "f.mp4").exists()
     assert main([*args, "--add-cfg-layers"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["nfe"] == 6 and result["evaluations"] == 6 * result["clips"]
+    assert result["nfe"] == 6 and result["evaluations"] == 6 * -(-result["frames"] // 16)
     assert probe(tmp_path / "f.mp4")["frames"] == 15
 
 
-def test_adv_lcm_four_steps_reports_nfe_4(tmp_path, shared_data, speech, capsys):
-    assert main(["render", str(shared_data / "astronaut.png"), str(speech), "--model", "adv-lcm", "--steps", "4",
+def test_adv_lcm_four_steps_reports_nfe_4(tmp_path, test_data, speech, capsys):
+    assert main(["render", str(test_data / "astronaut.png"), str(speech), "--model", "adv-lcm", "--steps", "4",
                  "-o", str(tmp_path / "a.mp4"), "--json", *TINY]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["nfe"], result["num_inference_steps"], result["evaluations"]) == (4, 4, 4)
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--audio-weights", "1,2"], "--motion-scale must be three weights"),
-    (["--audio-weights", "a,b,c"], "--motion-scale takes comma-separated numbers"),
+    (["--audio-weights", "1,2"], "--audio-weights must be three weights"),
+    (["--audio-weights", "a,b,c"], "--audio-weights takes comma-separated numbers"),
     (["--window-steps", "2,2,x"], "--window-steps takes comma-separated numbers"),
     (["--model", "fada", "--init", "rolling"], "--init"),
 ])
-def test_option_values_out_of_range_are_usage_errors(tmp_path, shared_data, speech, capsys, args, words):
-    assert main(["render", str(shared_data / "astronaut.png"), str(speech), "-o", str(tmp_path / "x.mp4"),
+def test_option_values_out_of_range_are_usage_errors(tmp_path, test_data, speech, capsys, args, words):
+    assert main(["render", str(test_data / "astronaut.png"), str(speech), "-o", str(tmp_path / "x.mp4"),
                  *args, *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_progress_bar_and_notes_on_a_terminal_and_not_with_quiet(tmp_path, shared_data, speech, monkeypatch,
+def test_progress_bar_and_notes_on_a_terminal_and_not_with_quiet(tmp_path, test_data, speech, monkeypatch,
                                                                  capsys):
     import sys
 
@@ -129,7 +129,7 @@ def test_progress_bar_and_notes_on_a_terminal_and_not_with_quiet(tmp_path, share
 
     monkeypatch.setattr(cli, "progress", Recording)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    base = ["render", str(shared_data / "astronaut.png"), str(speech), "--random-weights", "--arch", "tiny",
+    base = ["render", str(test_data / "astronaut.png"), str(speech), "--random-weights", "--arch", "tiny",
             "--size", "64", "--device", "cpu"]
     assert main([*base, "-o", str(tmp_path / "a.mp4")]) == 0
     assert "RANDOM weights" in capsys.readouterr().err and shown == [True]
@@ -140,7 +140,7 @@ def test_progress_bar_and_notes_on_a_terminal_and_not_with_quiet(tmp_path, share
     assert shown == [True, False, False]  # not a terminal: no bar, the notes still go to stderr
 
 
-def test_compile_gives_the_same_frames(shared_data):
+def test_compile_gives_the_same_frames(test_data):
     """--compile (torch.compile of the denoising U-Net and decoder, inductor on the CPU here)."""
     import torch
 
@@ -148,7 +148,7 @@ def test_compile_gives_the_same_frames(shared_data):
     from avatar_cli.media.image import load_portrait
 
     models = AvatarModels.from_preset("tiny", seed=2)
-    image = load_portrait(shared_data / "astronaut.png", 64)
+    image = load_portrait(test_data / "astronaut.png", 64)
     waveform = (0.1 * np.random.default_rng(0).standard_normal(9600)).astype(np.float32)
     options = RenderOptions(size=64, seed=4)
     eager = np.concatenate(list(UNetPipeline(models, "cpu", torch.float32).generate(image, waveform, options)))

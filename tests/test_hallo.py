@@ -71,57 +71,57 @@ def test_convert_report_json(hallo_files, tmp_path, capsys):
     assert "--arch" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
-def test_render_hallo_end_to_end(converted, shared_data, tmp_path, capsys):
+def test_render_hallo_end_to_end(converted, test_data, tmp_path, capsys):
     speech = tmp_path / "s.wav"
-    ffmpeg("-i", str(shared_data / "speech_human_48k.wav"), "-t", "0.9", str(speech))
+    ffmpeg("-i", str(test_data / "speech_espeak_48k.wav"), "-t", "0.9", str(speech))
     out = tmp_path / "hallo.mp4"
-    code = main(["render", str(shared_data / "astronaut.png"), str(speech), "--model", "hallo", "--weights",
-                 str(converted), "--size", "64", "--no-face-embedding", "--face-box", "180,70,100,110",
+    code = main(["render", str(test_data / "astronaut.png"), str(speech), "--model", "hallo", "--weights",
+                 str(converted), "--size", "64", "--no-face-embedding", "--face-box", "90,35,50,55",
                  "--steps", "6", "-o", str(out), "--json", "--quiet"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out)
     assert result["model"] == "hallo" and result["nfe"] == 12 and result["guidance"] == {"rule": "cfg", "scale": 3.5}
-    assert result["evaluations"] == 12 * result["clips"]
+    assert result["evaluations"] == 12 * -(-result["frames"] // 16)  # 2 clips of 16
     info = probe(out)
     assert info["frames"] == int(0.9 * 25 + 0.5) and info["audio_streams"] == 1  # halves round up
 
 
-def test_missing_arcface_says_so_in_one_line(converted, shared_data, tmp_path, capsys, monkeypatch):
+def test_missing_arcface_says_so_in_one_line(converted, test_data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AVATAR_MANIFEST", str(tmp_path / "none.toml"))
     (tmp_path / "none.toml").write_text("")
-    code = main(["render", str(shared_data / "astronaut.png"), str(shared_data / "speech_espeak.wav"), "--model",
-                 "hallo", "--weights", str(converted), "--size", "64", "--face-box", "180,70,100,110",
+    code = main(["render", str(test_data / "astronaut.png"), str(test_data / "speech_espeak.wav"), "--model",
+                 "hallo", "--weights", str(converted), "--size", "64", "--face-box", "90,35,50,55",
                  "-o", str(tmp_path / "o.mp4")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--no-face-embedding" in err[0] and not (tmp_path / "o.mp4").exists()
 
 
-def test_no_face_on_the_cat_falls_back_with_a_warning(converted, shared_data, tmp_path, capsys, monkeypatch):
+def test_no_face_on_the_cat_falls_back_with_a_warning(converted, test_data, tmp_path, capsys, monkeypatch):
     from avatar_cli.media import face as face_mod
 
     monkeypatch.setattr(face_mod, "detect_face", lambda image: None)  # as MediaPipe answers on the cat photo
     speech = tmp_path / "s.wav"
-    ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", "0.3", str(speech))
-    code = main(["render", str(shared_data / "cat_chelsea.png"), str(speech), "--model", "hallo", "--weights",
+    ffmpeg("-i", str(test_data / "speech_espeak.wav"), "-t", "0.3", str(speech))
+    code = main(["render", str(test_data / "cat_chelsea.png"), str(speech), "--model", "hallo", "--weights",
                  str(converted), "--size", "64", "--no-face-embedding", "--steps", "4", "-o", str(tmp_path / "c.mp4")])
     err = capsys.readouterr().err
     assert code == 0 and "no face found; the whole frame is taken as the face" in err
     assert probe(tmp_path / "c.mp4")["frames"] == int(0.3 * 25 + 0.5)
 
 
-def test_face_box_outside_the_image_is_refused(converted, shared_data, tmp_path, capsys):
-    code = main(["render", str(shared_data / "cat_chelsea.png"), str(shared_data / "speech_espeak.wav"), "--model",
+def test_face_box_outside_the_image_is_refused(converted, test_data, tmp_path, capsys):
+    code = main(["render", str(test_data / "cat_chelsea.png"), str(test_data / "speech_espeak.wav"), "--model",
                  "hallo", "--weights", str(converted), "--face-box", "400,0,100,100", "--no-face-embedding",
                  "-o", str(tmp_path / "o.mp4")])
-    assert code == 2 and "outside the 451x300 image" in capsys.readouterr().err
+    assert code == 2 and "outside the 226x150 image" in capsys.readouterr().err
 
 
-def test_hallo_clip_loop_follows_hallos_settings(converted, shared_data, monkeypatch):
+def test_hallo_clip_loop_follows_hallos_settings(converted, test_data, monkeypatch):
     pipe = UNetPipeline.from_pretrained(converted, device="cpu", dtype="float32")
     from avatar_cli.media.image import load_portrait
 
-    image = load_portrait(shared_data / "astronaut.png", 64)
+    image = load_portrait(test_data / "astronaut.png", 64)
     wave = (0.1 * np.random.default_rng(0).standard_normal(int(16000 * 1.1))).astype(np.float32)  # 28 frames
     encoded, features = [], []
     encode = pipe.encode_pixels
@@ -150,7 +150,7 @@ def test_hallo_clip_loop_follows_hallos_settings(converted, shared_data, monkeyp
         assert frames.shape == (28, 64, 64, 3) and frames.std() > 0, (model, init)
 
 
-def test_the_documented_flow_without_paths(hallo_files, shared_data, tmp_path, monkeypatch, capsys):
+def test_the_documented_flow_without_paths(hallo_files, test_data, tmp_path, monkeypatch, capsys):
     """docs/hallo.md: 'avatar weights convert --from hallo' reads the installed component and
     'avatar render --model hallo' then needs no --weights."""
     stick = tmp_path / "stick"
@@ -159,9 +159,9 @@ def test_the_documented_flow_without_paths(hallo_files, shared_data, tmp_path, m
     monkeypatch.setenv("AVATAR_WEIGHTS_DIR", str(stick))
     monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))
     speech = tmp_path / "s.wav"
-    ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", "0.4", str(speech))
-    args = ["render", str(shared_data / "astronaut.png"), str(speech), "--model", "hallo", "--size", "64",
-            "--no-face-embedding", "--face-box", "180,70,100,110", "--steps", "2", "-o", str(tmp_path / "h.mp4"), "-q"]
+    ffmpeg("-i", str(test_data / "speech_espeak.wav"), "-t", "0.4", str(speech))
+    args = ["render", str(test_data / "astronaut.png"), str(speech), "--model", "hallo", "--size", "64",
+            "--no-face-embedding", "--face-box", "90,35,50,55", "--steps", "2", "-o", str(tmp_path / "h.mp4"), "-q"]
     assert main(args) == 2
     assert "avatar weights convert --from hallo" in capsys.readouterr().err  # not converted yet: says how
     assert main(["weights", "convert", "--from", "hallo", "--arch", "tiny"]) == 0
@@ -170,11 +170,11 @@ def test_the_documented_flow_without_paths(hallo_files, shared_data, tmp_path, m
     assert probe(tmp_path / "h.mp4")["frames"] == 10
 
 
-def test_motion_scale_reaches_the_audio_branches(converted, shared_data):
+def test_motion_scale_reaches_the_audio_branches(converted, test_data):
     from avatar_cli.media.image import load_portrait
 
     pipe = UNetPipeline.from_pretrained(converted, device="cpu", dtype="float32")
-    image = load_portrait(shared_data / "astronaut.png", 64)
+    image = load_portrait(test_data / "astronaut.png", 64)
     wave = (0.1 * np.random.default_rng(1).standard_normal(8000)).astype(np.float32)
     face = FaceConditions(None, torch.zeros(3, 64, 64), None, (0, 0, 64, 64), (0, 0, 1, 1), "test")
     runs = {}
@@ -188,7 +188,7 @@ def test_motion_scale_reaches_the_audio_branches(converted, shared_data):
     assert not np.array_equal(runs[(1.0, 1.0, 1.0)], runs[(1.0, 1.0, 2.0)])
 
 
-def test_hallos_unconditional_branch_as_the_pipeline_builds_it(converted, shared_data, monkeypatch):
+def test_hallos_unconditional_branch_as_the_pipeline_builds_it(converted, test_data, monkeypatch):
     """CFG with Hallo's null branch: zero face embedding, zero audio, zero face-locator features and
     no reference keys/values; motion frames and masks kept; both branches in one batch of 2."""
     from avatar_cli.media.image import load_portrait
@@ -203,7 +203,7 @@ def test_hallos_unconditional_branch_as_the_pipeline_builds_it(converted, shared
         return real(sample, timestep, *args, **kwargs)
 
     monkeypatch.setattr(unet, "forward", recording)
-    image = load_portrait(shared_data / "astronaut.png", 64)
+    image = load_portrait(test_data / "astronaut.png", 64)
     wave = (0.1 * np.random.default_rng(2).standard_normal(6400)).astype(np.float32)
     embedding = torch.randn(512, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(3, 64, 64)

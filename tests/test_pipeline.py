@@ -13,8 +13,8 @@ OPTS = RenderOptions(size=64)
 
 
 @pytest.fixture(scope="module")
-def portrait(shared_data):
-    return load_portrait(shared_data / "astronaut.png", 64)
+def portrait(test_data):
+    return load_portrait(test_data / "astronaut.png", 64)
 
 
 def _speech(seconds: float, seed: int = 0) -> np.ndarray:

@@ -96,7 +96,7 @@ def hub_env(tmp_path, monkeypatch):
         + entry("tofu", "someone/extra", extra, hide={"notes.txt"})
         + '[student]\ndescription = "x"\nlicence = "-"\nused_by = ["denoising_unet"]\navailable = false\n'
           'reason = "its authors published no weights"\n')
-    monkeypatch.setenv("HF_ENDPOINT", hub.url if False else "")  # set below once the server runs
+    monkeypatch.setenv("HF_ENDPOINT", "")  # no real hub; set to the local one below, once its server runs
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

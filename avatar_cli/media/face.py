@@ -1,6 +1,6 @@
 """Face conditioning for the Hallo family: face and lip boxes, region masks, face embedding.
 
-Hallo's inference (restated, DESIGN sec. 7) conditions on three things derived from the portrait:
+Hallo's inference (restated in docs/hallo.md, "What runs") conditions on three things derived from the portrait:
 
 - the **face-locator image**: the face box (the face's extent, enlarged 1.2x) as a hard mask image
   (3, S, S) in [0, 1], turned into features by the face locator;

@@ -1,4 +1,4 @@
-"""wav2vec2 audio features at the video frame rate (DESIGN sec. 2; Hallo's audio path).
+"""wav2vec2 audio features at the video frame rate (Hallo's audio path; docs/architecture.md, "Data flow").
 
 transformers' ``Wav2Vec2Model`` (facebook/wav2vec2-base-960h layout) with one change of time
 base: the convolutional feature encoder's 50 Hz output is linearly interpolated to the number of

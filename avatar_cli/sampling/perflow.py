@@ -2,7 +2,7 @@
 
 diffusers has no PeRFlow scheduler; this one has diffusers' interface (``set_timesteps``,
 ``step`` returning an output with ``prev_sample``) and follows the PeRFlow reference scheduler's
-conventions (restated in docs/sampling.md):
+conventions (restated in docs/sampling.md, "PeRFlow"):
 
 - time t in [0, 1], t = 1 is noise; K equal windows [1, 1-1/K], ..., [1/K, 0];
 - steps per window: n // K each, the n % K extra steps go to the windows nearest t = 1

@@ -38,8 +38,8 @@ def test_wav_of_any_width_rate_and_channels_decodes_to_mono_16k(tmp_path, rate, 
 
 
 @pytest.mark.parametrize("ext,codec", [("mp3", "libmp3lame"), ("flac", "flac"), ("ogg", "libopus"), ("m4a", "aac")])
-def test_compressed_formats_decode(tmp_path, shared_data, ext, codec):
-    src = shared_data / "speech_espeak.wav"
+def test_compressed_formats_decode(tmp_path, test_data, ext, codec):
+    src = test_data / "speech_espeak.wav"
     reference = load_speech(src)
     encoded = tmp_path / f"speech.{ext}"
     ffmpeg("-i", str(src), "-c:a", codec, str(encoded))
@@ -50,9 +50,9 @@ def test_compressed_formats_decode(tmp_path, shared_data, ext, codec):
     assert abs(np.sqrt(np.mean(out[:n] ** 2)) - energy_ref) < 0.2 * energy_ref
 
 
-def test_shared_48k_speech_has_its_duration(shared_data):
-    out = load_speech(shared_data / "speech_human_48k.wav")
-    with wave.open(str(shared_data / "speech_human_48k.wav")) as w:
+def test_48k_speech_has_its_duration(test_data):
+    out = load_speech(test_data / "speech_espeak_48k.wav")
+    with wave.open(str(test_data / "speech_espeak_48k.wav")) as w:
         seconds = w.getnframes() / w.getframerate()
     assert abs(len(out) / SAMPLE_RATE - seconds) < 1e-3
     assert num_video_frames(len(out), 25) == round(seconds * 25)
@@ -67,14 +67,14 @@ def test_audio_track_of_a_video_file(tmp_path):
     assert abs(_dominant_hz(out[4000:-4000]) - 300) < 3
 
 
-def test_bad_audio_raises_input_errors(tmp_path, shared_data):
+def test_bad_audio_raises_input_errors(tmp_path, test_data):
     (tmp_path / "empty.wav").write_bytes(b"")
     _write_wav(tmp_path / "zero.wav", np.zeros(0), 16000, 2)
     (tmp_path / "text.wav").write_text("hello, not audio at all" * 10)
     cases = {tmp_path / "missing.wav": "does not exist", tmp_path: "is a folder",
              tmp_path / "empty.wav": "empty file", tmp_path / "zero.wav": "no samples",
              tmp_path / "text.wav": "cannot read audio",
-             shared_data / "astronaut.png": "no audio stream"}
+             test_data / "astronaut.png": "no audio stream"}
     for path, words in cases.items():
         with pytest.raises(InputError, match=words):
             load_speech(path)

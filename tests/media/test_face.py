@@ -148,12 +148,12 @@ def test_arcface_glue_takes_the_largest_face_in_bgr(monkeypatch, tmp_path):
     assert seen["pixel"] == [0, 0, 255] and seen["root"] == str(tmp_path) and seen["ctx"] == -1
 
 
-def test_mediapipe_detector_on_the_shared_portraits(shared_data):
+def test_mediapipe_detector_on_the_test_portraits(test_data):
     pytest.importorskip("mediapipe", reason="the face extra (mediapipe) is not installed")
     from avatar_cli.media.image import load_portrait
 
-    found = face_mod.detect_face(load_portrait(shared_data / "astronaut.png", 512))
+    found = face_mod.detect_face(load_portrait(test_data / "astronaut.png", 256))
     assert found is not None
     (fx, fy, fw, fh), (lx, ly, lw, lh) = found
     assert fx < lx and lx + lw < fx + fw and fy < ly < fy + fh  # lips inside the face
-    assert face_mod.detect_face(load_portrait(shared_data / "cat_chelsea.png", 512)) is None
+    assert face_mod.detect_face(load_portrait(test_data / "cat_chelsea.png", 256)) is None

@@ -1,6 +1,7 @@
 """Audio-feature files: the safetensors layout, and `avatar audio encode` + `render --audio-features`."""
 
 import json
+import wave
 
 import pytest
 import torch
@@ -29,24 +30,26 @@ def test_streamed_file_is_safetensors_and_maps_back(tmp_path):
         load_features(tmp_path / "cut.safetensors")
 
 
-def test_encode_once_render_with_the_features(tmp_path, shared_data, capsys):
-    speech = shared_data / "speech_espeak.wav"
+def test_encode_once_render_with_the_features(tmp_path, test_data, capsys):
+    speech = test_data / "speech_espeak.wav"
     feats = tmp_path / "speech.safetensors"
     assert main(["audio", "encode", str(speech), "-o", str(feats), "--json", *TINY]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["frames"] == 255 and result["feature_shape"] == [255, 2, 32] and result["fps"] == 25.0
+    with wave.open(str(speech)) as w:  # the speech's length in 25 fps video frames, from its header
+        frames = round(w.getnframes() / w.getframerate() * 25)
+    assert result["frames"] == frames and result["feature_shape"] == [frames, 2, 32] and result["fps"] == 25.0
     assert result["output"] == str(feats) and len(result["audio_sha256"]) == 64
-    args = ["render", str(shared_data / "astronaut.png"), str(speech), "--size", "64", *TINY]
+    args = ["render", str(test_data / "astronaut.png"), str(speech), "--size", "64", *TINY]
     assert main([*args, "-o", str(tmp_path / "a.mp4")]) == 0
     assert main([*args, "-o", str(tmp_path / "b.mp4"), "--audio-features", str(feats)]) == 0
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
-def test_features_from_another_fps_model_or_speech_are_refused(tmp_path, shared_data, capsys):
-    speech = shared_data / "speech_espeak.wav"
+def test_features_from_another_fps_model_or_speech_are_refused(tmp_path, test_data, capsys):
+    speech = test_data / "speech_espeak.wav"
     feats = tmp_path / "speech.safetensors"
     assert main(["audio", "encode", str(speech), "-o", str(feats), *TINY]) == 0
-    base = ["render", str(shared_data / "astronaut.png"), "--size", "64", "--audio-features", str(feats), "-q"]
+    base = ["render", str(test_data / "astronaut.png"), "--size", "64", "--audio-features", str(feats), "-q"]
     assert main([*base[:2], str(speech), *base[2:], "--random-weights", "--arch", "tiny", "--fps", "30",
                  "-o", str(tmp_path / "x.mp4")]) == 2
     assert "fps" in capsys.readouterr().err

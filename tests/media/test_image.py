@@ -6,15 +6,15 @@ from avatar_cli.errors import InputError
 from avatar_cli.media.image import load_portrait
 
 
-def test_square_rgb_at_its_own_size_is_unchanged(shared_data):
-    expected = np.asarray(Image.open(shared_data / "astronaut.png").convert("RGB"))
-    out = load_portrait(shared_data / "astronaut.png", size=512)
-    assert out.dtype == np.uint8 and out.shape == (512, 512, 3)
+def test_square_rgb_at_its_own_size_is_unchanged(test_data):
+    expected = np.asarray(Image.open(test_data / "astronaut.png").convert("RGB"))
+    out = load_portrait(test_data / "astronaut.png", size=256)
+    assert out.dtype == np.uint8 and out.shape == (256, 256, 3)
     np.testing.assert_array_equal(out, expected)
 
 
-def test_grayscale_becomes_rgb_with_equal_channels(shared_data):
-    out = load_portrait(shared_data / "cameraman_gray.png", size=128)
+def test_grayscale_becomes_rgb_with_equal_channels(test_data):
+    out = load_portrait(test_data / "cameraman_gray.png", size=128)
     assert out.shape == (128, 128, 3)
     np.testing.assert_array_equal(out[..., 0], out[..., 1])
     np.testing.assert_array_equal(out[..., 1], out[..., 2])
@@ -77,10 +77,10 @@ def test_tiny_huge_and_non_square_images_load(tmp_path, shape):
     assert out.shape == (64, 64, 3) and out[32, 32].tolist() == [10, 200, 30]
 
 
-def test_bad_images_raise_input_errors(tmp_path, shared_data):
+def test_bad_images_raise_input_errors(tmp_path, test_data):
     (tmp_path / "text.png").write_text("not an image")
     (tmp_path / "empty.png").write_bytes(b"")
-    data = (shared_data / "astronaut.png").read_bytes()
+    data = (test_data / "astronaut.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     cases = {tmp_path / "missing.png": "does not exist", tmp_path: "is a folder",
              tmp_path / "text.png": "not an image", tmp_path / "empty.png": "not an image",

@@ -13,10 +13,10 @@ def _frames(n: int, size: int) -> np.ndarray:
     return frames
 
 
-def test_frames_and_speech_are_written_and_read_back(tmp_path, shared_data):
+def test_frames_and_speech_are_written_and_read_back(tmp_path, test_data):
     out = tmp_path / "v.mp4"
     frames = _frames(50, 64)
-    with VideoWriter(out, size=64, fps=25, audio_path=shared_data / "speech_espeak.wav", crf=0) as writer:
+    with VideoWriter(out, size=64, fps=25, audio_path=test_data / "speech_espeak.wav", crf=0) as writer:
         writer.write(frames[:20])
         writer.write(frames[20:])
     info = probe(out)

@@ -83,9 +83,9 @@ def stand_in(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def speech(tmp_path, shared_data) -> Path:
+def speech(tmp_path, test_data) -> Path:
     path = tmp_path / "speech.wav"
-    ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", "0.7", "-ac", "1", "-ar", "16000", str(path))
+    ffmpeg("-i", str(test_data / "speech_espeak.wav"), "-t", "0.7", "-ac", "1", "-ar", "16000", str(path))
     return path
 
 
@@ -99,7 +99,7 @@ def test_separate_vocals_runs_the_separator_and_keeps_the_speech_length(stand_in
                                   "model_file_dir": str(model.parent), "model_filename": VOCAL_MODEL}
 
 
-def test_render_takes_features_from_the_vocals_and_muxes_the_speech(stand_in, speech, shared_data, tmp_path,
+def test_render_takes_features_from_the_vocals_and_muxes_the_speech(stand_in, speech, test_data, tmp_path,
                                                                     monkeypatch):
     seen = []
     original = UNetPipeline.audio_features
@@ -110,7 +110,7 @@ def test_render_takes_features_from_the_vocals_and_muxes_the_speech(stand_in, sp
 
     monkeypatch.setattr(UNetPipeline, "audio_features", recording)
     out = tmp_path / "talk.mp4"
-    assert main(["render", str(shared_data / "astronaut.png"), str(speech), "-o", str(out), "--separate-vocals",
+    assert main(["render", str(test_data / "astronaut.png"), str(speech), "-o", str(out), "--separate-vocals",
                  *TINY]) == 0
     n = len(load_speech(speech))
     assert len(seen) == 1
@@ -131,31 +131,31 @@ def test_render_takes_features_from_the_vocals_and_muxes_the_speech(stand_in, sp
     np.testing.assert_allclose(seen[1], tone(n), atol=1e-6)
 
 
-def test_separate_vocals_without_the_package_or_the_model_fails_cleanly(speech, shared_data, tmp_path, capsys,
+def test_separate_vocals_without_the_package_or_the_model_fails_cleanly(speech, test_data, tmp_path, capsys,
                                                                           monkeypatch):
     if importlib.util.find_spec("audio_separator") is not None:
         pytest.skip("audio-separator is installed here; the missing-package message cannot be shown")
     out = tmp_path / "talk.mp4"
-    args = ["render", str(shared_data / "astronaut.png"), str(speech), "-o", str(out), "--separate-vocals", *TINY]
+    args = ["render", str(test_data / "astronaut.png"), str(speech), "-o", str(out), "--separate-vocals", *TINY]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'avatar-cli[vocals]'" in err
     assert [p.name for p in tmp_path.iterdir() if "talk" in p.name] == []
 
 
-def test_separate_vocals_without_the_model_names_the_download(stand_in, speech, shared_data, tmp_path, capsys,
+def test_separate_vocals_without_the_model_names_the_download(stand_in, speech, test_data, tmp_path, capsys,
                                                               monkeypatch):
     monkeypatch.setenv("AVATAR_WEIGHTS_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     out = tmp_path / "talk.mp4"
-    args = ["render", str(shared_data / "astronaut.png"), str(speech), "-o", str(out), "--separate-vocals", *TINY]
+    args = ["render", str(test_data / "astronaut.png"), str(speech), "-o", str(out), "--separate-vocals", *TINY]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "avatar weights download hallo-audio-separator" in err
     assert [p.name for p in tmp_path.iterdir() if "talk" in p.name] == []  # no output, no temporary file
 
 
-def test_the_real_audio_separator_runs_through_separate_vocals(tmp_path, shared_data):
+def test_the_real_audio_separator_runs_through_separate_vocals(tmp_path, test_data):
     """With the real audio-separator (the vocals extra) and a stand-in MDX-Net model in ONNX.
 
     The model is a gain of 0.5 on the spectrogram, with UVR's parameter tables for it written
@@ -189,7 +189,7 @@ def test_the_real_audio_separator_runs_through_separate_vocals(tmp_path, shared_
     (folder / "vr_model_data.json").write_text("{}")
 
     speech = tmp_path / "speech.wav"
-    ffmpeg("-i", str(shared_data / "speech_espeak.wav"), "-t", "2", str(speech))
+    ffmpeg("-i", str(test_data / "speech_espeak.wav"), "-t", "2", str(speech))
     n = len(load_speech(speech))
     vocals = np.asarray(separate_vocals(speech, model_file, num_samples=n))
     original = np.asarray(load_speech(speech))

@@ -19,7 +19,7 @@ from avatar_cli.convert import map_hallo_state
 from avatar_cli.media.face import region_masks
 from avatar_cli.models.attention import ReferenceFeatures
 from avatar_cli.models.bundle import AvatarModels
-from avatar_cli.pipeline import _alternating
+from avatar_cli.pipelines.unet import _alternating
 from avatar_cli.sampling.guidance import Conditions, GuidedDenoiser
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -134,7 +134,7 @@ def test_denoising_unet_matches_hallo_with_its_per_level_masks(hallo_models, fix
 
 def test_guided_prediction_matches_hallos_cfg_step_with_its_per_level_masks(hallo_models, fixture, hallo_masks):
     """One step of Hallo's guided sampling (face_animate.py, CFG 3.5 as one batch of 2, masks doubled),
-    with its conditions built as ``AvatarPipeline.generate`` builds them for Hallo."""
+    with its conditions built as ``UNetPipeline.generate`` builds them for Hallo."""
     _, t = fixture
     face_box, lip_box, size = _boxes(hallo_masks["masks64.face_lip_size"])
     levels = {r: tuple(m[None] for m in ms) for r, ms in region_masks(face_box, lip_box, size, size // 8).items()}

@@ -1,4 +1,4 @@
-"""PeRFlow (FADA eqs. 2-5) against an independent closed form and DESIGN.md's reference values."""
+"""PeRFlow (FADA eqs. 2-5) against an independent closed form and the reference values in docs/sampling.md."""
 
 import pytest
 import torch
@@ -49,7 +49,7 @@ def test_six_step_schedule_and_reference_coefficients():
     s.set_timesteps(6)
     assert s.window_steps == [2, 2, 1, 1]
     assert s.timesteps.tolist() == [1000, 875, 750, 625, 500, 250]
-    # DESIGN.md sec. 3: z_next = A z + B eps, SD1.5 schedule, ddim_eps, 6 steps (1e-4)
+    # docs/sampling.md, "PeRFlow": z_next = A z + B eps, SD1.5 schedule, ddim_eps, 6 steps (1e-4)
     a_ref = [2.2429, 1.5542, 1.6072, 1.3778, 1.5597, 1.2163]
     b_ref = [-1.2532, -0.5587, -0.6505, -0.4047, -0.7558, -0.6638]
     for i in range(6):

@@ -152,7 +152,7 @@ def test_osa_lcm_student_is_closer_to_the_teacher_than_the_teachers_own_one_step
 
 
 def test_fada_student_is_closer_to_the_teacher_than_the_teachers_own_six_steps(synthetic, teacher, held_out,
-                                                                               shared_data):
+                                                                               test_data):
     out = synthetic / "fada"
     distill_fada(teacher, synthetic / "data",
                  TrainConfig(out, max_steps=STUDENT_STEPS, learning_rate=1e-5, checkpoint_every=0, progress=False),
@@ -175,18 +175,18 @@ def test_fada_student_is_closer_to_the_teacher_than_the_teachers_own_six_steps(s
     assert student_six < teacher_ddim
     # and the student renders through the command line with its CFG tokens (NFE 6)
     video = synthetic / "fada.mp4"
-    assert main(["render", str(shared_data / "astronaut.png"), str(synthetic / "talk4.mp4"), "--weights",
+    assert main(["render", str(test_data / "astronaut.png"), str(synthetic / "talk4.mp4"), "--weights",
                  str(out / "weights"), "--model", "fada", "--size", "64", "-o", str(video), "--overwrite", "-q",
                  "--device", "cpu"]) == 0
     assert probe(video)["frames"] == 100
 
 
-def test_distilled_student_renders_with_avatar_render(synthetic, teacher, held_out, shared_data, tmp_path):
+def test_distilled_student_renders_with_avatar_render(synthetic, teacher, held_out, test_data, tmp_path):
     weights = synthetic / "adv-lcm" / "weights"
     if not weights.is_dir():
         pytest.skip("the OSA-LCM distillation test did not run")
     out = tmp_path / "talk.mp4"
-    code = main(["render", str(shared_data / "astronaut.png"), str(synthetic / "talk4.mp4"), "--weights", str(weights),
+    code = main(["render", str(test_data / "astronaut.png"), str(synthetic / "talk4.mp4"), "--weights", str(weights),
                  "--size", "64", "-o", str(out), "-q", "--device", "cpu"])
     assert code == 0
     info = probe(out)

@@ -72,7 +72,7 @@ def test_conditions_carry_the_face_locator_features_and_region_masks(hallo):
     assert torch.count_nonzero(null.audio_embeds) == 0
 
 
-def test_distill_osa_lcm_from_a_hallo_teacher_and_render_the_student(hallo, shared_data, tmp_path):
+def test_distill_osa_lcm_from_a_hallo_teacher_and_render_the_student(hallo, test_data, tmp_path):
     root, weights = hallo
     out = tmp_path / "student"
     assert main(["distill", "osa-lcm", "--teacher", f"hallo:{weights}", "--data", str(root / "data"), "-o", str(out),
@@ -80,7 +80,7 @@ def test_distill_osa_lcm_from_a_hallo_teacher_and_render_the_student(hallo, shar
     student = AvatarModels.from_pretrained(out / "weights")
     assert student.face_locator is not None and student.scheduler_config["prediction_type"] == "v_prediction"
     video = tmp_path / "talk.mp4"
-    assert main(["render", str(shared_data / "astronaut.png"), str(root / "talk.mp4"), "--weights",
+    assert main(["render", str(test_data / "astronaut.png"), str(root / "talk.mp4"), "--weights",
                  str(out / "weights"), "--model", "osa-lcm", "--size", "64", "--no-face-embedding", "-o", str(video),
                  *COMMON]) == 0
     assert probe(video)["frames"] == 50
