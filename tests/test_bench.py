@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from avatar_cli.bench import flop_counter_mode
 from avatar_cli.cli import main
 from avatar_cli.models.bundle import AvatarModels
-from avatar_cli.pipelines.unet import UNetPipeline
 
 
 def test_bench_json_is_consistent(capsys, monkeypatch):
@@ -22,7 +21,7 @@ def test_bench_json_is_consistent(capsys, monkeypatch):
 
     def second_warm_run_slowed(self, job, on_progress=None):
         """The cold run, a warm run, then a warm run that reports 1000 s more (as on a busy machine)."""
-        result = render_job(self, job, on_clip)
+        result = render_job(self, job, on_progress)
         walls.append(result.wall_s + (1000 if len(walls) == 2 else 0))
         return dataclasses.replace(result, wall_s=walls[-1])
 

@@ -13,7 +13,6 @@ Motion dicts ("infos") hold float32 arrays: ``scale`` (1, 1), ``pitch``/``yaw``/
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Callable, Mapping, Sequence
 

@@ -33,8 +33,10 @@ def ort():
 
 
 @pytest.fixture(scope="module")
-def astronaut(shared_data):
-    return np.asarray(Image.open(shared_data / "astronaut.png").convert("RGB"))
+def astronaut(test_data):
+    """tests/data/astronaut.png brought to 512 px as the fixture was recorded (tests/data/README.md)."""
+    image = Image.open(test_data / "astronaut.png").convert("RGB")
+    return np.asarray(image.resize((512, 512), Image.Resampling.BICUBIC))
 
 
 # ------------------------------------------------------------------ image primitives vs OpenCV

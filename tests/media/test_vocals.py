@@ -10,7 +10,6 @@ tone, slightly shorter than the input, so a test can tell them from the speech.
 import importlib
 import json
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
