@@ -446,6 +446,15 @@ def verify(component: Component, local_dir: str | Path | None = None, log=print)
 
 
 # Manifest components each sampling method needs to render without --weights.
+def downloaded_folder(spec) -> Path | None:
+    """The installed folder of a model's first manifest component (a :class:`ModelSpec` of
+    ``models/catalog.py``), if all its files are there."""
+    if not spec.components:
+        return None
+    component = load_manifest().get(spec.components[0])
+    return installed_path(component) if component is not None else None
+
+
 def converted_dir(name: str) -> Path:
     """Where ``avatar weights convert --from NAME`` writes by default: $AVATAR_HOME/converted/NAME."""
     return avatar_home() / "converted" / name
@@ -479,7 +488,7 @@ def missing_for(model: str, manifest: dict[str, Component] | None = None,
         return [f"{name}: not in the manifest" for name in absent] + unavailable
     missing = [f"{name}: run 'avatar weights download {name}'" for name in needed
                if installed_path(manifest[name], local_dir) is None]
-    if not missing and spec.converted:
+    if not missing and spec.converted and not spec.reads_download:
         missing = [f"{spec.converted}: downloaded but not converted; run 'avatar weights convert --from "
                    f"{spec.converted}'"]
     return missing

@@ -35,6 +35,8 @@ class ModelSpec:
         components: manifest components (``weights.toml``) that hold its public weights; () = none exist.
         converted: the folder under ``$AVATAR_HOME/converted/`` that ``avatar weights convert`` writes
             for it, rendered from without ``--weights``; None = used as downloaded.
+        reads_download: the family also reads the downloaded component as it is (no conversion
+            needed; Ditto).
     """
 
     name: str
@@ -45,6 +47,7 @@ class ModelSpec:
     cfg_tokens: bool = False
     components: tuple[str, ...] = ()
     converted: str | None = None
+    reads_download: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (
@@ -56,7 +59,7 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("hallo", "unet", "hallo", "Hallo's public checkpoint (DDIM 40, CFG 3.5)", preset_family="hallo",
               components=("hallo",), converted="hallo"),
     ModelSpec("ditto", "ditto", "ditto", "Ditto: motion-space DiT + LivePortrait renderer", preset_family="ditto",
-              components=("ditto",), converted="ditto"),
+              components=("ditto",), converted="ditto", reads_download=True),
 )}
 
 # Former --model names of sampling methods -> (model, method).

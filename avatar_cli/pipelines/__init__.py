@@ -51,7 +51,7 @@ def load_pipeline(model: str = "osa-lcm", weights: str | Path | None = None, ran
             the download or conversion to run).
     """
     from ..sampling.methods import METHODS
-    from ..weights import converted_folder, missing_for
+    from ..weights import converted_folder, downloaded_folder, missing_for
 
     spec = MODELS[model]
     sampling = METHODS[method or spec.default_method]
@@ -65,7 +65,7 @@ def load_pipeline(model: str = "osa-lcm", weights: str | Path | None = None, ran
         return klass.from_preset(arch, device=device, dtype=dtype, cfg_tokens=cfg_tokens, family=family,
                                  compile=compile)
     if weights is None:  # the installed components: a folder that 'avatar weights convert' wrote
-        weights = converted_folder(model)
+        weights = converted_folder(model) or (downloaded_folder(spec) if spec.reads_download else None)
         if weights is None:
             raise InputError(f"--model {model} needs weights that are not installed: {'; '.join(missing_for(model))}. "
                              f"Or pass --weights DIR (a folder in the project's layout) or --random-weights")

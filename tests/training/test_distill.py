@@ -270,9 +270,9 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("command", [
     ["distill", "osa-lcm", "--teacher", "{teacher}", "--skip", "100"],
-    ["distill", "osa-lcm", "--teacher", "{teacher}", "--stage", "eft", "--init", "{teacher}"],
+    ["distill", "osa-lcm", "--teacher", "{teacher}", "--stage", "eft", "--init-weights", "{teacher}"],
     ["distill", "fada", "--teacher", "{teacher}", "--solver-steps", "1"],
-    ["train", "teacher", "--init", "{teacher}"],
+    ["train", "teacher", "--init-weights", "{teacher}"],
 ])
 def test_accelerate_launch_two_processes_end_with_identical_weights(synthetic, teacher, command):
     out = synthetic / f"ddp-{'-'.join(command[1:2] + command[5:6])}"
