@@ -123,3 +123,21 @@ def test_same_seed_same_frames_another_seed_other_frames(media):
     assert first.shape == (13, 265)
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).max() > 1e-3
+
+
+def test_without_weights_the_downloaded_snapshot_is_used_as_it_is(release, tmp_path, monkeypatch):
+    """`avatar weights download ditto` then `avatar render ... --model ditto`: no conversion step."""
+    pytest.importorskip("onnxruntime")
+    import avatar_cli.weights as weights
+    from avatar_cli.errors import InputError
+    from avatar_cli.models.catalog import MODELS
+    from avatar_cli.pipelines import load_pipeline
+
+    root, _, _ = release
+    monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))  # no converted folder there
+    monkeypatch.setattr(weights, "downloaded_folder", lambda spec: None)
+    with pytest.raises(InputError, match="avatar weights download ditto"):
+        load_pipeline("ditto", device="cpu")
+    monkeypatch.setattr(weights, "downloaded_folder", lambda spec: root if spec is MODELS["ditto"] else None)
+    pipe = load_pipeline("ditto", device="cpu", dtype="float32")
+    assert isinstance(pipe, DittoPipeline) and pipe.source == str(root) and pipe.config.overlap_v2 == 30
