@@ -112,7 +112,8 @@ class Opt:
 
 
 RENDER_OPTIONS: tuple[Opt, ...] = (
-    Opt("model", ModelChoice, "osa-lcm", "The weights to render with (see Models below).", PANEL_METHOD),
+    Opt("model", ModelChoice, "auto", "The weights to render with (see Models below); auto: the first installed, "
+        "else Ditto's public weights, downloaded once.", PANEL_METHOD),
     Opt("method", Optional[MethodChoice], None, "Sampling method; default: the model's own (see Methods below).",
         PANEL_METHOD, show_default="the model's"),
     Opt("steps", Optional[int], None, "num_inference_steps per clip", PANEL_METHOD, field="num_inference_steps",

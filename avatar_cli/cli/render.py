@@ -73,6 +73,24 @@ def pipeline_for(options, weights, random_weights, arch, device, dtype, compile,
     return pipe
 
 
+NoDownload = Annotated[bool, typer.Option(
+    "--no-download", help="With --model auto and nothing installed: fail (naming the download) instead of "
+    "downloading Ditto's weights.", rich_help_panel=PANEL_PERF)]
+
+
+def choose(values: dict, weights, random_weights, no_download: bool, quiet: bool) -> bool:
+    """Resolve ``--model auto`` in ``values`` (the render options); True when the model must be
+    downloaded first (after the inputs are checked)."""
+    from ..models.catalog import DEFAULT_DOWNLOAD
+    from ..pipelines import _installed, choose_model
+
+    if values["model"].value != "auto":
+        return False
+    name = choose_model(weights, random_weights, download=not no_download, note=lambda m: note(m, quiet))
+    values["model"] = render_options.ModelChoice(name)
+    return name == DEFAULT_DOWNLOAD and weights is None and not random_weights and _installed(name) is None
+
+
 def shorthand_note(values: dict, quiet: bool) -> None:
     """Say once what a former method name given as --model means."""
     from ..models.catalog import SHORTHANDS
@@ -102,18 +120,23 @@ def render(
     dtype: Dtype = "auto",
     compile: Compile = False,
     add_cfg_layers: AddCfgLayers = False,
+    no_download: NoDownload = False,
     as_json: Json = False,
     quiet: Quiet = False,
     **render: object,
 ) -> None:
     """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
     from ..options import prepare_job
+    from ..pipelines import download_default
 
+    must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
     shorthand_note(render, quiet)
     output = output if output is not None else Path(f"{image.stem}.mp4")
     # Inputs are read and checked before the models load, so that bad input fails in a second.
     job = prepare_job(image, audio, output, options, overwrite, audio_features)
+    if must_download:
+        download_default(lambda m: note(m, False), quiet=quiet)
     pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, quiet)
     with progress(quiet) as on_progress, signals_interrupt():  # SIGTERM cleans up like Ctrl-C
         result = pipe.render_job(job, on_progress=on_progress)
@@ -168,6 +191,7 @@ def batch(
     dtype: Dtype = "auto",
     compile: Compile = False,
     add_cfg_layers: AddCfgLayers = False,
+    no_download: NoDownload = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.",
                                           rich_help_panel=PANEL_SCRIPT)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-job status lines.",
@@ -178,8 +202,10 @@ def batch(
     import time
 
     from .. import batch as batchmod
+    from ..pipelines import download_default
     from .common import ARGV
 
+    must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
     options.validate()
     if devices:
@@ -188,6 +214,8 @@ def batch(
     batchmod.check_outputs(job_list, overwrite, resume)
     ledger_path = ledger or batchmod.default_ledger(jobs)
     book = batchmod.Ledger(ledger_path)
+    if must_download:
+        download_default(lambda m: note(m, False), quiet=quiet)
     pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, True)
     pipe.warn = lambda message: note(message, quiet)
 

@@ -62,10 +62,15 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
               components=("ditto",), converted="ditto", reads_download=True),
 )}
 
+# `--model auto` (the default): the first of these that is installed; with none, DEFAULT_DOWNLOAD is
+# downloaded on first use (the public model that renders real faces fastest).
+AUTO_ORDER = ("osa-lcm", "fada", "ditto", "hallo")
+DEFAULT_DOWNLOAD = "ditto"
+
 # Former --model names of sampling methods -> (model, method).
 SHORTHANDS: dict[str, tuple[str, str]] = {"adv-lcm": ("osa-lcm", "adv-lcm"), "fada-balanced": ("fada", "fada-balanced")}
 
-MODEL_CHOICES = (*MODELS, *SHORTHANDS)
+MODEL_CHOICES = ("auto", *MODELS, *SHORTHANDS)
 
 
 def resolve_model(name: str, method: str | None = None) -> tuple[str, str | None, bool]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, WeightsError
 from ..models.catalog import MODELS
 from .base import Pipeline, RenderStats
 
-__all__ = ["Pipeline", "RenderStats", "pipeline_class", "load_pipeline"]
+__all__ = ["Pipeline", "RenderStats", "pipeline_class", "load_pipeline", "choose_model", "download_default"]
 
 
 def pipeline_class(family: str) -> type[Pipeline]:
@@ -30,6 +30,91 @@ def pipeline_class(family: str) -> type[Pipeline]:
 
         return DittoPipeline
     raise InputError(f"unknown model family {family!r}")
+
+
+def _installed(model: str) -> Path | None:
+    """The folder ``--model`` would render from without ``--weights``, or None."""
+    from ..weights import converted_folder, downloaded_folder
+
+    spec = MODELS[model]
+    return converted_folder(model) or (downloaded_folder(spec) if spec.reads_download else None)
+
+
+def _family_of_folder(weights: Path) -> str:
+    """The model a weights folder holds, from its ``avatar_index.json``: ditto, hallo, fada or osa-lcm."""
+    import json
+
+    index = Path(weights) / "avatar_index.json"
+    if not index.is_file():
+        return "ditto" if (Path(weights) / "ditto_pytorch").is_dir() else "osa-lcm"
+    data = json.loads(index.read_text())
+    if data.get("family") == "ditto":
+        return "ditto"
+    settings = data.get("settings", {})
+    if settings.get("default_method") == "hallo":
+        return "hallo"
+    unet = Path(weights) / "denoising_unet" / "config.json"
+    if unet.is_file() and json.loads(unet.read_text()).get("cfg_tokens"):
+        return "fada"
+    return "osa-lcm"
+
+
+def choose_model(weights: str | Path | None = None, random_weights: bool = False, download: bool = True,
+                 note: Callable[[str], None] = lambda message: None) -> str:
+    """What ``--model auto`` (the default) renders with, and a note saying why.
+
+    With ``--weights DIR``: the model that folder holds. With random weights: osa-lcm (the
+    architecture the project is built around). Otherwise the first installed of ``AUTO_ORDER``
+    (a distilled OSA-LCM student, a FADA student, Ditto, Hallo); with none installed, the default
+    public model (Ditto), which the caller downloads with :func:`download_default` after checking
+    its inputs, unless ``download`` is False or the hub is offline.
+
+    Raises:
+        InputError: nothing installed and no download allowed or possible (one line naming the
+            command to run and the size).
+    """
+    from ..models.catalog import AUTO_ORDER, DEFAULT_DOWNLOAD
+    from ..weights import _offline, load_manifest
+
+    if weights is not None:
+        model = _family_of_folder(Path(weights))
+        note(f"note: --model auto: {model} (the model in {weights})")
+        return model
+    if random_weights:
+        return "osa-lcm"
+    for model in AUTO_ORDER:
+        if _installed(model) is not None:
+            note(f"note: --model auto: {model} (the first installed of {', '.join(AUTO_ORDER)})")
+            return model
+    component = load_manifest()[MODELS[DEFAULT_DOWNLOAD].components[0]]
+    size = f"{component.size / 1e9:.1f} GB" if component.size else "size unknown"
+    command = f"avatar weights download {component.name}"
+    if not download or _offline():
+        why = "--no-download was given" if not download else "HF_HUB_OFFLINE is set"
+        raise InputError(f"no model is installed and {why}; run '{command}' ({size}) where the hub can be "
+                         f"reached, or pass --weights DIR or --random-weights")
+    return DEFAULT_DOWNLOAD
+
+
+def download_default(note: Callable[[str], None] = lambda message: None, quiet: bool = False) -> None:
+    """Download the default public model (``DEFAULT_DOWNLOAD``) into the Hugging Face cache, its size
+    announced first, with a progress bar unless ``quiet``; what ``--model auto`` does on first use.
+
+    Raises:
+        InputError: the download failed (one line naming the command to run and the size).
+    """
+    from ..models.catalog import DEFAULT_DOWNLOAD
+    from ..weights import download as fetch, load_manifest
+
+    component = load_manifest()[MODELS[DEFAULT_DOWNLOAD].components[0]]
+    size = f"{component.size / 1e9:.1f} GB" if component.size else "size unknown"
+    command = f"avatar weights download {component.name}"
+    note(f"note: no model is installed; downloading {DEFAULT_DOWNLOAD} ({size}) once, as '{command}' does")
+    try:
+        fetch(component, quiet=quiet, log=note)
+    except WeightsError as err:
+        raise InputError(f"no model is installed and the download failed ({err}); run '{command}' ({size}) "
+                         f"where the hub can be reached") from None
 
 
 def load_pipeline(model: str = "osa-lcm", weights: str | Path | None = None, random_weights: bool = False,
