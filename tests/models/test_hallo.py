@@ -19,7 +19,7 @@ from avatar_cli.convert import map_hallo_state
 from avatar_cli.media.face import region_masks
 from avatar_cli.models.attention import ReferenceFeatures
 from avatar_cli.models.bundle import AvatarModels
-from avatar_cli.pipelines.unet import _alternating
+from avatar_cli.models.conditioning import alternating_tokens
 from avatar_cli.sampling.guidance import Conditions, GuidedDenoiser
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -143,7 +143,7 @@ def test_guided_prediction_matches_hallos_cfg_step_with_its_per_level_masks(hall
     with torch.no_grad():
         null = hallo_models.image_projector.null_tokens(1)
         reference = net.extract_features(t["in.ref_latents"], face)
-        motion = [net.extract_features(t["in.motion_latents"], _alternating(face, null, b)) for b in (0, 1)]
+        motion = [net.extract_features(t["in.motion_latents"], alternating_tokens(face, null, b)) for b in (0, 1)]
 
         def guided(masks):
             cond = Conditions(face, t["out.audio_tokens"], reference, motion[1], t["out.mask_cond_fea"], masks)
