@@ -23,12 +23,12 @@ audio blocks) keep their initialisation and are reported as missing.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder
 from .errors import InputError, WeightsError
 
 # Top-level keys of SD1.5's single file that are not network weights we use.
@@ -151,7 +151,7 @@ def convert_sd15(checkpoint: str | Path, output: str | Path, motion_module: str 
     """
     from diffusers import AutoencoderKL
 
-    from .models.bundle import atomic_folder, save_scheduler_config
+    from .models.bundle import save_scheduler_config
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     from .models.denoising_unet import DenoisingUNet3D
@@ -269,7 +269,7 @@ def convert_hallo(net: str | Path, output: str | Path, vae: str | Path, wav2vec2
     from diffusers import AutoencoderKL
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    from .models.bundle import AvatarModels, atomic_folder
+    from .models.bundle import AvatarModels
 
     output = Path(output)
     if output.exists() and not overwrite:
@@ -363,7 +363,7 @@ def check_ditto_models(directory: str | Path, preset: str = "full") -> tuple[lis
         WeightsError: a file missing or unreadable, or a missing / extra key or a wrong shape (one line
             naming the file and the first key).
     """
-    from .models.ditto import ENTRIES, FILES, PRESETS, WHAT, DittoModels
+    from .models.ditto import ENTRIES, FILES, PRESETS, WHAT, DittoModels, check_layout
 
     directory = Path(directory)
     if preset not in PRESETS:
@@ -377,17 +377,7 @@ def check_ditto_models(directory: str | Path, preset: str = "full") -> tuple[lis
             raise WeightsError(f"{path} not found: Ditto's PyTorch weights are the ditto_pytorch/models/ folder of "
                                f"HF digital-avatar/ditto-talkinghead")
         state, others = _read_ditto_state(path, ENTRIES.get(name))
-        expected = getattr(models, name).state_dict()
-        hint = f"expected the layout of Ditto's {WHAT[name]}"
-        for keys, what in (([k for k in expected if k not in state], "missing"),
-                           ([k for k in state if k not in expected], "unexpected")):
-            if keys:
-                more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-                raise WeightsError(f"{path}: {what} key '{keys[0]}'{more}; {hint}")
-        for key, ref in expected.items():
-            if tuple(state[key].shape) != tuple(ref.shape):
-                raise WeightsError(f"{path}: key '{key}' has shape {tuple(state[key].shape)}, expected "
-                                   f"{tuple(ref.shape)}; {hint} (is --arch right?)")
+        check_layout(getattr(models, name).state_dict(), state, path, WHAT[name], " (is --arch right?)")
         reports.append(ComponentReport(f"{name} ({filename})", loaded=len(state)))
         if others:
             ignored[f"{filename} entries Ditto does not use ({', '.join(others)})"] = len(others)
@@ -407,25 +397,6 @@ def _link_or_copy(src: Path, dst: Path) -> str:
     except OSError:
         shutil.copyfile(src, dst)
         return "copied"
-
-
-@contextmanager
-def _atomic_dir(output: Path):
-    """``models.bundle.atomic_folder``'s contract (a hidden ``.NAME.partial`` sibling that replaces
-    ``output`` only when the block ends without an error, removed otherwise), without importing
-    ``models.bundle``, whose diffusers and transformers imports cost ~10 s on a 2-core CPU: the Ditto
-    conversion needs neither."""
-    import shutil
-
-    tmp = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        yield tmp
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def convert_ditto(snapshot: str | Path, output: str | Path, arch: str = "full",
@@ -483,7 +454,7 @@ def convert_ditto(snapshot: str | Path, output: str | Path, arch: str = "full",
     reports, ignored = check_ditto_models(snapshot / DITTO_MODELS, arch)
 
     how = {"linked": 0, "copied": 0}
-    with _atomic_dir(output) as tmp:
+    with atomic_folder(output) as tmp:
         tmp.mkdir(parents=True)
         cfg.save(tmp)
         for sub, source, names in (("models", DITTO_MODELS, FILES.values()),

@@ -26,6 +26,7 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+from ..atomic import atomic_folder  # noqa: F401 (used by convert and training)
 from ..errors import WeightsError
 from .denoising_unet import DenoisingUNet3D
 from .face_locator import FaceLocator
@@ -225,25 +226,6 @@ class AvatarModels:
     def parameter_counts(self) -> dict[str, int]:
         """Name -> number of parameters (buffers excluded)."""
         return {name: sum(p.numel() for p in net.parameters()) for name, net in self.networks().items()}
-
-
-@contextmanager
-def atomic_folder(output: str | Path):
-    """Write a folder all at once: yields a hidden sibling ``.NAME.partial`` to fill, which replaces
-    ``output`` only when the block ends without an error (removed otherwise). A reader never sees a
-    half-written weights folder."""
-    import shutil
-
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        yield tmp
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_scheduler_config(config: dict, folder: Path) -> None:

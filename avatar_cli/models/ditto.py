@@ -151,9 +151,10 @@ def _read_state_dict(path: Path, entry: str | None) -> dict[str, torch.Tensor]:
     return {k.replace("module.", ""): v for k, v in obj.items()}
 
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
-    """Check keys and shapes against ``module`` (one-line WeightsError), then load with strict=True."""
-    expected = module.state_dict()
+def check_layout(expected: dict[str, torch.Tensor], state: dict, path: Path, what: str, shape_hint: str = "") -> None:
+    """Raise a one-line :class:`WeightsError` naming ``path`` and the first missing key, unexpected
+    key or wrong shape of ``state`` against ``expected`` (a module's ``state_dict()``, meta tensors
+    are fine). Used by loading and by ``avatar weights convert --from ditto``."""
     hint = f"expected the layout of Ditto's {what}"
     missing = [k for k in expected if k not in state]
     if missing:
@@ -166,6 +167,12 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
             raise WeightsError(f"{path}: key '{key}' has shape {tuple(state[key].shape)}, expected "
-                               f"{tuple(ref.shape)}; {hint}")
+                               f"{tuple(ref.shape)}; {hint}{shape_hint}")
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Check keys and shapes against ``module`` (:func:`check_layout`), then load with strict=True."""
+    expected = module.state_dict()
+    check_layout(expected, state, path, what)
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     module.load_state_dict(state, strict=True, assign=True)
