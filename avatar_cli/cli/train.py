@@ -145,22 +145,51 @@ _InitWeights = Annotated[Optional[Path], typer.Option("--init-weights", help="We
                                                       show_default=False)]
 
 
-def _config(output, max_steps, lr, lr_decay_at, lr_decay, disc_lr, accum, precision, every, keep, resume, seed,
-            optimizer, checkpointing, cpu, quiet):
+# The options every training command shares, declared once: (name, annotation, default). A command
+# lists its own options and takes these as **run (``with_run_options``), with its own defaults.
+RUN_OPTIONS = (
+    ("max_steps", _MaxSteps, 1000), ("lr", _Lr, None), ("accum", _Accum, 1), ("precision", _Precision, Precision.no),
+    ("every", _Every, 1000), ("keep", _Keep, 2), ("resume", _Resume, False), ("seed", _Seed, 0),
+    ("optimizer", _Optimizer, Optim.adamw), ("checkpointing", _Checkpointing, False), ("clip_frames", _ClipFrames, 16),
+    ("cpu", _Cpu, False), ("as_json", _Json, False), ("quiet", _Quiet, False),
+)
+
+
+def with_run_options(**defaults):
+    """Give a command (taking ``**run``) the shared training options after its own, with ``defaults``
+    overriding the table's (e.g. ``max_steps=30000``)."""
+    import inspect
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(name, default),
+                                    annotation=annotation) for name, annotation, default in RUN_OPTIONS]
+        command.__signature__ = signature.replace(parameters=[*own, *shared])
+        return command
+    return decorate
+
+
+def _config(output, run: dict, lr: float, lr_decay_at: float = 1.0, lr_decay: float = 1.0, disc_lr: float = 1e-5):
+    """The shared options (``run``) as a :class:`TrainConfig`; ``lr`` is the command's default
+    learning rate (``--lr`` wins). Raises InputError for values out of range or a run folder in use."""
     from ..training.trainer import TrainConfig, checkpoints
 
-    if max_steps < 1:
-        raise InputError(f"--max-steps must be >= 1 (got {max_steps})")
-    if accum < 1:
-        raise InputError(f"--gradient-accumulation must be >= 1 (got {accum})")
+    lr = run["lr"] or lr
+    if run["max_steps"] < 1:
+        raise InputError(f"--max-steps must be >= 1 (got {run['max_steps']})")
+    if run["accum"] < 1:
+        raise InputError(f"--gradient-accumulation must be >= 1 (got {run['accum']})")
     if lr <= 0:
         raise InputError(f"--lr must be > 0 (got {lr:g})")
-    if not resume and checkpoints(output):
+    if not run["resume"] and checkpoints(output):
         raise InputError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
-    return TrainConfig(output=output, max_steps=max_steps, learning_rate=lr, lr_decay_at=lr_decay_at, lr_decay=lr_decay,
-                       disc_learning_rate=disc_lr, gradient_accumulation_steps=accum, mixed_precision=precision.value,
-                       checkpoint_every=every, keep_checkpoints=keep, resume=resume, seed=seed,
-                       optimizer=optimizer.value, gradient_checkpointing=checkpointing, cpu=cpu, progress=not quiet)
+    return TrainConfig(output=output, max_steps=run["max_steps"], learning_rate=lr, lr_decay_at=lr_decay_at,
+                       lr_decay=lr_decay, disc_learning_rate=disc_lr, gradient_accumulation_steps=run["accum"],
+                       mixed_precision=run["precision"].value, checkpoint_every=run["every"],
+                       keep_checkpoints=run["keep"], resume=run["resume"], seed=run["seed"],
+                       optimizer=run["optimizer"].value, gradient_checkpointing=run["checkpointing"], cpu=run["cpu"],
+                       progress=not run["quiet"])
 
 
 def _teacher(value: str) -> Path:
@@ -217,6 +246,7 @@ probability --drop each, so multi-CFG has its null branches. Only the denoising 
 
 
 @train_app.command("teacher", epilog=TEACHER_EPILOG)
+@with_run_options(max_steps=1000, every=500)
 def train_teacher_command(
     data: _Data,
     output: _Out,
@@ -225,20 +255,7 @@ def train_teacher_command(
     = "full",
     drop: Annotated[float, typer.Option(help="Condition-dropout probability (audio, reference).")] = 0.1,
     quality: Annotated[Optional[Quality], typer.Option(help="Train on videos of this tag only.")] = Quality.high,
-    max_steps: _MaxSteps = 1000,
-    lr: _Lr = None,
-    accum: _Accum = 1,
-    precision: _Precision = Precision.no,
-    every: _Every = 500,
-    keep: _Keep = 2,
-    resume: _Resume = False,
-    seed: _Seed = 0,
-    optimizer: _Optimizer = Optim.adamw,
-    checkpointing: _Checkpointing = False,
-    clip_frames: _ClipFrames = 16,
-    cpu: _Cpu = False,
-    as_json: _Json = False,
-    quiet: _Quiet = False,
+    **run,
 ) -> None:
     """Train a multi-step teacher (DDIM + multi-CFG) on data set A. Default --lr 1e-5."""
     from ..models.bundle import AvatarModels
@@ -247,12 +264,11 @@ def train_teacher_command(
     _folder("--init-weights", init)
     if not 0 <= drop < 1:
         raise InputError(f"--drop must be in [0, 1) (got {drop:g})")
-    config = _config(output, max_steps, lr or 1e-5, 1.0, 1.0, 1e-5, accum, precision, every, keep, resume, seed,
-                     optimizer, checkpointing, cpu, quiet)
+    config = _config(output, run, 1e-5)
     models = AvatarModels.from_pretrained(init) if init is not None else AvatarModels.from_preset(arch)
-    summary = train_teacher(models, data, config, clip_frames=clip_frames, drop=drop,
+    summary = train_teacher(models, data, config, clip_frames=run["clip_frames"], drop=drop,
                             quality=quality.value if quality else None)
-    _finish(summary, as_json, quiet)
+    _finish(summary, run["as_json"], run["quiet"])
 
 
 OSA_EPILOG = """\
@@ -269,6 +285,7 @@ Defaults are the paper's: Adv-LCM lr 3e-6 for the first half, then 1.5e-6; EFT 1
 
 
 @distill_app.command("osa-lcm", epilog=OSA_EPILOG)
+@with_run_options(max_steps=30000)
 def distill_osa_lcm_command(
     teacher: _Teacher,
     data: _Data,
@@ -291,21 +308,8 @@ def distill_osa_lcm_command(
                                                     "s ~ U(0, this) (eq. 6's fake side).")] = 100,
     train_what: Annotated[Trainable, typer.Option("--train", help="temporal (the paper) or all weights.")]
     = Trainable.temporal,
-    max_steps: _MaxSteps = 30000,
-    lr: _Lr = None,
     disc_lr: Annotated[float, typer.Option("--disc-lr", help="Discriminator learning rate.")] = 1e-5,
-    accum: _Accum = 1,
-    precision: _Precision = Precision.no,
-    every: _Every = 1000,
-    keep: _Keep = 2,
-    resume: _Resume = False,
-    seed: _Seed = 0,
-    optimizer: _Optimizer = Optim.adamw,
-    checkpointing: _Checkpointing = False,
-    clip_frames: _ClipFrames = 16,
-    cpu: _Cpu = False,
-    as_json: _Json = False,
-    quiet: _Quiet = False,
+    **run,
 ) -> None:
     """OSA-LCM: Adv-LCM (consistency + adversarial + motion losses), then EFT (one-step editing fine-tune)."""
     from ..training.osa_lcm import LCMConfig
@@ -324,14 +328,14 @@ def distill_osa_lcm_command(
     eft = stage == Stage.eft
     if eft and init is None:
         note("note: --stage eft without --init-weights starts from the teacher; the paper starts EFT from the "
-             "Adv-LCM student (--init-weights ADV/weights)", quiet)
-    config = _config(output, max_steps, lr or (1.5e-6 if eft else 3e-6), 1.0 if eft else 0.5, 1.0 if eft else 0.5,
-                     disc_lr, accum, precision, every, keep, resume, seed, optimizer, checkpointing, cpu, quiet)
+             "Adv-LCM student (--init-weights ADV/weights)", run["quiet"])
+    config = _config(output, run, 1.5e-6 if eft else 3e-6, 1.0 if eft else 0.5, 1.0 if eft else 0.5, disc_lr)
     lcm = LCMConfig(skip=skip, guidance=(guidance_audio, guidance_ref), huber_c=huber_c, gan_loss=gan_loss.value,
                     lambda_adv=lambda_adv, lambda_motion=lambda_motion, disc_t_start=disc_t_start,
                     disc_t_end=disc_t_end, eft_t_min=eft_t_min, gen_noise_max=gen_noise_max, train=train_what.value)
-    summary = distill_osa_lcm(teacher, data, config, stage=stage.value, lcm=lcm, init=init, clip_frames=clip_frames)
-    _finish(summary, as_json, quiet)
+    summary = distill_osa_lcm(teacher, data, config, stage=stage.value, lcm=lcm, init=init,
+                              clip_frames=run["clip_frames"])
+    _finish(summary, run["as_json"], run["quiet"])
 
 
 FADA_EPILOG = """\
@@ -348,6 +352,7 @@ drawn per sample from --cfg-audio-range and --cfg-ref-range. Default --lr 1e-5.
 
 
 @distill_app.command("fada", epilog=FADA_EPILOG)
+@with_run_options(max_steps=20000)
 def distill_fada_command(
     teacher: _Teacher,
     data: _Data,
@@ -364,20 +369,7 @@ def distill_fada_command(
     r_dead: Annotated[float, typer.Option(help="R_d of eq. 8.")] = 100.0,
     train_what: Annotated[Trainable, typer.Option("--train", help="all weights (the paper) or temporal + CFG layers.")]
     = Trainable.all,
-    max_steps: _MaxSteps = 20000,
-    lr: _Lr = None,
-    accum: _Accum = 1,
-    precision: _Precision = Precision.no,
-    every: _Every = 1000,
-    keep: _Keep = 2,
-    resume: _Resume = False,
-    seed: _Seed = 0,
-    optimizer: _Optimizer = Optim.adamw,
-    checkpointing: _Checkpointing = False,
-    clip_frames: _ClipFrames = 16,
-    cpu: _Cpu = False,
-    as_json: _Json = False,
-    quiet: _Quiet = False,
+    **run,
 ) -> None:
     """FADA: mixed-supervised PeRFlow distillation with learnable-token multi-CFG (6 steps, NFE 6)."""
     from ..training.fada import FADAConfig
@@ -389,13 +381,12 @@ def distill_fada_command(
         raise InputError("--solver-steps and --cfg-tokens must be >= 1")
     if not 0 <= r_peak < r_dead:
         raise InputError(f"--r-peak must be in [0, --r-dead) (got {r_peak:g}, {r_dead:g})")
-    config = _config(output, max_steps, lr or 1e-5, 1.0, 1.0, 1e-5, accum, precision, every, keep, resume, seed,
-                     optimizer, checkpointing, cpu, quiet)
+    config = _config(output, run, 1e-5)
     fada = FADAConfig(solver_steps=solver_steps,
                       cfg_audio=_pair("--cfg-audio-range", cfg_audio_range), cfg_ref=_pair("--cfg-ref-range", cfg_ref_range),
                       cfg_tokens=cfg_tokens, mixed=mixed, w0=w0, s=s, r_peak=r_peak, r_dead=r_dead, train=train_what.value)
-    summary = distill_fada(teacher, data, config, fada=fada, init=init, clip_frames=clip_frames)
-    _finish(summary, as_json, quiet)
+    summary = distill_fada(teacher, data, config, fada=fada, init=init, clip_frames=run["clip_frames"])
+    _finish(summary, run["as_json"], run["quiet"])
 
 
 def register(app: typer.Typer) -> None:
