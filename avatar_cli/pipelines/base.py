@@ -114,8 +114,10 @@ class Pipeline:
         raise NotImplementedError
 
     def describe(self, options: RenderOptions) -> dict:
-        """Report fields of a render with ``options``: nfe, num_inference_steps, guidance."""
-        return {"nfe": None, "num_inference_steps": None, "guidance": None}
+        """Report fields of a render with ``options``: nfe (the method's denoiser evaluations per
+        clip or window), num_inference_steps, guidance."""
+        return {"nfe": options.sampling.nfe(options.steps), "num_inference_steps": options.steps,
+                "guidance": options.guidance}
 
     def quality_checks(self, image: np.ndarray, options: RenderOptions) -> dict:
         """Extra measurements ``avatar bench`` reports for this family (e.g. a fast decoder's PSNR)."""

@@ -206,10 +206,6 @@ class DittoPipeline(Pipeline):
         with stats("crop"):
             return {"source": self.source_state(job.image, job.face_box)}
 
-    def describe(self, options: RenderOptions) -> dict:
-        return {"nfe": options.sampling.nfe(options.steps), "num_inference_steps": options.steps,
-                "guidance": options.guidance}
-
     def count_flops(self, image: np.ndarray, options: RenderOptions, seconds: float) -> int:
         """FLOPs of ``seconds`` of speech after the once-per-portrait work (warm cache)."""
         self.source_state(image)

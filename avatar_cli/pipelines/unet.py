@@ -307,10 +307,6 @@ class UNetPipeline(Pipeline):
                 inputs["waveform"] = self.separated_vocals(job.audio_path, job.waveform.shape[0])
         return inputs
 
-    def describe(self, options: RenderOptions) -> dict:
-        return {"nfe": options.sampling.nfe(options.steps), "num_inference_steps": options.steps,
-                "guidance": options.guidance}
-
     def quality_checks(self, image: np.ndarray, options: RenderOptions) -> dict:
         """With ``--decoder taesd``: the mean per-frame PSNR (dB, 8-bit) of TAESD's frames against
         the full VAE decoder's on the latents of one clip."""
