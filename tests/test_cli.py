@@ -253,7 +253,10 @@ def test_every_model_renders_and_reports_its_nfe(tmp_path, test_data, capsys, ob
     assert [c["guidance_scales"] for c in calls] == [scales if model == "fada" else None] * len(calls)
     _check_guidance(observed, scales)
     assert sum(c["batch"] for c in calls) == result["evaluations"] == nfe * 2  # 2 clips
-    assert (result["model"], result["nfe"], result["num_inference_steps"]) == (model, nfe, steps)
+    # the former method names given as --model are shorthands: the result names the model and the method
+    weights = {"adv-lcm": "osa-lcm", "fada-balanced": "fada"}.get(model, model)
+    assert (result["model"], result["method"], result["nfe"], result["num_inference_steps"]) == \
+        (weights, model, nfe, steps)
     info = probe(out)
     assert info["frames"] == 20 and info["audio_streams"] == 1 and info["video_streams"] == 1
 

@@ -128,6 +128,7 @@ def render(
     """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
     from ..options import prepare_job
     from ..pipelines import download_default
+    from ..runtime import resolve_device, resolve_dtype
 
     must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
@@ -136,6 +137,7 @@ def render(
     # Inputs are read and checked before the models load, so that bad input fails in a second.
     job = prepare_job(image, audio, output, options, overwrite, audio_features)
     if must_download:
+        resolve_dtype(dtype, resolve_device(device))  # a bad --device/--dtype fails before a download
         download_default(lambda m: note(m, False), quiet=quiet)
     pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, quiet)
     with progress(quiet) as on_progress, signals_interrupt():  # SIGTERM cleans up like Ctrl-C
@@ -203,6 +205,7 @@ def batch(
 
     from .. import batch as batchmod
     from ..pipelines import download_default
+    from ..runtime import resolve_device, resolve_dtype
     from .common import ARGV
 
     must_download = choose(render, weights, random_weights, no_download, quiet)
@@ -215,6 +218,7 @@ def batch(
     ledger_path = ledger or batchmod.default_ledger(jobs)
     book = batchmod.Ledger(ledger_path)
     if must_download:
+        resolve_dtype(dtype, resolve_device(device))  # a bad --device/--dtype fails before a download
         download_default(lambda m: note(m, False), quiet=quiet)
     pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, True)
     pipe.warn = lambda message: note(message, quiet)

@@ -76,10 +76,8 @@ def choose_model(weights: str | Path | None = None, random_weights: bool = False
     from ..models.catalog import AUTO_ORDER, DEFAULT_DOWNLOAD
     from ..weights import _offline, load_manifest
 
-    if weights is not None:
-        model = _family_of_folder(Path(weights))
-        note(f"note: --model auto: {model} (the model in {weights})")
-        return model
+    if weights is not None:  # the folder says which model it holds: nothing to announce
+        return _family_of_folder(Path(weights))
     if random_weights:
         return "osa-lcm"
     for model in AUTO_ORDER:
