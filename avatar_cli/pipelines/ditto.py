@@ -41,7 +41,8 @@ from ..models.liveportrait.keypoints import transform_keypoint
 from ..models.liveportrait.stitching import stitch
 from ..motion.condition import AudioConditions, motion_to_vector, vector_to_motion
 from ..motion.hubert_windows import OnnxHubert, RandomHubert, num_frames, offline_features
-from ..motion.stitch import MotionStitch
+from ..motion.controls import parse_blink, parse_emotion_option, read_controls
+from ..motion.stitch import ANGLE_KEYS, LIP_KP, MotionStitch, _kp_mask
 from ..motion.windows import offline_motion
 from ..options import RenderJob, RenderOptions
 from ..runtime import resolve_device, resolve_dtype
@@ -73,6 +74,32 @@ class SourceState:
     eye_open: np.ndarray
     eye_ball: np.ndarray
     keypoints: torch.Tensor
+
+
+@dataclass
+class DittoControls:
+    """The controls of one render, resolved against the cfg (:meth:`DittoPipeline.controls`).
+
+    Attributes:
+        emotion: the condition's emotion: an (m, 8) table (``--emotion``) or the cfg's ``emo``.
+        hold_last: per-frame emotion rows hold their last row past the table's end (a FILE).
+        overlap: the DiT windows' overlap (``overlap_v2``).
+        delta_eye_open_n: the blink gaps (-1 when there is no blink template).
+        overall_ctrl: MotionStitch's controls for every frame (the cfg's, plus ``--pose-offset``).
+        use_d_keys: MotionStitch's driven keys and gains (``--pose-gain``, ``--mouth-gain``).
+        per_frame: frame -> controls (``--controls``).
+    """
+
+    emotion: object
+    hold_last: bool
+    overlap: int
+    delta_eye_open_n: object
+    overall_ctrl: dict
+    use_d_keys: object
+    per_frame: dict
+
+
+STREAM_OVERLAP = 70  # Ditto's online cfg: 10 new frames per DiT window
 
 
 def _folder(root: Path, *names: str) -> Path | None:
@@ -206,9 +233,77 @@ class DittoPipeline(Pipeline):
         with stats("crop"):
             return {"source": self.source_state(job.image, job.face_box)}
 
-    def describe(self, options: RenderOptions) -> dict:
+    def describe(self, options: RenderOptions, stream: bool = False) -> dict:
+        ctl = self.controls(options, stream, quiet=True)
+        controls = {
+            "emotion": options.emotion if options.emotion is not None else "cfg",
+            "blink": options.blink if options.blink is not None else "cfg",
+            "delta_eye_open_n": ctl.delta_eye_open_n,
+            "pose_offset": list(options.pose_offset) if options.pose_offset is not None else None,
+            "pose_gain": list(options.pose_gain) if options.pose_gain is not None else None,
+            "mouth_gain": options.mouth_gain,
+            "motion_overlap": ctl.overlap,
+            "overall_ctrl": {k: v for k, v in ctl.overall_ctrl.items() if np.isscalar(v)},
+            "controls_file": None if options.controls is None else str(options.controls),
+            "controlled_frames": len(ctl.per_frame),
+        }
         return {"nfe": options.sampling.nfe(options.steps), "num_inference_steps": options.steps,
-                "guidance": options.guidance}
+                "guidance": options.guidance, "controls": controls}
+
+    def controls(self, options: RenderOptions, stream: bool = False, quiet: bool = False) -> DittoControls:
+        """Resolve the ``--model ditto`` controls of ``options`` against the cfg (DITTO notes sec. 8, CLI mapping).
+
+        - ``--emotion``: the condition's 8 emotion entries (an (m, 8) table; the cfg's ``emo`` without it).
+        - ``--blink``: ``delta_eye_open_n`` (auto 0, never -1, N); without the cfg's blink template
+          (``delta_eye_arr``, e.g. random weights) there are no blinks and a note says so.
+        - ``--pose-offset p,y,r``: degrees ADDED to ``overall_ctrl_info``'s ``delta_pitch/yaw/roll`` (the released
+          cfg already has ``delta_pitch: 2``); zero components are left out.
+        - ``--pose-gain p,y,r``: gains of ``use_d_keys`` for the angles: the driving angle's logits are
+          ``source + (generated - d0) * gain`` (linear in logit space, not exactly in degrees; 0 = the
+          source's pose, 1 = as generated).
+        - ``--mouth-gain G``: the exp gain of ``use_d_keys`` becomes a (1, 63) vector, G on the 18 values of
+          the lip keypoints (6, 12, 14, 17, 19, 20), 1 elsewhere: the lips' expression is
+          ``exp_s + (exp_d - exp_d0) * G`` (only lips and eyes are driven; the rest is the source's).
+        - ``--motion-overlap``: ``overlap_v2`` (70 for ``stream`` when not given, Ditto's online cfg).
+        - ``--controls FILE``: MotionStitch's per-frame ``ctrl_info`` (its keys win over the overall ones).
+        """
+        cfg = self.config
+        emotion, hold = cfg.emo, False
+        table = parse_emotion_option(options.emotion)
+        if table is not None:
+            emotion, hold = table, len(table) > 1
+        overlap = options.motion_overlap or (STREAM_OVERLAP if stream else cfg.overlap_v2)
+        eye_n = cfg.delta_eye_open_n
+        if options.blink is not None:
+            eye_n = parse_blink(options.blink)
+            if cfg.delta_eye_arr is None and not quiet:
+                self.warn("note: --blink needs the cfg's blink template (delta_eye_arr); these weights have none, "
+                          "so the eyes follow the generated motion")
+        if cfg.delta_eye_arr is None:
+            eye_n = -1
+        overall = dict(cfg.overall_ctrl_info or {})
+        for k, v in zip(ANGLE_KEYS, options.pose_offset or ()):
+            if v:
+                overall[f"delta_{k}"] = float(overall.get(f"delta_{k}", 0)) + float(v)
+        keys = cfg.use_d_keys if cfg.use_d_keys is not None else ("exp", "pitch", "yaw", "roll", "t")
+        if options.pose_gain is not None or options.mouth_gain != 1:
+            gains = dict(keys) if isinstance(keys, dict) else {k: 1.0 for k in keys}
+            for k, g in zip(ANGLE_KEYS, options.pose_gain or ()):
+                if k in gains:
+                    gains[k] = gains[k] * float(g)
+            if "exp" in gains and options.mouth_gain != 1:
+                lip = _kp_mask(LIP_KP)
+                gains["exp"] = gains["exp"] * (1 + lip * np.float32(options.mouth_gain - 1))
+            keys = gains
+        return DittoControls(emotion, hold, overlap, eye_n, overall, keys, read_controls(options.controls))
+
+    def stitcher(self, source: SourceState, num_frames: int, options: RenderOptions,
+                 controls: DittoControls | None = None) -> MotionStitch:
+        """MotionStitch for ``num_frames`` frames (-1: a stream) of ``source`` with the options' controls."""
+        cfg, ctl = self.config, controls or self.controls(options)
+        return MotionStitch(source.motion, num_frames=num_frames, delta_eye_arr=cfg.delta_eye_arr,
+                            delta_eye_open_n=ctl.delta_eye_open_n, fade_type=cfg.fade_type,
+                            overall_ctrl=ctl.overall_ctrl, use_d_keys=ctl.use_d_keys, seed=options.seed)
 
     def count_flops(self, image: np.ndarray, options: RenderOptions, seconds: float) -> int:
         """FLOPs of ``seconds`` of speech after the once-per-portrait work (warm cache)."""
@@ -228,7 +323,9 @@ class DittoPipeline(Pipeline):
         seq = dit.null_cond_embed.shape[1]  # the DiT's window, 80 frames
         shape = (1, seq, 265)
         noises = draw_noises(steps, shape, generator, self.device)
-        conditions = AudioConditions(cfg.emo, source.eye_open, source.eye_ball, source.motion["kp"])
+        ctl = self.controls(options, quiet=True)
+        conditions = AudioConditions(ctl.emotion, source.eye_open, source.eye_ball, source.motion["kp"],
+                                     hold_last=ctl.hold_last)
 
         def sample_window(cond: np.ndarray, kp_cond: np.ndarray) -> np.ndarray:
             c = torch.from_numpy(np.ascontiguousarray(cond))[None].to(self.device)
@@ -240,7 +337,7 @@ class DittoPipeline(Pipeline):
             return x0[0].float().cpu().numpy()
 
         return offline_motion(conditions(features), motion_to_vector(source.motion), sample_window,
-                              seq_frames=seq, overlap=cfg.overlap_v2, fix_kp_cond=cfg.fix_kp_cond,
+                              seq_frames=seq, overlap=ctl.overlap, fix_kp_cond=cfg.fix_kp_cond,
                               fix_kp_cond_dim=cfg.fix_kp_cond_dim, smo_k=cfg.smo_k_d,
                               v_min_max=cfg.v_min_max_for_clip)
 
@@ -270,29 +367,41 @@ class DittoPipeline(Pipeline):
         total = num_frames(waveform.shape[0])
         with stats("motion"):
             motion = self.motion(features[:total], source, opts, stats)
-        cfg, models = self.config, self.models
-        stitcher = MotionStitch(source.motion, num_frames=total, delta_eye_arr=cfg.delta_eye_arr,
-                                delta_eye_open_n=cfg.delta_eye_open_n if cfg.delta_eye_arr is not None else -1,
-                                fade_type=cfg.fade_type, overall_ctrl=cfg.overall_ctrl_info,
-                                use_d_keys=cfg.use_d_keys, seed=opts.seed)
+        ctl = self.controls(opts)
+        stitcher = self.stitcher(source, total, opts, ctl)
         paste = PasteBack(source.crop.M_c2o, image.shape[:2])
         chunks = -(-total // self.render_batch)
         for n in range(chunks):
             with stats("warp"):
                 rows = range(n * self.render_batch, min((n + 1) * self.render_batch, total))
-                infos = [stitcher(vector_to_motion(motion[i])) for i in rows]
-                driving = {k: torch.from_numpy(np.concatenate([info[k].reshape(1, -1) for info in infos]))
-                           .to(self.device) for k in infos[0]}
-                x_d = transform_keypoint(driving)
-                x_s = source.keypoints.expand(len(infos), -1, -1)
-                if cfg.flag_stitching:
-                    x_d = stitch(models.stitch, x_s, x_d)
-                warped = models.warp(source.features.expand(len(infos), -1, -1, -1, -1),
-                                     x_s.to(self.dtype), x_d.to(self.dtype))
-            with stats("decode"):
-                renders = models.decoder(warped).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
-            with stats("paste"):
-                frames = np.stack([paste(image, render.cpu().numpy()) for render in renders])
+                infos = [stitcher(vector_to_motion(motion[i]), **ctl.per_frame.get(i, {})) for i in rows]
+            frames = self.render_infos(infos, source, image, paste, stats)
             if on_progress is not None:
                 on_progress(n + 1, chunks)
             yield frames
+
+    @torch.no_grad()
+    def driving_keypoints(self, infos: list[dict], source: SourceState) -> torch.Tensor:
+        """MotionStitch outputs -> x_d (n, 21, 3): LivePortrait's keypoint transform, then the stitching
+        network when the cfg's ``flag_stitching`` (DITTO notes sec. 8 steps 7-8)."""
+        driving = {k: torch.from_numpy(np.concatenate([info[k].reshape(1, -1) for info in infos]))
+                   .to(self.device) for k in infos[0]}
+        x_d = transform_keypoint(driving)
+        if self.config.flag_stitching:
+            x_d = stitch(self.models.stitch, source.keypoints.expand(len(infos), -1, -1), x_d)
+        return x_d
+
+    @torch.no_grad()
+    def render_infos(self, infos: list[dict], source: SourceState, image: np.ndarray, paste: PasteBack,
+                     stats: RenderStats) -> np.ndarray:
+        """MotionStitch outputs (one per frame) -> (n, H, W, 3) uint8 frames: keypoints, warp, decode, paste."""
+        models = self.models
+        with stats("warp"):
+            x_d = self.driving_keypoints(infos, source)
+            x_s = source.keypoints.expand(len(infos), -1, -1)
+            warped = models.warp(source.features.expand(len(infos), -1, -1, -1, -1),
+                                 x_s.to(self.dtype), x_d.to(self.dtype))
+        with stats("decode"):
+            renders = models.decoder(warped).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
+        with stats("paste"):
+            return np.stack([paste(image, render.cpu().numpy()) for render in renders])
