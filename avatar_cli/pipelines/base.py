@@ -113,6 +113,23 @@ class Pipeline:
         ``round(duration_s * fps)`` frames in all. ``on_progress(done, total)`` after each chunk."""
         raise NotImplementedError
 
+    def stream(self, image: np.ndarray, audio_chunks, options: RenderOptions | None = None, *,
+               stats: "RenderStats | None" = None, **inputs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Frames for speech that arrives in chunks: ``(frames (n, H, W, 3) uint8, timestamps (n,) seconds)``.
+
+        This default is NOT incremental (the U-Net family generates clips from the whole clip's audio
+        features): it collects every chunk (float32 mono 16 kHz arrays), then yields :meth:`generate`'s
+        chunks with their timestamps (frame index / fps). ``inputs`` are :meth:`generate`'s (e.g. what
+        :meth:`prepare` returns for the Hallo family). Ditto's pipeline overrides it with its online mode.
+        """
+        parts = [np.asarray(c, dtype=np.float32).reshape(-1) for c in audio_chunks]
+        waveform = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        fps = (options or RenderOptions()).fps
+        done = 0
+        for frames in self.generate(image, waveform, options, stats=stats, **inputs):
+            yield frames, (done + np.arange(len(frames))) / fps
+            done += len(frames)
+
     def describe(self, options: RenderOptions) -> dict:
         """Report fields of a render with ``options``: nfe, num_inference_steps, guidance."""
         return {"nfe": None, "num_inference_steps": None, "guidance": None}
