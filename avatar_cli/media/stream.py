@@ -27,6 +27,9 @@ from ..errors import AvatarError, InputError
 
 SAMPLE_RATE = 16000
 FORMATS = ("mp4", "mpegts")
+#: Samples of silence the AAC encoder puts before the speech. MPEG-TS timestamps account for them; a
+#: fragmented MP4 (no edit list) does not, so there the video starts this much later to stay in sync.
+AAC_PRIMING = 1024
 
 
 def _ffmpeg() -> str:
@@ -113,7 +116,8 @@ class StreamWriter:
 
     Video: libx264 (veryfast, zerolatency, yuv420p, keyframe every second) at 25 fps; audio: AAC.
     ``fmt="mp4"``: fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``: playable while written,
-    also from a pipe); ``"mpegts"``: MPEG-TS. ``output`` ``"-"`` writes to standard output.
+    also from a pipe), its video starting 64 ms late (:data:`AAC_PRIMING`) so that lips and speech stay in
+    sync; ``"mpegts"``: MPEG-TS. ``output`` ``"-"`` writes to standard output.
 
     Use :meth:`write` (frames and the samples they cover, in order), then :meth:`close`; on an error,
     :meth:`abort` kills ffmpeg and removes a partly written file.
@@ -133,6 +137,7 @@ class StreamWriter:
         muxer = (["-f", "mp4", "-movflags", "frag_keyframe+empty_moov+default_base_moof"] if fmt == "mp4"
                  else ["-f", "mpegts"])
         cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
+               *(["-itsoffset", f"{AAC_PRIMING / SAMPLE_RATE:g}"] if fmt == "mp4" else []),
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "pipe:0",
                "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", f"pipe:{read_fd}",
                "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",

@@ -430,7 +430,8 @@ class DittoPipeline(Pipeline):
 
         End of stream: the chunker's last windows are zero-padded (silence), OnlineMotion's last window is
         padded by repeating its last condition row and emits all it holds; the output is cut to
-        ``ceil(samples / 640)`` frames, the offline count. Every frame is a generated one (the last ones are
+        ``ceil(samples / 16000 * 25)`` frames, the offline count (a stream shorter than ``valid`` frames gets
+        windows of silence first, so that it is not all anchor). Every frame is a generated one (the last ones are
         generated from the speech's end and the silence after it), none is repeated.
 
         Args:
@@ -446,7 +447,7 @@ class DittoPipeline(Pipeline):
         Raises:
             InputError: options that do not apply, no face found.
         """
-        from ..motion.hubert_windows import StreamChunker, silence_features, window_features
+        from ..motion.hubert_windows import WINDOW, StreamChunker, silence_features, window_features
         from ..motion.windows import OnlineMotion
 
         opts = options or RenderOptions(model="ditto")
@@ -489,11 +490,19 @@ class DittoPipeline(Pipeline):
                 done += len(frames)
                 yield frames, times
 
+        pushed = 0  # feature frames given to OnlineMotion
+
         def motion_from(windows: list[np.ndarray], end: bool) -> list[np.ndarray]:
+            nonlocal pushed
             with stats("audio"):
                 feats = [window_features(self.encoder(w)) for w in windows]
+                if end:  # a stream shorter than one window's new frames: Ditto's first window would only
+                    # anchor d0 and emit nothing; add windows of silence so that a second window runs
+                    while pushed + sum(len(f) for f in feats) <= online.valid:
+                        feats.append(window_features(self.encoder(np.zeros(WINDOW, np.float32))))
             with stats("motion"):
                 out = [online.push(f) for f in feats]
+                pushed += sum(len(f) for f in feats)
                 if end:
                     out.append(online.flush())
             if online.d0 is not None and stitcher.d0 is None:
