@@ -208,3 +208,35 @@ def test_cli_bad_stdin_fails_in_one_line_and_leaves_nothing(media, tmp_path):
     lines = run.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "standard input" in lines[0]
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_stream_timing_measures(monkeypatch, tmp_path):
+    """render_stream's delays on a scripted clock: each 1280-sample chunk (2 frames) arrives 80 ms after
+    the previous one; every 2 chunks the stand-in pipeline computes 100 ms and yields 4 frames."""
+    import avatar_cli.media.stream as live
+
+    now = [0.0]
+    monkeypatch.setattr(live, "_clock", lambda: now[0])
+
+    class Scripted:
+        def stream(self, image, chunks, options, face_box=None, stats=None):
+            it, done = iter(chunks), 0
+            while True:
+                for _ in range(2):  # wait for two chunks
+                    now[0] += 0.08
+                    if next(it, None) is None:
+                        return
+                now[0] += 0.1  # compute
+                yield np.zeros((4, 16, 16, 3), np.uint8), (done + np.arange(4)) / 25
+                done += 4
+
+    chunks = [np.zeros(1280, np.float32)] * 4  # 5120 samples: 8 frames
+    result = live.render_stream(Scripted(), np.zeros((16, 16, 3), np.uint8), chunks, tmp_path / "t.mp4",
+                                RenderOptions(model="ditto"))
+    # chunks arrive at 0.08, 0.16 | 0.34, 0.42; frames out at 0.26 and 0.52
+    assert result["frames"] == 8 and result["first_frame_delay_s"] == pytest.approx(0.18)
+    # frames 0, 1 wait for chunk 1 (0.18 s), 2, 3 for chunk 2 (0.10 s); the same in the second batch
+    assert result["frame_delay_p50_s"] == pytest.approx(0.14) and result["frame_delay_p95_s"] == pytest.approx(0.18)
+    # a player starting at 0.26 needs frame i at 0.26 + i / 25: frames 4, 5, 6 (0.42, 0.46, 0.50) are late
+    assert result["frames_late"] == 3
+    assert probe(tmp_path / "t.mp4")["frames"] == 8
