@@ -48,6 +48,8 @@ fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2.
 
   avatar render portrait.png speech.wav --model ditto -o talk.mp4          [dim]# real face (Ditto's weights)[/dim]
   avatar render portrait.png speech.wav --model hallo -o talk.mp4          [dim]# real face (converted Hallo weights)[/dim]
+  cat speech.wav | avatar render portrait.png - --model ditto --stream -o - | ffplay -   [dim]# live[/dim]
+  avatar render portrait.png speech.wav --model ditto --emotion happy --pose-offset 0,10,0 --blink 60
   avatar render face.png voice.wav --weights ./hallo --model hallo --method adv-lcm --steps 4
   avatar render face.jpg speech.mp3 --random-weights --arch tiny --size 128 [dim]# fast CPU preview of the pipeline[/dim]
   avatar render face.png voice.m4a --weights ./w --init rolling --json

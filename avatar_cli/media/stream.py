@@ -199,11 +199,11 @@ class StreamWriter:
             AvatarError: ffmpeg exited with an error.
         """
         self._audio.put(None)
-        self._audio_thread.join()
         try:
-            self._proc.stdin.close()
+            self._proc.stdin.close()  # first: ffmpeg may wait for video before it reads the last audio
         except (BrokenPipeError, OSError):
             pass
+        self._audio_thread.join()
         code = self._proc.wait()
         self._err_thread.join(5)
         if code != 0:
@@ -215,10 +215,7 @@ class StreamWriter:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        try:
-            os.close(self._audio_fd)
-        except OSError:
-            pass
+        self._audio_thread.join(5)  # it closes the audio pipe (a write to the killed ffmpeg fails at once)
         if not self.to_stdout:
             Path(self.output).unlink(missing_ok=True)
 
