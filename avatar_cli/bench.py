@@ -261,3 +261,57 @@ def plot(reports: list[dict], path: str | Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
+
+def bench_stream(model: str = "ditto", arch: str = "full", size: int = 512, seconds: float = 10.0,
+                 audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
+                 dtype: str = "auto", repeat: int = 1, weights: str | Path | None = None,
+                 log=lambda message: None, command: str | None = None, steps: int | None = None,
+                 motion_overlap: int | None = None) -> dict:
+    """``avatar bench --stream``: stream the speech at real-time pacing (``--realtime``: each 80 ms chunk
+    handed over no earlier than its last sample's time) through ``pipeline.stream`` into the live writer
+    (fragmented MP4), and measure what a viewer sees (``media/stream.py:render_stream``): first-frame delay
+    (first audio chunk to first frames out), per-frame delay p50 / p95 (a frame's audio complete to the
+    frame out), frames late (out after ``first frame out + i / 25``), RTF (wall / speech seconds). Median and
+    min over ``repeat`` runs after one warm-up second of speech. Times in seconds.
+    """
+    from . import __version__
+    from .media.image import load_portrait, load_source
+    from .media.stream import pcm_chunks, render_stream
+    from .models.catalog import MODELS
+    from .pipelines import load_pipeline
+    from .runtime import dtype_name, resolve_device, resolve_dtype
+
+    options = RenderOptions(model=model, size=size, face_embedding="none", num_inference_steps=steps,
+                            motion_overlap=motion_overlap)
+    options.validate()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    ditto = MODELS[options.model].family == "ditto"
+    with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
+        tmp = Path(tmp)
+        audio_path = Path(audio) if audio else synthetic_speech(tmp / "speech.wav", seconds)
+        image_path = Path(image) if image else synthetic_portrait(tmp / "portrait.png", size)
+        picture = load_source(image_path) if ditto else load_portrait(image_path, size, options.fit)
+        pipe = load_pipeline(options.model, weights, weights is None, arch, dev, dt, method=options.method)
+        pipe.warn = log
+        warm = synthetic_speech(tmp / "warm.wav", 1.0)
+        log(f"{options.model} --stream: warm-up")
+        render_stream(pipe, picture, pcm_chunks(warm), tmp / "warm.mp4", options)
+        runs = []
+        for i in range(repeat):
+            log(f"{options.model} --stream: run {i + 1}/{repeat} at real-time pacing")
+            runs.append(render_stream(pipe, picture, pcm_chunks(audio_path, realtime=True), tmp / f"run{i}.mp4",
+                                      options))
+    keys = ("first_frame_delay_s", "frame_delay_p50_s", "frame_delay_p95_s", "rtf", "wall_s")
+    report = {"model": options.model, "method": options.method_name, "stream": True, "pacing": "realtime",
+              "weights": str(weights) if weights is not None else f"random:{arch}",
+              "frames": runs[0]["frames"], "video_s": runs[0]["duration_s"], "repeat": repeat,
+              **{k: _summary([r[k] for r in runs if r[k] is not None]) for k in keys},
+              "frames_late": _summary([r["frames_late"] for r in runs]),
+              "device": _device_name(dev), "dtype": dtype_name(dt),
+              "versions": {"avatar-cli": __version__, "torch": torch.__version__, "python": platform.python_version()},
+              "command": command if command is not None else " ".join(["avatar", *sys.argv[1:]])}
+    if ditto:
+        report.update(pipe.describe(options, stream=True))
+    return report

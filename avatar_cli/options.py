@@ -56,6 +56,17 @@ class RenderOptions:
         overlap: encode the video in a background thread while the next clip is sampled.
         separate_vocals: compute the audio features from the recording's separated vocals
             (``media/vocals.py``, Hallo's UVR model); the original is still muxed.
+        emotion: ``--model ditto``: NAME, NAME:w,NAME:w or a per-frame FILE (``motion/controls.py``);
+            None = the cfg's (neutral).
+        blink: ``--model ditto``: "auto", "never" or N frames between blinks; None = the cfg's.
+        pose_offset: ``--model ditto``: (pitch, yaw, roll) degrees added to the cfg's overall controls.
+        pose_gain: ``--model ditto``: (pitch, yaw, roll) gains of the generated pose relative to the first
+            frame (1 = as generated, 0 = the source's pose).
+        mouth_gain: ``--model ditto``: gain of the lip keypoints' expression motion relative to the first
+            frame (1 = as generated).
+        motion_overlap: ``--model ditto``: the DiT windows' overlap (Ditto's overlap_v2), 1..79; None = the
+            cfg's (offline) or 70 (``--stream``).
+        controls: ``--model ditto``: a JSON-lines file of per-frame controls (``motion/controls.py``).
     """
 
     model: str = "osa-lcm"
@@ -81,6 +92,13 @@ class RenderOptions:
     decoder: str = "vae"
     overlap: bool = True
     separate_vocals: bool = False
+    emotion: str | None = None
+    blink: str | None = None
+    pose_offset: tuple[float, float, float] | None = None
+    pose_gain: tuple[float, float, float] | None = None
+    mouth_gain: float = 1.0
+    motion_overlap: int | None = None
+    controls: str | None = None
 
     def __post_init__(self):
         self.model, self.method, _ = resolve_model(self.model, self.method)
@@ -179,6 +197,20 @@ class RenderOptions:
             (self.decode_batch_size >= 1, f"decode batch size must be >= 1 (got {self.decode_batch_size})"),
             (self.seed >= 0, f"--seed must be >= 0 (got {self.seed})"),
         ]
+        ditto_only = [n for n, v in (("emotion", self.emotion), ("blink", self.blink), ("pose-offset", self.pose_offset),
+                      ("pose-gain", self.pose_gain), ("motion-overlap", self.motion_overlap),
+                      ("controls", self.controls)) if v is not None] + (["mouth-gain"] if self.mouth_gain != 1 else [])
+        checks += [
+            (family == "ditto" or not ditto_only,
+             f"--{ditto_only[0] if ditto_only else ''} applies to --model ditto, not --model {self.model}"),
+            (self.pose_offset is None or (len(self.pose_offset) == 3 and all(abs(v) <= 90 for v in self.pose_offset)),
+             f"--pose-offset must be pitch,yaw,roll degrees in -90..90 (got {self.pose_offset})"),
+            (self.pose_gain is None or (len(self.pose_gain) == 3 and all(0 <= v <= 5 for v in self.pose_gain)),
+             f"--pose-gain must be three gains pitch,yaw,roll in 0..5 (got {self.pose_gain})"),
+            (0 <= self.mouth_gain <= 5, f"--mouth-gain must be 0..5 (got {self.mouth_gain:g})"),
+            (self.motion_overlap is None or 1 <= self.motion_overlap <= 79,
+             f"--motion-overlap must be 1..79 frames of the 80-frame DiT window (got {self.motion_overlap})"),
+        ]
         m = self.motion_frames if self.motion_frames is not None else 0
         checks += [
             (self.clip_frames >= 1, f"--clip-frames must be >= 1 (got {self.clip_frames})"),
@@ -190,6 +222,12 @@ class RenderOptions:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        if family == "ditto":  # the files and names are read now, so that they fail before a model loads
+            from .motion.controls import parse_blink, parse_emotion_option, read_controls
+
+            parse_emotion_option(self.emotion)
+            parse_blink(self.blink)
+            read_controls(self.controls)
 
 
 @dataclass
@@ -221,6 +259,7 @@ class RenderResult:
     seed: int
     init: str
     weights: str
+    controls: dict | None = None  # --model ditto: the controls in effect (DittoPipeline.describe)
 
     def to_dict(self) -> dict:
         return asdict(self)

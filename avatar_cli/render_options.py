@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 PANEL_IO = "Input and output"
 PANEL_METHOD = "Model, method and sampling"
 PANEL_HALLO = "Hallo options (--model hallo)"
+PANEL_DITTO = "Ditto options (--model ditto)"
 PANEL_VIDEO = "Video"
 PANEL_PERF = "Weights, device and performance"
 PANEL_SCRIPT = "Scripting"
@@ -138,6 +139,20 @@ RENDER_OPTIONS: tuple[Opt, ...] = (
         "(Hallo's motion scale).", PANEL_HALLO, parse=numbers(float, "1,1,1"), aliases=("motion_scale",)),
     Opt("separate_vocals", bool, False, "Audio features from the speech's separated vocals (music or noise behind "
         "it; needs the vocals extra and 'avatar weights download hallo-audio-separator').", PANEL_HALLO),
+    Opt("emotion", Optional[str], None, "NAME (angry, disgust, fear, happy, neutral, sad, surprise, contempt), "
+        "a mix NAME:w,NAME:w, or a per-frame CSV/JSON file of frame,emotion rows.", PANEL_DITTO,
+        show_default="the cfg's, neutral"),
+    Opt("blink", Optional[str], None, "auto (random 60-100 frame gaps), never, or N frames between blinks "
+        "(needs the cfg's blink template).", PANEL_DITTO, show_default="the cfg's"),
+    Opt("pose_offset", Optional[str], None, "Head pose offset pitch,yaw,roll in degrees, added to the cfg's "
+        "correction.", PANEL_DITTO, parse=numbers(float, "0,10,0"), show_default=False),
+    Opt("pose_gain", Optional[str], None, "Gains pitch,yaw,roll of the generated head motion (0: the "
+        "portrait's pose).", PANEL_DITTO, parse=numbers(float, "1,0.5,1"), show_default="1,1,1"),
+    Opt("mouth_gain", float, 1.0, "Gain of the lips' motion (0: the lips as in the portrait).", PANEL_DITTO),
+    Opt("motion_overlap", Optional[int], None, "Overlap of the DiT's 80-frame windows, 1..79 (not --overlap, "
+        "the video encoder's thread).", PANEL_DITTO, show_default="the cfg's; 70 with --stream"),
+    Opt("controls", Optional[Path], None, "JSON lines of per-frame controls, e.g. {\"frame\": 30, "
+        "\"delta_yaw\": 10}.", PANEL_DITTO, parse=lambda text, option: str(text), show_default=False),
     Opt("size", int, 512, "Frame side in pixels, a multiple of 64.", PANEL_VIDEO),
     Opt("fit", FitChoice, "crop", "Non-square portraits: crop the centre or pad with black.", PANEL_VIDEO),
     Opt("fps", float, 25.0, "Video frame rate, 1..120.", PANEL_VIDEO),

@@ -18,6 +18,7 @@ BENCH_EPILOG = """\
   avatar bench --arch tiny --size 64 --seconds 4 --repeat 2
   avatar bench --model osa-lcm,fada,teacher --size 512 --seconds 10 --device cuda --json
   avatar bench --weights ./hallo --model hallo --audio speech.wav --plot bench.png
+  avatar bench --model ditto --stream --seconds 10 --device cuda --json   [dim]# live: first-frame delay[/dim]
 
 Random weights (the default, said in the report) run the full architecture: speed does not depend on
 weight values. Numbers: median and min over --repeat warm runs; the cold start separately.
@@ -48,6 +49,11 @@ def bench(
                                                       show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per method on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress notes.")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Stream the speech at real-time pacing: first-frame "
+                                         "delay, per-frame delay p50/p95, frames late, RTF.")] = False,
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (with --stream)", show_default="the method's")] = None,
+    motion_overlap: Annotated[Optional[int], typer.Option(help="--model ditto --stream: the DiT window overlap",
+                                                          show_default="70")] = None,
 ) -> None:
     """Measure render speed: RTF, first-frame delay, seconds per stage, NFE, FLOPs, peak memory."""
     from .. import bench as benchmod
@@ -74,6 +80,20 @@ def bench(
     if weights is None:
         note(f"note: RANDOM weights ({arch.value} architecture): timings are real, the frames are noise", quiet)
     reports = []
+    if stream:
+        for name in models:
+            report = benchmod.bench_stream(name, arch.value, size, seconds, audio, image, device, dtype, repeat, weights,
+                                           log=lambda m: note(m, quiet), command=shlex.join(["avatar", *ARGV]),
+                                           steps=steps, motion_overlap=motion_overlap)
+            if as_json:
+                typer.echo(json.dumps(report))
+            else:
+                note(f"{name} --stream ({report['weights']}, {report['device']}): first frame after "
+                     f"{report['first_frame_delay_s']['median']:.3f} s, frame delay p50 "
+                     f"{report['frame_delay_p50_s']['median']:.3f} s / p95 {report['frame_delay_p95_s']['median']:.3f} s, "
+                     f"{report['frames_late']['median']:g} of {report['frames']} frames late, "
+                     f"RTF {report['rtf']['median']:.3f}")
+        return
     for name in models:
         report = benchmod.bench(name, arch.value, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
                                 weights, flops, overlap, log=lambda m: note(m, quiet),

@@ -10,7 +10,10 @@ from typing import Annotated, Optional
 import typer
 
 from .. import render_options
+from ..errors import InputError
 from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
+
+PANEL_STREAM = "Streaming (--stream)"
 from .common import Arch, ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, note, progress, signals_interrupt
 
 RENDER_EPILOG = """\
@@ -45,6 +48,8 @@ fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2.
 
   avatar render portrait.png speech.wav --model ditto -o talk.mp4          [dim]# real face (Ditto's weights)[/dim]
   avatar render portrait.png speech.wav --model hallo -o talk.mp4          [dim]# real face (converted Hallo weights)[/dim]
+  cat speech.wav | avatar render portrait.png - --model ditto --stream -o - | ffplay -   [dim]# live[/dim]
+  avatar render portrait.png speech.wav --model ditto --emotion happy --pose-offset 0,10,0 --blink 60
   avatar render face.png voice.wav --weights ./hallo --model hallo --method adv-lcm --steps 4
   avatar render face.jpg speech.mp3 --random-weights --arch tiny --size 128 [dim]# fast CPU preview of the pipeline[/dim]
   avatar render face.png voice.m4a --weights ./w --init rolling --json
@@ -104,15 +109,27 @@ def shorthand_note(values: dict, quiet: bool) -> None:
 @render_options.with_render_options
 def render(
     image: Annotated[Path, typer.Argument(help="Portrait image (any format Pillow reads).", show_default=False)],
-    audio: Annotated[Path, typer.Argument(help="Speech (wav, mp3, flac, ogg, m4a, or a video's audio track).",
+    audio: Annotated[Path, typer.Argument(help="Speech (wav, mp3, flac, ogg, m4a, or a video's audio track); "
+                                               "- for standard input with --stream.",
                                           show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output mp4", rich_help_panel=PANEL_IO,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output mp4 (- : standard output, with "
+                                                   "--stream)", rich_help_panel=PANEL_IO,
                                                    show_default="<image stem>.mp4")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.",
                                             rich_help_panel=PANEL_IO)] = False,
     audio_features: Annotated[Optional[Path], typer.Option(
         help="Features from 'avatar audio encode' instead of the speech's own (the speech is still muxed).",
         show_default=False, rich_help_panel=PANEL_IO)] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Write frames while the speech arrives (AUDIO may be - "
+                                         "for standard input): fragmented MP4 or MPEG-TS, playable while written.",
+                                         rich_help_panel=PANEL_STREAM)] = False,
+    realtime: Annotated[bool, typer.Option("--realtime", help="With --stream: read a file AUDIO at speech speed.",
+                                           rich_help_panel=PANEL_STREAM)] = False,
+    format: Annotated[str, typer.Option("--format", help="With --stream: mp4 (fragmented) or mpegts.",
+                                        rich_help_panel=PANEL_STREAM)] = "mp4",
+    input_format: Annotated[Optional[str], typer.Option(
+        "--input-format", help="With --stream: s16le for raw 16 kHz mono 16-bit PCM, or an ffmpeg format name.",
+        rich_help_panel=PANEL_STREAM, show_default="probed by ffmpeg")] = None,
     weights: Weights = None,
     random_weights: RandomWeights = False,
     arch: ArchOption = Arch.full,
@@ -133,6 +150,12 @@ def render(
     must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
     shorthand_note(render, quiet)
+    if stream or str(audio) == "-":
+        if not stream:
+            raise InputError("speech from standard input (-) needs --stream")
+        return render_streaming(image, audio, output, overwrite, options, realtime, format, input_format,
+                                audio_features, (weights, random_weights, arch, device, dtype, compile,
+                                                 add_cfg_layers), as_json, quiet)
     output = output if output is not None else Path(f"{image.stem}.mp4")
     # Inputs are read and checked before the models load, so that bad input fails in a second.
     job = prepare_job(image, audio, output, options, overwrite, audio_features)
@@ -148,6 +171,54 @@ def render(
         note(f"wrote {result.output}: {result.frames} frames, {result.duration_s:.2f} s at {result.fps:g} fps, "
              f"{result.model} ({result.method}, NFE {result.nfe}), {result.wall_s:.1f} s wall "
              f"(RTF {result.rtf:.2f}) on {result.device}", quiet)
+
+
+def render_streaming(image, audio, output, overwrite, options, realtime, fmt, input_format, audio_features, load,
+                     as_json, quiet) -> None:
+    """``avatar render ... --stream``: speech in chunks (a file or standard input) -> a live video."""
+    from ..media.image import load_portrait, load_source
+    from ..media.stream import FORMATS, pcm_chunks, render_stream
+    from ..media.video import check_output_path
+    from ..models.catalog import MODELS
+
+    options.validate()
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    if audio_features is not None:
+        raise InputError("--audio-features does not apply to --stream")
+    if realtime and str(audio) == "-":
+        raise InputError("--realtime paces a file; standard input arrives at its own pace")
+    if str(audio) != "-" and not Path(audio).is_file():
+        raise InputError(f"audio file not found: {audio}")
+    out = output if output is not None else Path(f"{image.stem}.{'mp4' if fmt == 'mp4' else 'ts'}")
+    if str(out) != "-":
+        check_output_path(out, overwrite)
+    ditto = MODELS[options.model].family == "ditto"
+    if ditto:
+        picture, geometry = load_source(image, with_geometry=True)
+    else:
+        picture, geometry = load_portrait(image, options.size, options.fit, with_geometry=True)
+    face_box = None
+    if options.face_box is not None:
+        x, y, w, h = options.face_box
+        if x < 0 or y < 0 or x + w > geometry.width or y + h > geometry.height:
+            raise InputError(f"--face-box {x},{y},{w},{h} lies outside the {geometry.width}x{geometry.height} image")
+        face_box = geometry.box_to_frame(options.face_box)
+    pipe = pipeline_for(options, *load, quiet)
+    if not ditto:
+        note(f"note: --model {options.model} is not incremental: the video starts when the speech has ended", quiet)
+    chunks = pcm_chunks(audio, input_format, realtime=realtime)
+    with signals_interrupt():
+        result = render_stream(pipe, picture, chunks, out, options, fmt=fmt, face_box=face_box)
+    result.update(model=options.model, method=options.method_name, device=str(pipe.device), seed=options.seed,
+                  weights=pipe.source)
+    if ditto:
+        result.update(pipe.describe(options, stream=True))
+    if as_json:
+        typer.echo(json.dumps(result), err=str(out) == "-")  # standard output may be the video
+    else:
+        note(f"streamed {result['frames']} frames ({result['duration_s']:.2f} s) to {result['output']}: first frames "
+             f"after {result['first_frame_delay_s']} s, RTF {result['rtf']:.2f}", quiet)
 
 
 BATCH_EPILOG = """\

@@ -141,10 +141,14 @@ class AudioConditions:
         eye_ball: (6,) or (k, 6), order [Lx, Rx, Ly, Ry, Lz, Rz].
         source_kp: the source canonical keypoints ``kp``, 63 values ((63,), (1, 63) or (21, 3)).
         eye_f0_mode: for a video source, use frame 0's eye state throughout.
+        hold_last: per-frame emotions past the table's end keep its last row (``--emotion FILE``) instead
+            of Ditto's cycling (``i % m``).
     """
 
-    def __init__(self, emotion, eye_open, eye_ball, source_kp, *, eye_f0_mode: bool = False):
+    def __init__(self, emotion, eye_open, eye_ball, source_kp, *, eye_f0_mode: bool = False,
+                 hold_last: bool = False):
         self.emotion = parse_emotion(emotion)
+        self.hold_last = hold_last
         self.eye_open = np.asarray(eye_open, dtype=np.float32).reshape(-1, EYE_OPEN_DIM)
         self.eye_ball = np.asarray(eye_ball, dtype=np.float32).reshape(-1, EYE_BALL_DIM)
         self.sc = np.asarray(source_kp, dtype=np.float32).reshape(KP_DIM)
@@ -169,7 +173,10 @@ class AudioConditions:
         audio = np.asarray(audio, dtype=np.float32)
         n = audio.shape[0]
         m = len(self.emotion)
-        emo = self.emotion[[max(i, 0) % m for i in range(start_idx, start_idx + n)]]
+        if self.hold_last:
+            emo = self.emotion[[min(max(i, 0), m - 1) for i in range(start_idx, start_idx + n)]]
+        else:
+            emo = self.emotion[[max(i, 0) % m for i in range(start_idx, start_idx + n)]]
         return np.concatenate(
             [
                 audio,

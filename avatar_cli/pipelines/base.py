@@ -113,6 +113,27 @@ class Pipeline:
         ``round(duration_s * fps)`` frames in all. ``on_progress(done, total)`` after each chunk."""
         raise NotImplementedError
 
+    def stream(self, image: np.ndarray, audio_chunks, options: RenderOptions | None = None, *,
+               stats: "RenderStats | None" = None, face_box=None, **inputs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Frames for speech that arrives in chunks: ``(frames (n, H, W, 3) uint8, timestamps (n,) seconds)``.
+
+        This default is NOT incremental (the U-Net family generates clips from the whole clip's audio
+        features): it collects every chunk (float32 mono 16 kHz arrays), runs :meth:`prepare` on the
+        collected speech (``face_box`` in frame pixels, as :class:`RenderJob` holds it), then yields
+        :meth:`generate`'s chunks with their timestamps (frame index / fps). ``inputs`` go to
+        :meth:`generate` as well. Ditto's pipeline overrides it with its online mode.
+        """
+        opts = options or RenderOptions()
+        stats = stats or RenderStats.of(self)
+        parts = [np.asarray(c, dtype=np.float32).reshape(-1) for c in audio_chunks]
+        waveform = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        job = RenderJob(image, waveform, Path("-"), Path("-"), opts, face_box=face_box)
+        inputs = {**self.prepare(job, stats), **inputs}
+        done = 0
+        for frames in self.generate(image, inputs.pop("waveform", waveform), opts, stats=stats, **inputs):
+            yield frames, (done + np.arange(len(frames))) / opts.fps
+            done += len(frames)
+
     def describe(self, options: RenderOptions) -> dict:
         """Report fields of a render with ``options``: nfe (the method's denoiser evaluations per
         clip or window), num_inference_steps, guidance."""

@@ -26,7 +26,7 @@ Weights folder (``from_pretrained``): the Hugging Face snapshot of ``digital-ava
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,8 @@ from ..models.liveportrait.keypoints import transform_keypoint
 from ..models.liveportrait.stitching import stitch
 from ..motion.condition import AudioConditions, motion_to_vector, vector_to_motion
 from ..motion.hubert_windows import OnnxHubert, RandomHubert, num_frames, offline_features
-from ..motion.stitch import MotionStitch
+from ..motion.controls import parse_blink, parse_emotion_option, read_controls
+from ..motion.stitch import ANGLE_KEYS, LIP_KP, MotionStitch, _kp_mask
 from ..motion.windows import offline_motion
 from ..options import RenderJob, RenderOptions
 from ..runtime import resolve_device, resolve_dtype
@@ -73,6 +74,32 @@ class SourceState:
     eye_open: np.ndarray
     eye_ball: np.ndarray
     keypoints: torch.Tensor
+
+
+@dataclass
+class DittoControls:
+    """The controls of one render, resolved against the cfg (:meth:`DittoPipeline.controls`).
+
+    Attributes:
+        emotion: the condition's emotion: an (m, 8) table (``--emotion``) or the cfg's ``emo``.
+        hold_last: per-frame emotion rows hold their last row past the table's end (a FILE).
+        overlap: the DiT windows' overlap (``overlap_v2``).
+        delta_eye_open_n: the blink gaps (-1 when there is no blink template).
+        overall_ctrl: MotionStitch's controls for every frame (the cfg's, plus ``--pose-offset``).
+        use_d_keys: MotionStitch's driven keys and gains (``--pose-gain``, ``--mouth-gain``).
+        per_frame: frame -> controls (``--controls``).
+    """
+
+    emotion: object
+    hold_last: bool
+    overlap: int
+    delta_eye_open_n: object
+    overall_ctrl: dict
+    use_d_keys: object
+    per_frame: dict
+
+
+STREAM_OVERLAP = 70  # Ditto's online cfg: 10 new frames per DiT window
 
 
 def _folder(root: Path, *names: str) -> Path | None:
@@ -206,26 +233,95 @@ class DittoPipeline(Pipeline):
         with stats("crop"):
             return {"source": self.source_state(job.image, job.face_box)}
 
+    def describe(self, options: RenderOptions, stream: bool = False) -> dict:
+        ctl = self.controls(options, stream, quiet=True)
+        controls = {
+            "emotion": options.emotion if options.emotion is not None else "cfg",
+            "blink": options.blink if options.blink is not None else "cfg",
+            "delta_eye_open_n": ctl.delta_eye_open_n,
+            "pose_offset": list(options.pose_offset) if options.pose_offset is not None else None,
+            "pose_gain": list(options.pose_gain) if options.pose_gain is not None else None,
+            "mouth_gain": options.mouth_gain,
+            "motion_overlap": ctl.overlap,
+            "overall_ctrl": {k: v for k, v in ctl.overall_ctrl.items() if np.isscalar(v)},
+            "controls_file": None if options.controls is None else str(options.controls),
+            "controlled_frames": len(ctl.per_frame),
+        }
+        return {**super().describe(options), "controls": controls}
+
+    def controls(self, options: RenderOptions, stream: bool = False, quiet: bool = False) -> DittoControls:
+        """Resolve the ``--model ditto`` controls of ``options`` against the cfg (DITTO notes sec. 8, CLI mapping).
+
+        - ``--emotion``: the condition's 8 emotion entries (an (m, 8) table; the cfg's ``emo`` without it).
+        - ``--blink``: ``delta_eye_open_n`` (auto 0, never -1, N); without the cfg's blink template
+          (``delta_eye_arr``, e.g. random weights) there are no blinks and a note says so.
+        - ``--pose-offset p,y,r``: degrees ADDED to ``overall_ctrl_info``'s ``delta_pitch/yaw/roll`` (the released
+          cfg already has ``delta_pitch: 2``); zero components are left out.
+        - ``--pose-gain p,y,r``: gains of ``use_d_keys`` for the angles: the driving angle's logits are
+          ``source + (generated - d0) * gain`` (linear in logit space, not exactly in degrees; 0 = the
+          source's pose, 1 = as generated).
+        - ``--mouth-gain G``: the exp gain of ``use_d_keys`` becomes a (1, 63) vector, G on the 18 values of
+          the lip keypoints (6, 12, 14, 17, 19, 20), 1 elsewhere: the lips' expression is
+          ``exp_s + (exp_d - exp_d0) * G`` (only lips and eyes are driven; the rest is the source's).
+        - ``--motion-overlap``: ``overlap_v2`` (70 for ``stream`` when not given, Ditto's online cfg).
+        - ``--controls FILE``: MotionStitch's per-frame ``ctrl_info`` (its keys win over the overall ones).
+        """
+        cfg = self.config
+        emotion, hold = cfg.emo, False
+        table = parse_emotion_option(options.emotion)
+        if table is not None:
+            emotion, hold = table, len(table) > 1
+        overlap = options.motion_overlap or (STREAM_OVERLAP if stream else cfg.overlap_v2)
+        eye_n = cfg.delta_eye_open_n
+        if options.blink is not None:
+            eye_n = parse_blink(options.blink)
+            if cfg.delta_eye_arr is None and not quiet:
+                self.warn("note: --blink needs the cfg's blink template (delta_eye_arr); these weights have none, "
+                          "so the eyes follow the generated motion")
+        if cfg.delta_eye_arr is None:
+            eye_n = -1
+        overall = dict(cfg.overall_ctrl_info or {})
+        for k, v in zip(ANGLE_KEYS, options.pose_offset or ()):
+            if v:
+                overall[f"delta_{k}"] = float(overall.get(f"delta_{k}", 0)) + float(v)
+        keys = cfg.use_d_keys if cfg.use_d_keys is not None else ("exp", "pitch", "yaw", "roll", "t")
+        if options.pose_gain is not None or options.mouth_gain != 1:
+            gains = dict(keys) if isinstance(keys, dict) else {k: 1.0 for k in keys}
+            for k, g in zip(ANGLE_KEYS, options.pose_gain or ()):
+                if k in gains:
+                    gains[k] = gains[k] * float(g)
+            if "exp" in gains and options.mouth_gain != 1:
+                lip = _kp_mask(LIP_KP)
+                gains["exp"] = gains["exp"] * (1 + lip * np.float32(options.mouth_gain - 1))
+            keys = gains
+        return DittoControls(emotion, hold, overlap, eye_n, overall, keys, read_controls(options.controls))
+
+    def stitcher(self, source: SourceState, num_frames: int, options: RenderOptions,
+                 controls: DittoControls | None = None) -> MotionStitch:
+        """MotionStitch for ``num_frames`` frames (-1: a stream) of ``source`` with the options' controls."""
+        cfg, ctl = self.config, controls or self.controls(options)
+        return MotionStitch(source.motion, num_frames=num_frames, delta_eye_arr=cfg.delta_eye_arr,
+                            delta_eye_open_n=ctl.delta_eye_open_n, fade_type=cfg.fade_type,
+                            overall_ctrl=ctl.overall_ctrl, use_d_keys=ctl.use_d_keys, seed=options.seed)
+
     def count_flops(self, image: np.ndarray, options: RenderOptions, seconds: float) -> int:
         """FLOPs of ``seconds`` of speech after the once-per-portrait work (warm cache)."""
         self.source_state(image)
         return super().count_flops(image, options, seconds)
 
-    @torch.no_grad()
-    def motion(self, features: np.ndarray, source: SourceState, options: RenderOptions,
-               stats: RenderStats | None = None) -> np.ndarray:
-        """(N, 1024) audio features -> (N, 265) motion: the DiT over 80-frame windows (DITTO.md sec. 7).
+    def window_sampler(self, options: RenderOptions, stats: RenderStats | None = None):
+        """The DiT as ``sample_window(cond (80, 1103), kp_cond (265,)) -> (80, 265)`` for
+        :func:`~avatar_cli.motion.windows.offline_motion` / :class:`~avatar_cli.motion.windows.OnlineMotion`.
 
         One generator seeded with ``options.seed`` draws the S-1 per-step noises once (reused by every
-        window, as Ditto does) and then each window's x_T."""
-        cfg, dit, steps = self.config, self.models.dit, options.steps
+        window, as Ditto does) and then each window's x_T; ``stats.evaluations`` counts 2 S per window."""
+        dit, steps = self.models.dit, options.steps
         scale = options.scales[0]
         generator = torch.Generator(self.device).manual_seed(options.seed)
-        seq = dit.null_cond_embed.shape[1]  # the DiT's window, 80 frames
-        shape = (1, seq, 265)
+        shape = (1, dit.null_cond_embed.shape[1], 265)  # the DiT's window, 80 frames
         noises = draw_noises(steps, shape, generator, self.device)
-        conditions = AudioConditions(cfg.emo, source.eye_open, source.eye_ball, source.motion["kp"])
 
+        @torch.no_grad()
         def sample_window(cond: np.ndarray, kp_cond: np.ndarray) -> np.ndarray:
             c = torch.from_numpy(np.ascontiguousarray(cond))[None].to(self.device)
             frame = torch.from_numpy(np.ascontiguousarray(kp_cond))[None].to(self.device)
@@ -235,9 +331,20 @@ class DittoPipeline(Pipeline):
                 stats.evaluations += 2 * steps
             return x0[0].float().cpu().numpy()
 
-        return offline_motion(conditions(features), motion_to_vector(source.motion), sample_window,
-                              seq_frames=seq, overlap=cfg.overlap_v2, fix_kp_cond=cfg.fix_kp_cond,
-                              fix_kp_cond_dim=cfg.fix_kp_cond_dim, smo_k=cfg.smo_k_d,
+        return sample_window
+
+    @torch.no_grad()
+    def motion(self, features: np.ndarray, source: SourceState, options: RenderOptions,
+               stats: RenderStats | None = None) -> np.ndarray:
+        """(N, 1024) audio features -> (N, 265) motion: the DiT over 80-frame windows (DITTO.md sec. 7),
+        sampled by :meth:`window_sampler`."""
+        cfg = self.config
+        ctl = self.controls(options, quiet=True)
+        conditions = AudioConditions(ctl.emotion, source.eye_open, source.eye_ball, source.motion["kp"],
+                                     hold_last=ctl.hold_last)
+        return offline_motion(conditions(features), motion_to_vector(source.motion), self.window_sampler(options, stats),
+                              seq_frames=self.models.dit.null_cond_embed.shape[1], overlap=ctl.overlap,
+                              fix_kp_cond=cfg.fix_kp_cond, fix_kp_cond_dim=cfg.fix_kp_cond_dim, smo_k=cfg.smo_k_d,
                               v_min_max=cfg.v_min_max_for_clip)
 
     @torch.no_grad()
@@ -266,29 +373,151 @@ class DittoPipeline(Pipeline):
         total = num_frames(waveform.shape[0])
         with stats("motion"):
             motion = self.motion(features[:total], source, opts, stats)
-        cfg, models = self.config, self.models
-        stitcher = MotionStitch(source.motion, num_frames=total, delta_eye_arr=cfg.delta_eye_arr,
-                                delta_eye_open_n=cfg.delta_eye_open_n if cfg.delta_eye_arr is not None else -1,
-                                fade_type=cfg.fade_type, overall_ctrl=cfg.overall_ctrl_info,
-                                use_d_keys=cfg.use_d_keys, seed=opts.seed)
+        ctl = self.controls(opts)
+        stitcher = self.stitcher(source, total, opts, ctl)
         paste = PasteBack(source.crop.M_c2o, image.shape[:2])
         chunks = -(-total // self.render_batch)
         for n in range(chunks):
             with stats("warp"):
                 rows = range(n * self.render_batch, min((n + 1) * self.render_batch, total))
-                infos = [stitcher(vector_to_motion(motion[i])) for i in rows]
-                driving = {k: torch.from_numpy(np.concatenate([info[k].reshape(1, -1) for info in infos]))
-                           .to(self.device) for k in infos[0]}
-                x_d = transform_keypoint(driving)
-                x_s = source.keypoints.expand(len(infos), -1, -1)
-                if cfg.flag_stitching:
-                    x_d = stitch(models.stitch, x_s, x_d)
-                warped = models.warp(source.features.expand(len(infos), -1, -1, -1, -1),
-                                     x_s.to(self.dtype), x_d.to(self.dtype))
-            with stats("decode"):
-                renders = models.decoder(warped).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
-            with stats("paste"):
-                frames = np.stack([paste(image, render.cpu().numpy()) for render in renders])
+                infos = [stitcher(vector_to_motion(motion[i]), **ctl.per_frame.get(i, {})) for i in rows]
+            frames = self.render_infos(infos, source, image, paste, stats)
             if on_progress is not None:
                 on_progress(n + 1, chunks)
             yield frames
+
+    @torch.no_grad()
+    def driving_keypoints(self, infos: list[dict], source: SourceState) -> torch.Tensor:
+        """MotionStitch outputs -> x_d (n, 21, 3): LivePortrait's keypoint transform, then the stitching
+        network when the cfg's ``flag_stitching`` (DITTO notes sec. 8 steps 7-8)."""
+        driving = {k: torch.from_numpy(np.concatenate([info[k].reshape(1, -1) for info in infos]))
+                   .to(self.device) for k in infos[0]}
+        x_d = transform_keypoint(driving)
+        if self.config.flag_stitching:
+            x_d = stitch(self.models.stitch, source.keypoints.expand(len(infos), -1, -1), x_d)
+        return x_d
+
+    @torch.no_grad()
+    def render_infos(self, infos: list[dict], source: SourceState, image: np.ndarray, paste: PasteBack,
+                     stats: RenderStats) -> np.ndarray:
+        """MotionStitch outputs (one per frame) -> (n, H, W, 3) uint8 frames: keypoints, warp, decode, paste."""
+        models = self.models
+        with stats("warp"):
+            x_d = self.driving_keypoints(infos, source)
+            x_s = source.keypoints.expand(len(infos), -1, -1)
+            warped = models.warp(source.features.expand(len(infos), -1, -1, -1, -1),
+                                 x_s.to(self.dtype), x_d.to(self.dtype))
+        with stats("decode"):
+            renders = models.decoder(warped).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
+        with stats("paste"):
+            return np.stack([paste(image, render.cpu().numpy()) for render in renders])
+
+    # ------------------------------------------------------------ streaming
+    @torch.no_grad()
+    def stream(self, image: np.ndarray, audio_chunks: Iterable[np.ndarray], options: RenderOptions | None = None, *,
+               stats: RenderStats | None = None, source: SourceState | None = None,
+               face_box=None, **_) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Frames while the speech is still arriving (Ditto's online mode, DITTO notes sec. 7 and 10).
+
+        Each audio chunk goes through :class:`StreamChunker` (6480-sample HuBERT windows every 3200
+        samples) -> the encoder (5 feature frames per window) -> :class:`OnlineMotion` (its buffer
+        prefilled with the features of ``overlap`` frames of silence; the first DiT window only anchors
+        ``d0``, which becomes MotionStitch's relative-motion anchor; every later window gives ``valid =
+        80 - overlap`` frames) -> MotionStitch (per-frame ``--controls`` by frame index) -> warp, decode and
+        paste, ``render_batch`` frames at a time. Memory is flat in the stream's length: the chunker keeps
+        < 6480 samples, OnlineMotion at most 160 feature and motion frames, no frame is kept.
+
+        End of stream: the chunker's last windows are zero-padded (silence), OnlineMotion's last window is
+        padded by repeating its last condition row and emits all it holds; the output is cut to
+        ``ceil(samples / 16000 * 25)`` frames, the offline count (a stream shorter than ``valid`` frames gets
+        windows of silence first, so that it is not all anchor). Every frame is a generated one (the last ones are
+        generated from the speech's end and the silence after it), none is repeated.
+
+        Args:
+            image: (H, W, 3) uint8 portrait (both sides even).
+            audio_chunks: float32 mono 16 kHz arrays of any length, consumed lazily.
+            options: ``--motion-overlap`` must be 40..79 here (70 when not given, Ditto's online cfg): with
+                a smaller overlap Ditto's online windows do not start at the first audio frame.
+            face_box: (x, y, w, h) in ``image`` pixels, or None.
+
+        Yields:
+            (frames (n, H, W, 3) uint8, timestamps (n,) float64 seconds = frame index / 25).
+
+        Raises:
+            InputError: options that do not apply, no face found.
+        """
+        from ..motion.hubert_windows import WINDOW, StreamChunker, silence_features, window_features
+        from ..motion.windows import OnlineMotion
+
+        opts = options or RenderOptions(model="ditto")
+        self.check(opts)
+        ctl = self.controls(opts, stream=True)
+        if ctl.overlap < 40:
+            raise InputError(f"--stream needs --motion-overlap 40..79 (got {ctl.overlap}): Ditto's online windows "
+                             f"fuse min(overlap, 80 - overlap) frames and start at the first audio frame only then")
+        stats = stats or RenderStats.of(self)
+        if source is None:
+            with stats("crop"):
+                source = self.source_state(image, face_box)
+        cfg = self.config
+        with stats("audio"):
+            prefill = silence_features(self.encoder, ctl.overlap)
+        conditions = AudioConditions(ctl.emotion, source.eye_open, source.eye_ball, source.motion["kp"],
+                                     hold_last=ctl.hold_last)
+        online = OnlineMotion(self.window_sampler(opts, stats), motion_to_vector(source.motion), conditions, prefill,
+                              seq_frames=self.models.dit.null_cond_embed.shape[1], overlap=ctl.overlap,
+                              fix_kp_cond=cfg.fix_kp_cond, fix_kp_cond_dim=cfg.fix_kp_cond_dim, smo_k=cfg.smo_k_d,
+                              v_min_max=cfg.v_min_max_for_clip)
+        stitcher = self.stitcher(source, -1, opts, ctl)
+        paste = PasteBack(source.crop.M_c2o, image.shape[:2])
+        chunker = StreamChunker()
+        samples = 0
+        done = 0  # frames yielded
+        pending: list[np.ndarray] = []  # motion frames not yet rendered (< render_batch, or the tail)
+
+        def render(rows: list[np.ndarray], limit: int | None):
+            nonlocal done
+            if limit is not None:
+                rows = rows[: max(0, limit - done)]
+            for n in range(0, len(rows), self.render_batch):
+                batch = rows[n : n + self.render_batch]
+                with stats("warp"):
+                    infos = [stitcher(vector_to_motion(m), **ctl.per_frame.get(done + i, {}))
+                             for i, m in enumerate(batch)]
+                frames = self.render_infos(infos, source, image, paste, stats)
+                times = (done + np.arange(len(frames))) / 25.0
+                done += len(frames)
+                yield frames, times
+
+        pushed = 0  # feature frames given to OnlineMotion
+
+        def motion_from(windows: list[np.ndarray], end: bool) -> list[np.ndarray]:
+            nonlocal pushed
+            with stats("audio"):
+                feats = [window_features(self.encoder(w)) for w in windows]
+                if end:  # a stream shorter than one window's new frames: Ditto's first window would only
+                    # anchor d0 and emit nothing; add windows of silence so that a second window runs
+                    while pushed + sum(len(f) for f in feats) <= online.valid:
+                        feats.append(window_features(self.encoder(np.zeros(WINDOW, np.float32))))
+            with stats("motion"):
+                out = [online.push(f) for f in feats]
+                pushed += sum(len(f) for f in feats)
+                if end:
+                    out.append(online.flush())
+            if online.d0 is not None and stitcher.d0 is None:
+                stitcher.d0 = online.d0  # the first window's first frame anchors the relative motion
+            return [row for block in out for row in block]
+
+        for chunk in audio_chunks:
+            chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+            samples += len(chunk)
+            pending += motion_from(chunker.push(chunk), end=False)
+            ready = len(pending) - len(pending) % self.render_batch
+            if ready:
+                yield from render(pending[:ready], None)
+                pending = pending[ready:]
+        pending += motion_from(chunker.flush(), end=True)
+        total = num_frames(samples)
+        yield from render(pending, total)
+        if done < total:  # not expected (OnlineMotion emits all it holds); say so rather than freeze a frame
+            self.warn(f"note: the stream ended with {done} of {total} frames")
