@@ -248,8 +248,11 @@ def run(pipe, jobs: list[Job], base: RenderOptions, ledger: Ledger, resume: bool
     (unless ``fail_fast``). KeyboardInterrupt propagates (the running job leaves no file)."""
     from .options import prepare_job
 
+    from . import interrupt
+
     results = []
     for position, job in enumerate(jobs, 1):
+        interrupt.check()
         if resume and ledger.finished(job.output):
             result = JobResult(job.index, "skipped", str(job.output))
         else:

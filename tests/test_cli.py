@@ -119,7 +119,7 @@ def _bad_inputs(tmp: Path, data: Path) -> dict[str, list[str]]:
         "steps too many": ["render", img, wav, "-o", out, "--steps", "99"],
         "noise level out of range": ["render", img, wav, "-o", out, "--start-timestep", "1000"],
         "cuda without a gpu": ["render", img, wav, "-o", out, "--device", "cuda"],
-        "no weights": ["render", img, wav, "-o", out],
+        "no weights": ["render", img, wav, "-o", out, "--no-download"],
         "unknown option": ["render", img, wav, "-o", out, "--bogus"],
         "bad init choice": ["render", img, wav, "-o", out, "--init", "uniform"],
     }

@@ -149,3 +149,16 @@ def test_fada_without_cfg_layers_is_refused(tiny_pipeline, portrait):
 def test_method_option_errors(tiny_pipeline, portrait, options, words):
     with pytest.raises(InputError, match=words):
         list(tiny_pipeline.generate(portrait, _speech(0.2), RenderOptions(size=64, **options)))
+
+
+def test_an_interrupt_swallowed_in_a_finalizer_still_stops_at_the_next_chunk(tiny_pipeline, test_data, tmp_path):
+    """A Ctrl-C whose KeyboardInterrupt Python swallowed (it landed in a __del__) was only recorded:
+    the render stops at its first chunk, and no output or temporary file is left."""
+    from avatar_cli import interrupt
+
+    interrupt.request()
+    with pytest.raises(KeyboardInterrupt):
+        tiny_pipeline.render(test_data / "astronaut.png", test_data / "speech_espeak.wav", tmp_path / "o.mp4",
+                             RenderOptions(size=64))
+    assert list(tmp_path.iterdir()) == []
+    interrupt.check()  # the request was acted on once, not again

@@ -82,8 +82,11 @@ class signals_interrupt:
     def __enter__(self):
         import signal
 
+        from .. import interrupt
+
         self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.seen = False
+        interrupt.clear()
 
         def handler(signum, frame):
             if self.seen:
@@ -92,6 +95,7 @@ class signals_interrupt:
                 remove_partial_files()
                 os._exit(130)
             self.seen = True
+            interrupt.request()  # acted on at the next chunk if this exception is swallowed (in a __del__)
             raise KeyboardInterrupt
 
         for sig in self.previous:

@@ -107,7 +107,8 @@ def download_default(note: Callable[[str], None] = lambda message: None, quiet: 
     component = load_manifest()[MODELS[DEFAULT_DOWNLOAD].components[0]]
     size = f"{component.size / 1e9:.1f} GB" if component.size else "size unknown"
     command = f"avatar weights download {component.name}"
-    note(f"note: no model is installed; downloading {DEFAULT_DOWNLOAD} ({size}) once, as '{command}' does")
+    if not quiet:
+        note(f"note: no model is installed; downloading {DEFAULT_DOWNLOAD} ({size}) once, as '{command}' does")
     try:
         fetch(component, quiet=quiet, log=note)
     except WeightsError as err:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import interrupt
 from ..media.video import BackgroundWriter, VideoWriter
 from ..options import RenderJob, RenderOptions, RenderResult, prepare_job
 from ..runtime import dtype_name
@@ -186,6 +187,7 @@ class Pipeline:
             try:
                 for frames in self.generate(job.image, inputs.pop("waveform", job.waveform), opts,
                                             on_progress=on_progress, stats=stats, **inputs):
+                    interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops here
                     if stats.first_frame_at is None:
                         stats.first_frame_at = time.perf_counter()
                     with stats("write"):  # with overlap: only the time the queue makes us wait
