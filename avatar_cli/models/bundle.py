@@ -26,7 +26,6 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-from ..atomic import atomic_folder  # noqa: F401 (used by convert and training)
 from ..errors import WeightsError
 from .denoising_unet import DenoisingUNet3D
 from .face_locator import FaceLocator

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..models.bundle import atomic_folder
+from ..atomic import atomic_folder
 
 CHECKPOINTS = "checkpoints"
 
