@@ -46,12 +46,14 @@ fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2.
 
 [bold]Examples[/bold]
 
+  avatar render portrait.png speech.wav                                    [dim]# real face (downloads Ditto once)[/dim]
+  avatar render portrait.png speech.wav --preview                          [dim]# fastest installed; says the time[/dim]
   avatar render portrait.png speech.wav --model ditto -o talk.mp4          [dim]# real face (Ditto's weights)[/dim]
   avatar render portrait.png speech.wav --model hallo -o talk.mp4          [dim]# real face (converted Hallo weights)[/dim]
   cat speech.wav | avatar render portrait.png - --model ditto --stream -o - | ffplay -   [dim]# live[/dim]
   avatar render portrait.png speech.wav --model ditto --emotion happy --pose-offset 0,10,0 --blink 60
   avatar render face.png voice.wav --weights ./hallo --model hallo --method adv-lcm --steps 4
-  avatar render face.jpg speech.mp3 --random-weights --arch tiny --size 128 [dim]# fast CPU preview of the pipeline[/dim]
+  avatar render face.jpg speech.mp3 --random-weights --arch tiny --size 128 [dim]# try the pipeline (noise)[/dim]
   avatar render face.png voice.m4a --weights ./w --init rolling --json
   avatar batch jobs.csv --weights ./w --json > results.jsonl                [dim]# many videos, models loaded once[/dim]
 
@@ -138,6 +140,13 @@ def render(
     compile: Compile = False,
     add_cfg_layers: AddCfgLayers = False,
     no_download: NoDownload = False,
+    preview: Annotated[bool, typer.Option(
+        "--preview", help="The fastest real model installed here at fast settings (U-Net family: 256 px, TAESD, "
+        "<= 10 DDIM steps; Ditto: 5 DiT steps), measured on this device first; says the expected time.",
+        rich_help_panel=render_options.PANEL_METHOD)] = False,
+    recalibrate: Annotated[bool, typer.Option(
+        "--recalibrate", help="With --preview: measure again instead of using the calibration kept from before.",
+        rich_help_panel=render_options.PANEL_METHOD)] = False,
     as_json: Json = False,
     quiet: Quiet = False,
     **render: object,
@@ -147,9 +156,14 @@ def render(
     from ..pipelines import download_default
     from ..runtime import resolve_device, resolve_dtype
 
+    auto = render["model"].value == "auto"
     must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
     shorthand_note(render, quiet)
+    if recalibrate and not preview:
+        raise InputError("--recalibrate applies to --preview; add --preview")
+    if preview and (stream or str(audio) == "-"):
+        raise InputError("--preview does not apply to --stream; pick one")
     if stream or str(audio) == "-":
         if not stream:
             raise InputError("speech from standard input (-) needs --stream")
@@ -162,15 +176,66 @@ def render(
     if must_download:
         resolve_dtype(dtype, resolve_device(device))  # a bad --device/--dtype fails before a download
         download_default(lambda m: note(m, False), quiet=quiet)
-    pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, quiet)
+    plan = None
+    if preview:
+        plan = preview_plan(options, auto and weights is None and not random_weights, job,
+                            (image, audio, output, overwrite, audio_features),
+                            (weights, random_weights, arch, device, dtype, compile, add_cfg_layers), recalibrate, quiet)
+        pipe, job, options = plan.pipeline, plan.job, plan.job.options
+    else:
+        pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, quiet)
     with progress(quiet) as on_progress, signals_interrupt():  # SIGTERM cleans up like Ctrl-C
         result = pipe.render_job(job, on_progress=on_progress)
     if as_json:
-        typer.echo(json.dumps(result.to_dict()))
+        typer.echo(json.dumps({**result.to_dict(), **({"preview": plan.to_dict()} if plan else {})}))
     else:
         note(f"wrote {result.output}: {result.frames} frames, {result.duration_s:.2f} s at {result.fps:g} fps, "
              f"{result.model} ({result.method}, NFE {result.nfe}), {result.wall_s:.1f} s wall "
              f"(RTF {result.rtf:.2f}) on {result.device}", quiet)
+
+
+def explicit_fields() -> frozenset[str]:
+    """The RenderOptions fields whose options the user gave on this command line (not defaults)."""
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return frozenset()
+    return frozenset(o.target for o in render_options.RENDER_OPTIONS
+                     if ctx.get_parameter_source(o.name) not in (None, ParameterSource.DEFAULT,
+                                                                ParameterSource.DEFAULT_MAP))
+
+
+def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quiet: bool):
+    """``--preview``: calibrate the candidates (every installed model with ``--model auto``, else
+    the one chosen) at their preview settings and return the fastest's plan (``preview.py``)."""
+    from dataclasses import replace
+
+    from ..models.catalog import AUTO_ORDER
+    from ..options import prepare_job
+    from ..pipelines import _installed
+    from ..preview import describe_plan, plan_preview
+    from ..runtime import resolve_device, resolve_dtype
+
+    weights, random_weights, arch, device, dtype, compile, add_cfg_layers = load
+    image, audio, output, overwrite, audio_features = inputs
+    models = [m for m in AUTO_ORDER if _installed(m) is not None] if auto else []
+    models = models or [options.model]
+    dev = resolve_device(device)
+
+    def load_model(model: str):
+        return pipeline_for(replace(options, model=model), weights, random_weights, arch, device, dtype, compile,
+                            add_cfg_layers, quiet)
+
+    def weights_of(model: str):
+        return None if random_weights else (weights or _installed(model))
+
+    plan = plan_preview(models, lambda o: prepare_job(image, audio, output, o, overwrite, audio_features),
+                        load_model, options, explicit_fields(), weights_of, str(dev), resolve_dtype(dtype, dev),
+                        note=lambda m: note(m, quiet), recalibrate=recalibrate)
+    note(describe_plan(plan), quiet)
+    return plan
 
 
 def render_streaming(image, audio, output, overwrite, options, realtime, fmt, input_format, audio_features, load,

@@ -145,6 +145,58 @@ class Pipeline:
         """Extra measurements ``avatar bench`` reports for this family (e.g. a fast decoder's PSNR)."""
         return {}
 
+    # ------------------------------------------------------------ --preview: settings and cost
+    @classmethod
+    def preview_options(cls, options: RenderOptions, explicit: frozenset[str] = frozenset(),
+                        weights: str | Path | None = None) -> tuple[RenderOptions, str]:
+        """The fastest settings of this family that still render a real face (``--preview``), and a
+        few words saying what changed. Fields named in ``explicit`` (set by the user) are kept.
+        ``weights``: the folder the weights come from (a fast decoder may lie beside them)."""
+        return options, "its usual settings"
+
+    def sampling_units_per_second(self, options: RenderOptions) -> float:
+        """Sampler runs (U-Net clips, Ditto windows) per video second: ``fps / clip_frames`` here."""
+        return options.fps / options.clip_frames
+
+    def calibrate(self, job: RenderJob, options: RenderOptions | None = None) -> dict:
+        """Expected wall seconds per video second of ``options`` on this device, measured, not assumed.
+
+        One probe renders one sampler run's worth of silence (a U-Net clip; Ditto: one window's
+        motion and one render batch) with the method's fewest steps, after the per-portrait work of
+        :meth:`prepare` (reported apart as ``once_s``). The sampler's time per denoiser
+        evaluation times the evaluations the real options make per video second
+        (``describe()["nfe"]`` x :meth:`sampling_units_per_second`), plus every other stage's time
+        per probe video second, is the estimate. Cost: about one clip at one step.
+
+        Returns:
+            {"seconds_per_video_second", "once_s" (per portrait), "per_evaluation_s",
+            "probe_wall_s"}.
+        """
+        from dataclasses import replace
+
+        opts = options or job.options
+        fewest = opts.sampling.step_range[0]
+        probe_opts = replace(opts, num_inference_steps=fewest, window_steps=None)
+        seconds = self.probe_frames(opts) / opts.fps
+        silence = np.zeros(int(round(seconds * 16000)), np.float32)
+        probe = RenderJob(job.image, silence, Path("-"), Path("-"), probe_opts, face_box=job.face_box)
+        start = time.perf_counter()
+        once = RenderStats.of(self)
+        inputs = self.prepare(probe, once)
+        stats = RenderStats.of(self)
+        frames = sum(len(f) for f in self.generate(job.image, inputs.pop("waveform", silence), probe_opts,
+                                                    stats=stats, **inputs))
+        probe_wall = time.perf_counter() - start
+        per_evaluation = stats.stages.pop(self.sampling_stage, 0.0) / max(stats.evaluations, 1)
+        evaluations = self.describe(opts)["nfe"] * self.sampling_units_per_second(opts)
+        rest = sum(stats.stages.values()) / (frames / opts.fps)
+        return {"seconds_per_video_second": per_evaluation * evaluations + rest, "once_s": sum(once.stages.values()),
+                "per_evaluation_s": per_evaluation, "probe_wall_s": probe_wall}
+
+    def probe_frames(self, options: RenderOptions) -> int:
+        """Frames of the calibration probe: one clip."""
+        return options.clip_frames
+
     def count_flops(self, image: np.ndarray, options: RenderOptions, seconds: float) -> int:
         """Model FLOPs of rendering ``seconds`` of silence after the portrait's once-per-video work
         (warm caches), counted by ``torch.utils.flop_counter`` (see ``bench.py``)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from ..models.ditto import DittoModels
 from ..models.liveportrait.keypoints import transform_keypoint
 from ..models.liveportrait.stitching import stitch
 from ..motion.condition import AudioConditions, motion_to_vector, vector_to_motion
-from ..motion.hubert_windows import OnnxHubert, RandomHubert, num_frames, offline_features
+from ..motion.hubert_windows import FPS, OnnxHubert, RandomHubert, num_frames, offline_features
 from ..motion.controls import parse_blink, parse_emotion_option, read_controls
 from ..motion.stitch import ANGLE_KEYS, LIP_KP, MotionStitch, _kp_mask
 from ..motion.windows import offline_motion
@@ -248,6 +248,26 @@ class DittoPipeline(Pipeline):
             "controlled_frames": len(ctl.per_frame),
         }
         return {**super().describe(options), "controls": controls}
+
+    PREVIEW_STEPS = 5  # --preview's DiT steps (default 10; the renderer, not the DiT, sets the pace)
+
+    @classmethod
+    def preview_options(cls, options: RenderOptions, explicit: frozenset[str] = frozenset(),
+                        weights: str | Path | None = None) -> tuple[RenderOptions, str]:
+        """``--preview``: 5 DiT steps (unless ``--steps`` was given). The warp and decoder run at
+        LivePortrait's 256 px whatever the settings, so nothing else changes."""
+        if "num_inference_steps" in explicit or options.steps <= cls.PREVIEW_STEPS:
+            return options, "its usual settings"
+        return replace(options, num_inference_steps=cls.PREVIEW_STEPS), f"{cls.PREVIEW_STEPS} DiT steps"
+
+    def sampling_units_per_second(self, options: RenderOptions) -> float:
+        """DiT windows per video second: 25 fps over the window's new frames (80 - overlap)."""
+        seq = self.models.dit.null_cond_embed.shape[1]
+        return FPS / (seq - self.controls(options, quiet=True).overlap)
+
+    def probe_frames(self, options: RenderOptions) -> int:
+        """Frames of the calibration probe: one render batch (the DiT still samples a whole window)."""
+        return self.render_batch
 
     def controls(self, options: RenderOptions, stream: bool = False, quiet: bool = False) -> DittoControls:
         """Resolve the ``--model ditto`` controls of ``options`` against the cfg (DITTO notes sec. 8, CLI mapping).

@@ -286,6 +286,28 @@ class UNetPipeline(Pipeline):
         return features
 
     # ------------------------------------------------------------ the pipeline interface
+    PREVIEW_SIZE = 256  # --preview's frame side (the issue's "U-Net family at 256 px with TAESD")
+    PREVIEW_DDIM_STEPS = 10  # --preview's DDIM steps (hallo: 40, teacher: 25)
+
+    @classmethod
+    def preview_options(cls, options: RenderOptions, explicit: frozenset[str] = frozenset(),
+                        weights: str | Path | None = None) -> tuple[RenderOptions, str]:
+        """``--preview``: 256 px frames, TAESD when it is installed (or random weights: ``weights``
+        None), and at most 10 steps for DDIM methods; options in ``explicit`` are kept."""
+        changes, said = {}, []
+        if "size" not in explicit and options.size > cls.PREVIEW_SIZE:
+            changes["size"] = cls.PREVIEW_SIZE
+            said.append(f"{cls.PREVIEW_SIZE} px")
+        if "decoder" not in explicit and options.decoder == "vae" and (
+                weights is None or find_folder(weights, "taesd", "taesd") is not None):
+            changes["decoder"] = "taesd"
+            said.append("TAESD decoder")
+        if ("num_inference_steps" not in explicit and options.sampling.scheduler == "ddim"
+                and options.steps > cls.PREVIEW_DDIM_STEPS):
+            changes["num_inference_steps"] = cls.PREVIEW_DDIM_STEPS
+            said.append(f"{cls.PREVIEW_DDIM_STEPS} DDIM steps")
+        return replace(options, **changes), ", ".join(said) or "its usual settings"
+
     def check(self, options: RenderOptions) -> None:
         """Raise :class:`InputError` when the options' method cannot sample these weights, or an
         option is out of range for this model (temporal positions)."""
