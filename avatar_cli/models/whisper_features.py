@@ -45,6 +45,14 @@ DEFAULT_FPS = 24
 #: 2*(2+1) - 1 after, 10 in all).
 STEPS_BEFORE, STEPS_AFTER = 4, 5
 
+#: OpenAI's Whisper-tiny dims (EchoMimic's ``audio_processor/whisper_tiny.pt``).
+WHISPER_TINY_DIMS = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6, "n_audio_layer": 4,
+                     "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 384, "n_text_head": 6, "n_text_layer": 4}
+#: A small encoder for tests (the recorded fixture's dims): width 32, 4 heads, 2 blocks; 30 s windows
+#: need the full 1500 positions.
+TEST_DIMS = {**WHISPER_TINY_DIMS, "n_audio_state": 32, "n_audio_head": 4, "n_audio_layer": 2,
+             "n_text_state": 32, "n_text_head": 4, "n_text_layer": 1}
+
 # OpenAI name (inside "encoder.") -> transformers WhisperEncoder name; {i} a block number.
 _BLOCK_KEYS = {
     "attn.query": "self_attn.q_proj", "attn.key": "self_attn.k_proj", "attn.value": "self_attn.v_proj",
@@ -158,9 +166,11 @@ class WhisperFeatures:
 
     @classmethod
     def from_dims(cls, dims: dict, seed: int = 0) -> "WhisperFeatures":
-        """A randomly initialised encoder of the given ``dims`` (tests, ``--random-weights``)."""
-        torch.manual_seed(seed)
-        return cls(WhisperEncoder(whisper_config(dims)))
+        """A randomly initialised encoder of the given ``dims`` (e.g. :data:`TEST_DIMS`,
+        :data:`WHISPER_TINY_DIMS`), seeded without touching the global RNG (tests, ``--random-weights``)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(WhisperEncoder(whisper_config(dims)))
 
     # ------------------------------------------------------------------ properties
     @property

@@ -12,8 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from avatar_cli.models.whisper_features import (WhisperFeatures, echomimic_num_frames, frame_step_indices,
-                                                frame_tokens, map_openai_encoder_state)
+from avatar_cli.models.whisper_features import (TEST_DIMS, WHISPER_TINY_DIMS, WhisperFeatures, echomimic_num_frames,
+                                                frame_step_indices, frame_tokens, map_openai_encoder_state)
 from tests.conftest import DATA
 
 FIXTURE = DATA / "echomimic_parts.safetensors"
@@ -58,6 +58,7 @@ def features(tmp_path_factory, recorded):
 
 def test_checkpoint_loads_strictly_and_reports_the_decoder_keys(tmp_path, recorded, features):
     tensors, dims = recorded
+    assert dims == TEST_DIMS                                          # the fixture was recorded at the test dims
     assert sorted(features.skipped_keys) == sorted(_decoder_state(dims))
     assert (features.num_states, features.dim, features.window_frames) == (3, 32, 3000)
     # every encoder parameter came from the file (float16 there, float32 here)
@@ -153,3 +154,17 @@ def test_state_dict_mapping_names():
     assert mapped == {"layers.3.fc1.weight": 1, "layers.3.self_attn.k_proj.weight": 2, "layer_norm.bias": 3,
                       "embed_positions.weight": 4}
     assert skipped == ["decoder.token_embedding.weight"]
+
+
+def test_tiny_shapes_and_seeded_random_encoders():
+    speech = _speech()[:16000]                                        # 1 s
+    tiny = WhisperFeatures.from_dims(WHISPER_TINY_DIMS)
+    steps = tiny.encode(speech)
+    assert steps.shape == (50, 5, 384)                                # embedding + 4 blocks of 384
+    assert frame_tokens(steps, 24, 24).shape == (24, 50, 384)         # EchoMimic's 50 x 384 per frame
+    state = torch.get_rng_state()
+    a, b = WhisperFeatures.from_dims(TEST_DIMS, seed=3), WhisperFeatures.from_dims(TEST_DIMS, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)                  # the global generator is left alone
+    torch.testing.assert_close(a.encoder.state_dict(), b.encoder.state_dict(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="400-sample"):
+        a.encode(np.zeros(399, np.float32))
