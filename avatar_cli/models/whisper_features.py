@@ -103,8 +103,8 @@ def map_openai_encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, 
             mapped = "embed_positions.weight"
         elif name is not None:
             stem = re.fullmatch(r"(conv1|conv2|ln_post)\.(weight|bias)", name)
-            block = re.fullmatch(r"blocks\.(\d+)\.(attn\.query|attn\.key|attn\.value|attn\.out|attn_ln|mlp\.0|mlp\.2|mlp_ln)"
-                                 r"\.(weight|bias)", name)
+            block = re.fullmatch(r"blocks\.(\d+)\.(attn\.query|attn\.key|attn\.value|attn\.out|attn_ln"
+                                 r"|mlp\.0|mlp\.2|mlp_ln)\.(weight|bias)", name)
             if stem:
                 mapped = f"{_STEM_KEYS[stem[1]]}.{stem[2]}"
             elif block:

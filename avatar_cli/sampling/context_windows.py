@@ -67,9 +67,9 @@ def uniform_windows(step: int, num_frames: int, context_size: int, context_strid
         return [list(range(num_frames))]
     if context_overlap >= context_size:
         raise ValueError(f"context_overlap {context_overlap} must be smaller than context_size {context_size}")
-    levels = min(context_stride, int(math.ceil(math.log2(num_frames / context_size))) + 1)
+    levels = min(context_stride, math.ceil(math.log2(num_frames / context_size)) + 1)
     h = ordered_halving(step)
-    pad = int(round(num_frames * h))
+    pad = round(num_frames * h)  # Python's round (half to even), as upstream
     windows = []
     for level in range(levels):
         c = 1 << level
@@ -137,7 +137,8 @@ def average_over_windows(model: Callable[["torch.Tensor", list[int]], "torch.Ten
 def sample_over_windows(model: Callable[["torch.Tensor", int, list[int]], "torch.Tensor"], latents: "torch.Tensor",
                         scheduler, context_frames: int = CONTEXT_FRAMES, context_overlap: int = CONTEXT_OVERLAP,
                         context_stride: int = CONTEXT_STRIDE, closed_loop: bool = True,
-                        shift_per_step: int = SHIFT_PER_STEP, generator: "torch.Generator | None" = None) -> "torch.Tensor":
+                        shift_per_step: int = SHIFT_PER_STEP,
+                        generator: "torch.Generator | None" = None) -> "torch.Tensor":
     """EchoMimic's denoising loop over a whole video: at step i, :func:`echomimic_windows` (i),
     :func:`average_over_windows`, then one ``scheduler.step``.
 

@@ -69,7 +69,8 @@ def test_checkpoint_loads_strictly_and_reports_the_decoder_keys(tmp_path, record
                                tensors["ckpt.encoder.blocks.0.attn_ln.bias"].float(), rtol=0, atol=0)
     assert "layers.0.self_attn.k_proj.bias" not in loaded   # Whisper's key projection has no bias
     with pytest.raises(ValueError, match="unknown keys"):
-        WhisperFeatures.from_openai_checkpoint(_checkpoint(tmp_path, recorded, extra={"encoder.extra.weight": torch.ones(1)}))
+        WhisperFeatures.from_openai_checkpoint(
+            _checkpoint(tmp_path, recorded, extra={"encoder.extra.weight": torch.ones(1)}))
     with pytest.raises(ValueError, match="missing"):
         WhisperFeatures.from_openai_checkpoint(_checkpoint(tmp_path, recorded, drop="encoder.ln_post.bias"))
 

@@ -30,7 +30,8 @@ def _scheduler() -> PseudoVelocityScheduler:
 def test_step_func_values(recorded):
     ac = _scheduler().alphas_cumprod
     x, v = recorded["step.x"], recorded["step.v"]
-    torch.testing.assert_close(alpha_at(ac, torch.tensor([-1, 0, 500, 999])), recorded["step.get_alpha"], rtol=0, atol=0)
+    torch.testing.assert_close(alpha_at(ac, torch.tensor([-1, 0, 500, 999])), recorded["step.get_alpha"],
+                               rtol=0, atol=0)
     for t in TIMESTEPS:
         x0 = x0_from_v(v, x, ac, t)
         torch.testing.assert_close(x0, recorded[f"step.x0_{t}"], rtol=0, atol=1e-12)
@@ -45,7 +46,8 @@ def test_pseudo_velocity_toward_minus_one_is_v_in_closed_form():
     # a_t x - x0 = b_t v when x0 = a_t x - b_t v: the velocity toward alpha = 1 is v itself
     ac = torch.linspace(0.999, 0.0, 1000, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
-    x, v = torch.randn(2, 4, 3, 2, 2, generator=g, dtype=torch.float64), torch.randn(2, 4, 3, 2, 2, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 4, 3, 2, 2, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 4, 3, 2, 2, generator=g, dtype=torch.float64)
     for t in (999, 500, 1):
         torch.testing.assert_close(pseudo_velocity(x, x0_from_v(v, x, ac, t), ac, t), v, rtol=0, atol=1e-12)
     # per-sample timesteps broadcast over (B, C, F, h, w)
