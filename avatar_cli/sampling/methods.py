@@ -11,6 +11,12 @@ rule and what it needs of the weights; the clip loop (``pipelines/unet.py``) and
 | teacher | FADA teacher / OSA-LCM base | DDIM | 25 | multi-CFG (eq. 9), 6.5 / 2.5, batch of 3 | 75 |
 | hallo | Hallo | DDIM (its v-prediction, zero-SNR, trailing schedule) | 40 | CFG 3.5, batch of 2 | 80 |
 | ditto | Ditto | DDIM eta 1 on the cosine schedule over 80-frame motion windows (``motion_ddim.py``) | 10 | CFG 2, two calls | 20 per window |
+| echomimic | EchoMimic | DDIM (Hallo's v-prediction, zero-SNR, trailing schedule) | 30 | CFG 2.5, batch of 2 | 60 per window |
+| echomimic-acc | EchoMimic "acc" | DDIM fed EchoMimic-acc's pseudo-velocity (``pseudo_velocity.py``) | 6 | none (CFG 1) | 6 per window |
+
+The echomimic methods sample EchoMimic's whole-video latents over its context windows
+(``context_windows.py``): "per window" is per 12-frame window, and the windows overlap (F frames
+take about F / 9 windows per step).
 """
 
 from __future__ import annotations
@@ -38,13 +44,14 @@ class Method:
     Attributes:
         name: the ``--method`` name.
         paper: where it comes from.
-        scheduler: "lcm", "perflow", "ddim" (diffusers' or ours, over U-Net latents) or
-            "motion-ddim" (Ditto's DiT over motion windows, ``sampling/motion_ddim.py``).
+        scheduler: "lcm", "perflow", "ddim", "pseudo-velocity" (diffusers' or ours, over U-Net
+            latents; "pseudo-velocity" is EchoMimic-acc's DDIM step, ``sampling/pseudo_velocity.py``)
+            or "motion-ddim" (Ditto's DiT over motion windows, ``sampling/motion_ddim.py``).
         default_steps: num_inference_steps when none is given.
         guidance: "none", "multi-cfg", "cfg-tokens" or "cfg" (``sampling/guidance.py``).
         scales: default guidance scales: (cfg_a, cfg_r) for multi-cfg and cfg-tokens, (s,) for cfg.
         family: the weights it needs ("osa-lcm": any U-Net; "hallo": a U-Net with a face locator;
-            "ditto": Ditto's motion DiT).
+            "ditto": Ditto's motion DiT; "echomimic": EchoMimic's U-Nets with their face locator).
     """
 
     name: str
@@ -68,14 +75,15 @@ class Method:
     @property
     def step_range(self) -> tuple[int, int]:
         """(fewest, most) num_inference_steps: PeRFlow needs a step in each of its 4 windows."""
-        return {"lcm": (1, 50), "perflow": (PERFLOW_WINDOWS, 100), "ddim": (1, 1000),
+        return {"lcm": (1, 50), "perflow": (PERFLOW_WINDOWS, 100), "ddim": (1, 1000), "pseudo-velocity": (1, 1000),
                 "motion-ddim": (1, 100)}[self.scheduler]
 
     @property
     def supports_rolling(self) -> bool:
         """Rolling starts (from a timestep tau < 999): LCM (tau is the first step) and DDIM (the
-        schedule starts at its first timestep <= tau, SDEdit); not PeRFlow, whose windows start at t=1."""
-        return self.scheduler in ("lcm", "ddim")
+        schedule starts at its first timestep <= tau, SDEdit; also EchoMimic-acc's DDIM step); not
+        PeRFlow, whose windows start at t=1."""
+        return self.scheduler in ("lcm", "ddim", "pseudo-velocity")
 
     @property
     def num_windows(self) -> int | None:
@@ -90,6 +98,12 @@ class Method:
         if self.family == "hallo" and not has_face_locator:
             raise InputError(f"--method {self.name} needs Hallo's weights (with a face locator); convert them with "
                              f"'avatar weights convert --from hallo' and pass --weights DIR")
+        if self.family == "echomimic" and not has_face_locator:
+            raise InputError(f"--method {self.name} needs EchoMimic's weights (with a face locator); convert them "
+                             f"with 'avatar weights convert --from echomimic' and pass --weights DIR")
+        if self.scheduler == "pseudo-velocity" and scheduler_config.get("prediction_type", "epsilon") != "v_prediction":
+            raise InputError(f"--method {self.name} converts a v-prediction (EchoMimic-acc); these weights predict "
+                             f"{scheduler_config.get('prediction_type', 'epsilon')}")
         if self.scheduler == "perflow" and scheduler_config.get("prediction_type", "epsilon") != "epsilon":
             raise InputError(f"--method {self.name} samples epsilon-prediction students; these weights predict "
                              f"{scheduler_config['prediction_type']}")
@@ -100,8 +114,10 @@ class Method:
         from diffusers import DDIMScheduler, LCMScheduler
 
         from .perflow import PeRFlowScheduler
+        from .pseudo_velocity import PseudoVelocityScheduler
 
-        klass = {"lcm": LCMScheduler, "ddim": DDIMScheduler, "perflow": PeRFlowScheduler}[self.scheduler]
+        klass = {"lcm": LCMScheduler, "ddim": DDIMScheduler, "perflow": PeRFlowScheduler,
+                 "pseudo-velocity": PseudoVelocityScheduler}[self.scheduler]
         accepted = set(inspect.signature(klass.__init__).parameters)
         config = {k: v for k, v in training_schedule.items() if k in accepted}
         if self.scheduler == "perflow":
@@ -125,7 +141,7 @@ class Method:
 
         if self.scheduler == "perflow":
             scheduler.set_timesteps(num_inference_steps, window_steps=window_steps)
-        elif self.scheduler == "ddim":
+        elif self.scheduler in ("ddim", "pseudo-velocity"):
             scheduler.set_timesteps(num_inference_steps)
             if start is not None:  # rolling (SDEdit): begin at the schedule's first timestep <= tau
                 kept = [t for t in scheduler.timesteps if int(t) <= start]
@@ -169,6 +185,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("teacher", "FADA teacher / OSA-LCM base (DDIM)", "ddim", 25, "multi-cfg", (6.5, 2.5)),
     Method("hallo", "Hallo (DDIM, CFG)", "ddim", 40, "cfg", (3.5,), family="hallo"),
     Method("ditto", "Ditto (motion DiT, DDIM eta 1, CFG 2)", "motion-ddim", 10, "cfg", (2.0,), family="ditto"),
+    # EchoMimic (antgroup/echomimic infer_audio2vid.py / infer_audio2vid_acc.py): DDIM 30 steps CFG 2.5 on
+    # Hallo's scheduler kwargs; the acc weights 6 steps without guidance through the pseudo-velocity step.
+    Method("echomimic", "EchoMimic (DDIM, CFG 2.5, context windows)", "ddim", 30, "cfg", (2.5,), family="echomimic"),
+    Method("echomimic-acc", "EchoMimic-acc (6 steps, pseudo-velocity DDIM, no CFG)", "pseudo-velocity", 6, "none",
+           family="echomimic"),
 )}
 
 

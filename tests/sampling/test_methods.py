@@ -101,7 +101,8 @@ def test_method_table_nfe():
     table = {name: (m.default_steps, m.nfe(m.default_steps), m.guidance) for name, m in METHODS.items()}
     assert table == {"osa-lcm": (1, 1, "none"), "adv-lcm": (2, 2, "none"), "fada": (6, 6, "cfg-tokens"),
                      "fada-balanced": (6, 18, "multi-cfg"), "teacher": (25, 75, "multi-cfg"),
-                     "hallo": (40, 80, "cfg"), "ditto": (10, 20, "cfg")}
+                     "hallo": (40, 80, "cfg"), "ditto": (10, 20, "cfg"), "echomimic": (30, 60, "cfg"),
+                     "echomimic-acc": (6, 6, "none")}
     assert METHODS["adv-lcm"].nfe(4) == 4
 
 
