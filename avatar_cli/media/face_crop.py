@@ -10,9 +10,8 @@ Re-implemented from the reading of antgroup/ditto-talkinghead @ e9191cf (no code
 - ``core/atomic_components/source2info.py:_crop``    -> :meth:`FaceCropper.crop`
 - ``core/utils/eye_info.py``                         -> :func:`eye_state`
 
-OpenCV is not a dependency. :func:`warp_affine` re-implements ``cv2.warpAffine(INTER_LINEAR,
-BORDER_CONSTANT 0)`` including its fixed-point arithmetic (source coordinates quantised to 1/32 px,
-15-bit integer weights for uint8), and reproduces OpenCV 4.x bit for bit on the recorded fixture.
+OpenCV is not a dependency. The crop's warp is ``media/warp.py``'s ``cv2.warpAffine`` re-implementation
+(OpenCV's fixed-point arithmetic, bit for bit on the recorded uint8 fixture).
 :func:`resize_linear` follows ``cv2.resize(INTER_LINEAR)``'s fixed-point uint8 path; it differs from
 OpenCV by at most 1 level on a few pixels of narrow images (its scalar tail rounds differently),
 and it only feeds the detector.
@@ -34,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError, WeightsError
+from .warp import invert_affine, warp_affine
 
 Box = tuple[float, float, float, float]  # x, y, w, h in pixels
 
@@ -181,71 +181,6 @@ def downscale_half(image: np.ndarray) -> np.ndarray:
     s = image.astype(np.int32)
     total = s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2]
     return ((total + 2) >> 2).astype(np.uint8)
-
-
-def warp_affine(image: np.ndarray, matrix: np.ndarray, dsize: tuple[int, int]) -> np.ndarray:
-    """``cv2.warpAffine(image, matrix[:2], dsize)`` with INTER_LINEAR and a constant 0 border.
-
-    Each output pixel (x, y) samples the input at ``inverse(matrix) @ (x, y, 1)``. Like OpenCV the
-    inverse is taken in float64, the source position is quantised to 1/32 px (10-bit fixed point
-    rounded to 5 bits), and uint8 images use integer weights out of 2^15 with rounding, so the
-    result matches OpenCV 4.x bit for bit (tests/media/test_face_crop.py); float images use
-    float weights on the same 1/32 grid. Input pixels outside the image count as 0.
-
-    Args:
-        image: (H, W, C) or (H, W); uint8 or float32/float64.
-        matrix: (2, 3) or (3, 3) affine map from input to output pixels.
-        dsize: (width, height) of the output.
-
-    Returns:
-        (height, width[, C]) array of the input's dtype.
-    """
-    m = np.asarray(matrix, dtype=np.float64)[:2].reshape(-1)
-    det = m[0] * m[4] - m[1] * m[3]
-    det = 1.0 / det if det != 0 else 0.0
-    a11, a22 = m[4] * det, m[0] * det
-    a12, a21 = -m[1] * det, -m[3] * det
-    b1 = -a11 * m[2] - a12 * m[5]
-    b2 = -a21 * m[2] - a22 * m[5]
-    w, h = int(dsize[0]), int(dsize[1])
-    ab_scale, bits = 1024, 5  # AB_BITS = 10, INTER_BITS = 5
-    round_delta = ab_scale // 32 // 2
-    xs = np.arange(w, dtype=np.float64)
-    ys = np.arange(h, dtype=np.float64)
-    adelta = np.rint(a11 * xs * ab_scale).astype(np.int64)
-    bdelta = np.rint(a21 * xs * ab_scale).astype(np.int64)
-    x0 = np.rint((a12 * ys + b1) * ab_scale).astype(np.int64) + round_delta
-    y0 = np.rint((a22 * ys + b2) * ab_scale).astype(np.int64) + round_delta
-    fx = (x0[:, None] + adelta[None, :]) >> (10 - bits)
-    fy = (y0[:, None] + bdelta[None, :]) >> (10 - bits)
-    sx, ax = fx >> bits, fx & 31
-    sy, ay = fy >> bits, fy & 31
-
-    src = image if image.ndim == 3 else image[:, :, None]
-    ih, iw = src.shape[:2]
-    padded = np.zeros((ih + 2, iw + 2, src.shape[2]), dtype=src.dtype)
-    padded[1:-1, 1:-1] = src
-    # positions far outside only ever see the zero border: clamp them onto it
-    px = np.clip(sx + 1, 0, iw + 1)
-    py = np.clip(sy + 1, 0, ih + 1)
-    px1 = np.clip(sx + 2, 0, iw + 1)
-    py1 = np.clip(sy + 2, 0, ih + 1)
-    p00, p01 = padded[py, px], padded[py, px1]
-    p10, p11 = padded[py1, px], padded[py1, px1]
-    if image.dtype == np.uint8:
-        # BilinearTab_i: (32 - b)(32 - a) * 32 etc.; sums to 2^15 exactly
-        w00 = ((32 - ay) * (32 - ax) * 32)[..., None]
-        w01 = ((32 - ay) * ax * 32)[..., None]
-        w10 = (ay * (32 - ax) * 32)[..., None]
-        w11 = (ay * ax * 32)[..., None]
-        acc = (p00.astype(np.int64) * w00 + p01 * w01 + p10 * w10 + p11 * w11 + (1 << 14)) >> 15
-        out = np.clip(acc, 0, 255).astype(np.uint8)
-    else:
-        tx = (ax / 32.0)[..., None]
-        ty = (ay / 32.0)[..., None]
-        out = (p00 * ((1 - ty) * (1 - tx)) + p01 * ((1 - ty) * tx) + p10 * (ty * (1 - tx)) + p11 * (ty * tx))
-        out = out.astype(image.dtype)
-    return out if image.ndim == 3 else out[:, :, 0]
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -470,15 +405,6 @@ def lmk106_matrix(box_xyxy: Sequence[float]) -> np.ndarray:
     cx, cy = (x1 + x2) / f32(2), (y1 + y2) / f32(2)
     half = LMK106_SIZE / 2
     return np.array([[float(s), 0.0, float(-(cx * s)) + half], [0.0, float(s), float(-(cy * s)) + half]])
-
-
-def invert_affine(matrix: np.ndarray) -> np.ndarray:
-    """(2, 3) float64 inverse of a (2, 3) affine map (``cv2.invertAffineTransform``)."""
-    a, b, c, d, e, f = np.asarray(matrix, dtype=np.float64)[:2].reshape(-1)
-    det = a * e - b * d
-    det = 1.0 / det if det != 0 else 0.0
-    a11, a22, a12, a21 = e * det, a * det, -b * det, -d * det
-    return np.array([[a11, a12, -a11 * c - a12 * f], [a21, a22, -a21 * c - a22 * f]])
 
 
 def decode_lmk106(fc1: np.ndarray, matrix: np.ndarray) -> np.ndarray:

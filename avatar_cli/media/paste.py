@@ -4,16 +4,16 @@ Re-implemented from Ditto's ``core/utils/get_mask.py`` (feathered crop mask), ``
 putback.py`` (warp of mask and render with ``M_c2o``) and ``core/utils/blend/blend_impl.c`` (blend and
 truncation to uint8), antgroup/ditto-talkinghead @ e9191cf; DITTO notes section 9.
 
-OpenCV is not a dependency: :func:`warp_affine` re-implements ``cv2.warpAffine(..., INTER_LINEAR,
-BORDER_CONSTANT 0)`` in numpy, including OpenCV's fixed-point source coordinates (1/32 pixel).
+The warp is ``media/warp.py``'s (``cv2.warpAffine`` with OpenCV's fixed-point coordinates, in numpy).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_INTER_BITS = 5  # OpenCV INTER_BITS: bilinear weights in 1/32 pixel steps
-_AB_BITS = 10  # OpenCV AB_BITS: fixed-point precision of the affine coordinates
+from .warp import apply_taps, float_weights, pad_flat, warp_affine, warp_taps
+
+__all__ = ["PasteBack", "get_mask", "paste_back", "warp_affine"]  # warp_affine: media/warp.py
 
 
 def get_mask(width: int = 512, height: int = 512, ratio_w: float = 0.9, ratio_h: float = 0.9) -> np.ndarray:
@@ -50,84 +50,6 @@ def get_mask(width: int = 512, height: int = 512, ratio_w: float = 0.9, ratio_h:
     mask[y2:, :x1] = corner(np.linspace(1, 0, x1), np.linspace(0, 1, height - y2))
     mask[y2:, x2:] = corner(np.linspace(0, 1, width - x2), np.linspace(0, 1, height - y2))
     return mask[:, :, None]
-
-
-def _invert_affine(m: np.ndarray) -> np.ndarray:
-    """Inverse of a 2x3 affine matrix in float64 (as ``cv2.invertAffineTransform``)."""
-    m = np.asarray(m, dtype=np.float64)[:2]
-    a, b, c = m[0]
-    d, e, f = m[1]
-    det = a * e - b * d
-    det = 1.0 / det if det != 0 else 0.0
-    ia, ib, id_, ie = e * det, -b * det, -d * det, a * det
-    return np.array([[ia, ib, -ia * c - ib * f], [id_, ie, -id_ * c - ie * f]])
-
-
-def _warp_taps(matrix: np.ndarray, src_hw: tuple[int, int], roi: tuple[int, int, int, int]):
-    """OpenCV's INTER_LINEAR taps for output pixels ``roi = (x0, y0, x1, y1)``: indices into the source padded
-    by one zero pixel on each side and flattened, and bilinear weights; both (4, y1 - y0, x1 - x0)."""
-    x_lo, y_lo, x_hi, y_hi = roi
-    im = _invert_affine(matrix)
-    scale = 1 << _AB_BITS
-    round_delta = scale // (1 << _INTER_BITS) // 2
-    xs = np.arange(x_lo, x_hi, dtype=np.float64)
-    ys = np.arange(y_lo, y_hi, dtype=np.float64)
-    adelta = np.rint(im[0, 0] * xs * scale).astype(np.int64)
-    bdelta = np.rint(im[1, 0] * xs * scale).astype(np.int64)
-    x0 = np.rint((im[0, 1] * ys + im[0, 2]) * scale).astype(np.int64) + round_delta
-    y0 = np.rint((im[1, 1] * ys + im[1, 2]) * scale).astype(np.int64) + round_delta
-    gx = (x0[:, None] + adelta[None, :]) >> (_AB_BITS - _INTER_BITS)
-    gy = (y0[:, None] + bdelta[None, :]) >> (_AB_BITS - _INTER_BITS)
-    tab = 1 << _INTER_BITS
-    fx = (gx & (tab - 1)).astype(np.float32) / tab
-    fy = (gy & (tab - 1)).astype(np.float32) / tab
-    h, w = src_hw
-    # neighbours outside the source land on the zero border (indices clipped onto it)
-    px = np.clip((gx >> _INTER_BITS) + 1, 0, w + 1)
-    px1 = np.clip((gx >> _INTER_BITS) + 2, 0, w + 1)
-    row0 = np.clip((gy >> _INTER_BITS) + 1, 0, h + 1) * (w + 2)
-    row1 = np.clip((gy >> _INTER_BITS) + 2, 0, h + 1) * (w + 2)
-    idx = np.stack([row0 + px, row0 + px1, row1 + px, row1 + px1])
-    wts = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])
-    return idx, wts
-
-
-def _pad_flat(src: np.ndarray) -> np.ndarray:
-    h, w = src.shape[:2]
-    c = 1 if src.ndim == 2 else src.shape[2]
-    padded = np.zeros((h + 2, w + 2, c), dtype=np.float32)
-    padded[1:-1, 1:-1] = src.reshape(h, w, c)
-    return padded.reshape(-1, c)
-
-
-def _apply_taps(flat, idx, wts):
-    return (flat[idx[0]] * wts[0][..., None] + flat[idx[1]] * wts[1][..., None]
-            + flat[idx[2]] * wts[2][..., None] + flat[idx[3]] * wts[3][..., None])
-
-
-def warp_affine(src: np.ndarray, matrix: np.ndarray, size: tuple[int, int],
-                roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """``cv2.warpAffine(src, matrix, size, flags=INTER_LINEAR)`` with a constant 0 border, in numpy.
-
-    Output pixel (x, y) samples ``src`` at ``inverse(matrix) @ (x, y, 1)``, with OpenCV's fixed-point
-    coordinates (OpenCV <= 4.10, Ditto's pinned version): products scaled by 2^10 and rounded, then reduced to
-    1/32 pixel, bilinear weights of those 1/32 steps; source pixels outside the image count as 0. OpenCV 4.11+
-    samples at float coordinates instead (differences up to ~2 % of the local contrast at sharp edges).
-
-    Args:
-        src: (h, w) or (h, w, c) float32 image.
-        matrix: (2, 3) or (3, 3) forward affine transform src -> dst (only the first two rows are used).
-        size: (width, height) of the output.
-        roi: optional (x0, y0, x1, y1): compute only that part of the output (same values as the full warp).
-
-    Returns:
-        (height, width[, c]) float32, or (y1 - y0, x1 - x0[, c]) with ``roi``.
-    """
-    src = np.asarray(src, dtype=np.float32)
-    roi = roi if roi is not None else (0, 0, size[0], size[1])
-    idx, wts = _warp_taps(matrix, src.shape[:2], roi)
-    out = _apply_taps(_pad_flat(src), idx, wts)
-    return out.reshape(out.shape[:2] + src.shape[2:])
 
 
 def _crop_roi(m_c2o: np.ndarray, crop_w: int, crop_h: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:
@@ -168,8 +90,9 @@ class PasteBack:
         if mask is None:
             mask = get_mask(cw, ch, 0.9, 0.9)
         mask = np.asarray(mask, dtype=np.float32).reshape(ch, cw)
-        self.idx, self.wts = _warp_taps(m_c2o, (ch, cw), self.roi)
-        self.mask_w = np.clip(_apply_taps(_pad_flat(mask), self.idx, self.wts), 0, 1)  # (h', w', 1)
+        self.idx, ax, ay = warp_taps(m_c2o, (ch, cw), self.roi)
+        self.wts = float_weights(ax, ay)
+        self.mask_w = np.clip(apply_taps(pad_flat(mask), self.idx, self.wts), 0, 1)  # (h', w', 1)
         self._torch = {}
 
     def __call__(self, frame, render):
@@ -182,7 +105,7 @@ class PasteBack:
         if self.empty:
             return out
         x0, y0, x1, y1 = self.roi
-        render_w = _apply_taps(_pad_flat(np.asarray(render, dtype=np.float32)), self.idx, self.wts)
+        render_w = apply_taps(pad_flat(np.asarray(render, dtype=np.float32)), self.idx, self.wts)
         blend = self.mask_w * render_w + (np.float32(1) - self.mask_w) * frame[y0:y1, x0:x1].astype(np.float32)
         out[y0:y1, x0:x1] = np.clip(blend, 0, 255).astype(np.uint8)
         return out
