@@ -20,6 +20,7 @@ EVAL_EPILOG = """\
   avatar eval talk.mp4 --reference real.mp4 --portrait face.png   [dim]# + FID, FVD, identity (when installed)[/dim]
   avatar eval talk.mp4 --face-box 120,80,240,260        [dim]# no detector: that box on every frame[/dim]
   avatar batch jobs.csv --json > results.jsonl && avatar eval --batch results.jsonl --plot sync.png
+  avatar eval --batch results.jsonl --jobs jobs.csv --reference real/   [dim]# + FID/FVD, identity to each portrait[/dim]
 
 Sync-C (higher is better) and Sync-D (lower is better) are the LSE-C / LSE-D of Wav2Lip, computed as
 syncnet_python does; faces are found with SCRFD (Ditto's det_10g.onnx) instead of S3FD. Offset in
@@ -37,6 +38,8 @@ def eval_command(
                                                      show_default=False)] = None,
     batch: Annotated[Optional[Path], typer.Option(help="Evaluate every output of an 'avatar batch --json' results file.",
                                                   show_default=False)] = None,
+    jobs: Annotated[Optional[Path], typer.Option(help="With --batch: the batch's jobs file, for each output's own "
+                                                 "portrait (identity).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="With --batch: write OUTPUT.jsonl and "
                                                    "OUTPUT.md", show_default="RESULTS.eval beside the results")] = None,
     plot_path: Annotated[Optional[Path], typer.Option("--plot", help="With --batch: a PNG of Sync-C against Sync-D "
@@ -63,15 +66,16 @@ def eval_command(
 
     if (video is None) == (batch is None):
         raise InputError("give one VIDEO, or --batch RESULTS.jsonl (see 'avatar eval --help')")
-    if batch is None and (output is not None or plot_path is not None):
-        raise InputError("--output and --plot go with --batch")
+    if batch is None and (output is not None or plot_path is not None or jobs is not None):
+        raise InputError("--output, --plot and --jobs go with --batch")
     if batch is not None and (audio is not None or face_box is not None):
         raise InputError("--audio and --face-box are per video; with --batch each video's own audio track is used")
     if not 0 <= vshift <= 60:
         raise InputError(f"--vshift must be 0..60 frames (got {vshift})")
     if face not in run.FACE_CHOICES:
         raise InputError(f"--face {face!r}: choose from {', '.join(run.FACE_CHOICES)}")
-    for label, path in (("video", video), ("audio", audio), ("portrait", portrait), ("results file", batch)):
+    for label, path in (("video", video), ("audio", audio), ("portrait", portrait), ("results file", batch),
+                        ("jobs file", jobs)):
         if path is not None and not path.is_file():
             raise InputError(f"{label} {path} does not exist; check the path")
     if reference is not None and not reference.exists():
@@ -103,7 +107,7 @@ def eval_command(
                 f"{row['sync_d']:.3f}, offset {row['offset_frames']}")
 
     rows, summary = run.evaluate_batch(batch, reference, portrait, face, syncnet, weights, dev, vshift, note=say,
-                                       report=report)
+                                       report=report, jobs=jobs)
     jsonl, md = Path(f"{stem}.jsonl"), Path(f"{stem}.md")
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     md.write_text(f"# avatar eval: {batch.name}\n\n" + run.markdown_table(rows, summary))

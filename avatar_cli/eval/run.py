@@ -219,7 +219,13 @@ def sync_metrics(video: str | Path, audio: str | Path | None = None, face: str =
 
     if net is None:
         net = load_syncnet(find_syncnet(syncnet, weights_dir), device)
-    pcm = read_speech_pcm(audio if audio is not None else video)
+    try:
+        pcm = read_speech_pcm(audio if audio is not None else video)
+    except InputError as err:
+        if audio is None and "no audio stream" in str(err):
+            raise InputError(f"video {video} has no audio track; pass --audio SPEECH (the speech it was rendered "
+                             f"from)") from None
+        raise
     crops, how = face_crops(video, face, face_box, weights_dir, device, note)
     try:
         result = syncmod.sync_scores(net, crops, pcm, vshift=vshift, device=device)
@@ -363,12 +369,14 @@ def evaluate_batch(results: str | Path, reference: str | Path | None = None, por
                    face: str = "auto", syncnet: str | Path | None = None, weights_dir: str | Path | None = None,
                    device: str = "cpu", vshift: int = syncmod.VSHIFT, net=None,
                    note: Callable[[str], None] = lambda m: None,
-                   report: Callable[[dict, int, int], None] = lambda row, i, n: None) -> tuple[list[dict], dict]:
+                   report: Callable[[dict, int, int], None] = lambda row, i, n: None,
+                   jobs: str | Path | None = None) -> tuple[list[dict], dict]:
     """Evaluate every finished output of an ``avatar batch`` run.
 
     Each row: the job's index and status, then :func:`evaluate_video`'s fields, or ``"error"`` (a row
     that failed to render or to evaluate is kept with its reason; the others go on). FID and FVD are
-    computed once over all outputs' frames against ``reference`` (a distribution metric), identity per video.
+    computed once over all outputs' frames against ``reference`` (a distribution metric), identity per video:
+    to ``portrait``, or with ``jobs`` (the batch's jobs file) to each output's own portrait.
 
     Returns:
         (rows, summary): summary = {"videos", "evaluated", "failed", "sync_c_mean", "sync_d_mean",
@@ -380,6 +388,11 @@ def evaluate_batch(results: str | Path, reference: str | Path | None = None, por
     from .syncnet import find_syncnet, load_syncnet
 
     entries = read_results(results)
+    portraits: dict[str, Path] = {}
+    if jobs is not None:
+        from ..batch import read_jobs
+
+        portraits = {str(job.output.resolve()): job.image for job in read_jobs(jobs)}
     if net is None:
         net = load_syncnet(find_syncnet(syncnet, weights_dir), device)
     rows, generated = [], []
@@ -389,7 +402,8 @@ def evaluate_batch(results: str | Path, reference: str | Path | None = None, por
             row["error"] = f"not rendered (status {entry.status})"
         else:
             try:
-                row.update(evaluate_video(entry.output, None, None, portrait, face, None, syncnet, weights_dir,
+                own = portraits.get(str(Path(entry.output).resolve()), portrait)
+                row.update(evaluate_video(entry.output, None, None, own, face, None, syncnet, weights_dir,
                                           device, vshift, net, note))
                 if reference is not None:
                     generated.append(read_frames(entry.output))

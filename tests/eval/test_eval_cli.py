@@ -91,6 +91,14 @@ def test_eval_errors_are_one_line(video, checkpoint, capsys, no_installed_weight
     assert main(["eval", str(video), "--face-box", "1,2,3", "--syncnet", str(checkpoint)]) == 2
     assert main(["eval", str(video), "--face", "scrfd", "--syncnet", str(checkpoint)]) == 1
     assert "det_10g.onnx" in capsys.readouterr().err
+    from avatar_cli.media.video import VideoWriter
+
+    with VideoWriter(tmp_path / "silent.mp4", 64, 25) as writer:
+        writer.write(np.zeros((8, 64, 64, 3), np.uint8))
+    assert main(["eval", str(tmp_path / "silent.mp4"), "--syncnet", str(checkpoint), "-q"]) == 2
+    assert "no audio track; pass --audio" in capsys.readouterr().err
+    assert main(["eval", str(video), "--jobs", str(video), "--syncnet", str(checkpoint)]) == 2
+    assert "go with --batch" in capsys.readouterr().err
     not_video = tmp_path / "x.mp4"
     not_video.write_text("not a video")
     assert main(["eval", str(not_video), "--syncnet", str(checkpoint), "-q"]) == 2
@@ -134,7 +142,7 @@ def test_face_box_and_optional_metrics(video, checkpoint, capsys, no_installed_w
     assert calls["identity"] == ((FRAMES, 64, 64, 3), (256, 256, 3))
 
 
-def test_batch_results(video, checkpoint, capsys, no_installed_weights, tmp_path):
+def test_batch_results(video, checkpoint, capsys, no_installed_weights, tmp_path, test_data, monkeypatch):
     import shutil
 
     shutil.copy(video, tmp_path / "a.mp4")
@@ -152,6 +160,15 @@ def test_batch_results(video, checkpoint, capsys, no_installed_weights, tmp_path
     assert written == lines[:2]
     table = (tmp_path / "results.eval.md").read_text()
     assert "| 0 | a.mp4 | " in table and f"{lines[0]['sync_c']:.3f}" in table and "| **mean** |" in table
+    # --jobs: each output's own portrait goes to the identity metric (a stand-in module reports its width)
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"image,audio,output\n{test_data / 'cat_chelsea.png'},{test_data / 'speech_espeak.wav'},a.mp4\n")
+    module = types.ModuleType("avatar_cli.eval.identity")
+    module.identity_similarity = lambda frames, portrait, weights_dir: {"mean": float(portrait.shape[1])}
+    monkeypatch.setitem(sys.modules, "avatar_cli.eval.identity", module)
+    main(["eval", "--batch", str(results), "--jobs", str(jobs), "--syncnet", str(checkpoint), "--json", "-q"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["identity"] == {"mean": 226.0} and lines[2]["summary"]["identity_mean"] == 226.0
     results.write_text("not json\n")
     assert main(["eval", "--batch", str(results), "--syncnet", str(checkpoint)]) == 2
     assert "line 1" in capsys.readouterr().err
