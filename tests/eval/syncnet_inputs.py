@@ -60,3 +60,20 @@ def random_inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     chunks = [rng.uniform(0, 8000) * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) for _ in range(FRAMES)]
     audio = np.concatenate(chunks) + rng.normal(0, 100, SAMPLES)
     return frames, np.clip(audio, -32768, 32767).astype(np.int16)
+
+
+TRACK_FRAMES = 20
+TRACK_KEPT = (0, 7, 19)  # frames whose crops tests/data/syncnet_crop_fixture.npz keeps
+
+
+def track_inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(20, 160, 200, 3) uint8 BGR frames (smooth ramps that move from frame to frame, so the crops
+    compress and differ) and (20, 4) float64 face boxes x1, y1, x2, y2 jittered around a face, one
+    frame's box far off (the median filter must drop it), as a face detector would give them."""
+    y, x = np.mgrid[0:160, 0:200].astype(np.float64)
+    frames = np.stack([np.stack([(1.1 * x + 3 * t) % 256, (1.2 * y + 2 * t) % 256, (0.5 * (x + y) - t) % 256], -1)
+                       for t in range(TRACK_FRAMES)]).astype(np.uint8)
+    rng = _rng(seed, "track")
+    boxes = np.array([50.0, 40.0, 130.0, 135.0]) + rng.normal(0, 2.5, (TRACK_FRAMES, 4))
+    boxes[7] += (40, 30, 45, 20)  # one wild detection (a kept frame: its crop must not follow it)
+    return frames, boxes
