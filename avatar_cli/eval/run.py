@@ -116,8 +116,9 @@ class ScrfdDetector:
 
 def find_detector(weights_dir: str | Path | None = None) -> Path | None:
     """The SCRFD-10G ONNX file, if installed: ``<weights_dir>/aux_models/det_10g.onnx``, Ditto's download
-    (``ditto_pytorch/aux_models/det_10g.onnx``) or Hallo's face analysis (``scrfd_10g_bnkps.onnx``)."""
-    from ..weights import find_folder
+    (``ditto_pytorch/aux_models/det_10g.onnx``), its converted folder (``avatar weights convert --from
+    ditto``: ``$AVATAR_HOME/converted/ditto/aux_models``) or Hallo's face analysis (``scrfd_10g_bnkps.onnx``)."""
+    from ..weights import converted_dir, find_folder
 
     for sub, component, inside, name in (("aux_models", "ditto", "ditto_pytorch/aux_models", "det_10g.onnx"),
                                          ("face_analysis/models", "hallo-face-analysis", "face_analysis/models",
@@ -128,6 +129,8 @@ def find_detector(weights_dir: str | Path | None = None) -> Path | None:
             folder = None
         if folder is not None and (folder / name).is_file():
             return folder / name
+        if component == "ditto" and (converted_dir("ditto") / sub / name).is_file():
+            return converted_dir("ditto") / sub / name
     return None
 
 
@@ -181,7 +184,9 @@ def face_crops(video: str | Path, face: str = "auto", face_box: Sequence[float] 
             how = "face-box"
         else:
             found = [detector.largest(f) for f in iter_frames(video)]
-            if found and all(b is None for b in found):
+            if not found:
+                raise InputError(f"video {video} has no frames")
+            if all(b is None for b in found):
                 raise InputError(f"no face found in {video}; pass --face-box x,y,w,h or --face whole")
             windows = syncmod.track_crops(syncmod.fill_boxes(
                 np.array([[np.nan] * 4 if b is None else b[:4] for b in found], dtype=np.float64)))
