@@ -143,7 +143,8 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
           audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
           dtype: str = "auto", decoder: str = "vae", compile: bool = False, repeat: int = 3,
           weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
-          log=lambda message: None, command: str | None = None, method: str | None = None) -> dict:
+          log=lambda message: None, command: str | None = None, method: str | None = None,
+          evaluate=None) -> dict:
     """Benchmark one model (and sampling method). Returns the report (see module docstring); times
     in seconds.
 
@@ -154,6 +155,8 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         repeat: warm runs (median and min over them); the cold start is reported separately.
         count_flops: count one chunk's FLOPs (one extra, untimed chunk).
         log: progress notes. command: the command line to record (None: ``avatar`` + sys.argv).
+        evaluate: ``video path -> dict`` run on the last warm render (``avatar bench --eval``: Sync-C /
+            Sync-D of ``eval/run.py``); its result is the report's ``"eval"`` (None without).
     """
     from . import __version__
     from .pipelines import load_pipeline
@@ -195,6 +198,10 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
             log(f"{label}: counting the FLOPs of one chunk")
             flops = pipe.count_flops(job.image, options, chunk_s)
         checks = pipe.quality_checks(job.image, options)
+        evaluation = None
+        if evaluate is not None:
+            log(f"{label}: evaluating the last warm render")
+            evaluation = evaluate(job.output)
         sampling = pipe.sampling_stage  # the stage whose time is spent in denoiser evaluations
 
     video_s = runs[0].duration_s
@@ -230,6 +237,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         "cold_start_s": round(cold_start_s, 4), "cold_render_s": round(cold.wall_s, 4), "load_s": round(load_s, 4),
         "peak_memory_bytes": int(peak), "peak_memory_scope": peak_scope,
         "taesd_psnr_db": checks.get("taesd_psnr_db"), **{k: v for k, v in checks.items() if k != "taesd_psnr_db"},
+        "eval": evaluation,
         "device": device_name, "dtype": dtype_name(dt),
         "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},

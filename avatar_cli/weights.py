@@ -65,6 +65,7 @@ class Component:
     sha256_note: str = ""
     licence_short: str = ""
     revision_note: str = ""
+    manual: str = ""  # how to get the files by hand when the download fails (e.g. the original URL)
 
     @property
     def size(self) -> int | None:
@@ -132,7 +133,7 @@ def load_manifest(path: str | Path | None = None) -> dict[str, Component]:
                 revision=entry.get("revision"), licence=entry["licence"], used_by=tuple(entry.get("used_by", [])),
                 available=bool(entry["available"]), reason=entry.get("reason", ""), files=files,
                 sha256_note=entry.get("sha256_note", ""), licence_short=entry.get("licence_short", ""),
-                revision_note=entry.get("revision_note", ""),
+                revision_note=entry.get("revision_note", ""), manual=entry.get("manual", ""),
             )
         except (KeyError, TypeError) as err:
             raise WeightsError(f"weights manifest {source}: entry [{name}] lacks or mistypes {err}") from None

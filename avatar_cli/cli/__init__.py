@@ -4,6 +4,7 @@
 |---|---|
 | ``render.py`` | ``avatar render``, ``avatar batch`` |
 | ``bench.py`` | ``avatar bench`` |
+| ``eval.py`` | ``avatar eval`` |
 | ``info.py`` | ``avatar info`` |
 | ``audio.py`` | ``avatar audio encode`` |
 | ``weights.py`` | ``avatar weights list / download / verify / path / convert`` |
@@ -49,9 +50,9 @@ def _main(
     """Render talking-head videos from one portrait and one speech recording."""
 
 
-from . import audio, bench, info, render, train, weights  # noqa: E402  (each registers its commands on app)
+from . import audio, bench, eval, info, render, train, weights  # noqa: E402  (each registers its commands on app)
 
-for module in (render, bench, info, audio, weights, train):
+for module in (render, bench, eval, info, audio, weights, train):
     module.register(app)
 
 

@@ -19,6 +19,7 @@ BENCH_EPILOG = """\
   avatar bench --model osa-lcm,fada,teacher --size 512 --seconds 10 --device cuda --json
   avatar bench --weights ./hallo --model hallo --audio speech.wav --plot bench.png
   avatar bench --model ditto --stream --seconds 10 --device cuda --json   [dim]# live: first-frame delay[/dim]
+  avatar bench --model ditto --weights ... --audio speech.wav --eval --json   [dim]# + Sync-C / Sync-D of the output[/dim]
 
 Random weights (the default, said in the report) run the full architecture: speed does not depend on
 weight values. Numbers: median and min over --repeat warm runs; the cold start separately.
@@ -54,6 +55,10 @@ def bench(
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (with --stream)", show_default="the method's")] = None,
     motion_overlap: Annotated[Optional[int], typer.Option(help="--model ditto --stream: the DiT window overlap",
                                                           show_default="70")] = None,
+    evaluate: Annotated[bool, typer.Option("--eval", help="Add Sync-C / Sync-D of the last warm render to the "
+                                           "report ('avatar eval'; SyncNet weights needed).")] = False,
+    syncnet: Annotated[Optional[Path], typer.Option(help="With --eval: syncnet_v2.model",
+                                                    show_default="the installed 'syncnet' weights")] = None,
 ) -> None:
     """Measure render speed: RTF, first-frame delay, seconds per stage, NFE, FLOPs, peak memory."""
     from .. import bench as benchmod
@@ -77,6 +82,20 @@ def bench(
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib: pip install 'avatar-cli[plot]'") from None
+    if stream and evaluate:
+        raise InputError("--eval goes with a file render, not --stream")
+    evaluator = None
+    if evaluate:  # load SyncNet first: a missing file fails before the long benchmark
+        from ..eval import run as evalrun
+        from ..eval.syncnet import find_syncnet, load_syncnet
+        from ..runtime import resolve_device
+
+        eval_device = resolve_device(device)
+        net = load_syncnet(find_syncnet(syncnet), eval_device)
+
+        def evaluator(video: Path) -> dict:
+            row = evalrun.evaluate_video(video, device=eval_device, net=net, note=lambda m: note(m, quiet))
+            return {k: row[k] for k in ("sync_c", "sync_d", "offset_frames", "sync_windows", "face", "vshift")}
     if weights is None:
         note(f"note: RANDOM weights ({arch.value} architecture): timings are real, the frames are noise", quiet)
     reports = []
@@ -97,7 +116,7 @@ def bench(
     for name in models:
         report = benchmod.bench(name, arch.value, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
                                 weights, flops, overlap, log=lambda m: note(m, quiet),
-                                command=shlex.join(["avatar", *ARGV]), method=method)
+                                command=shlex.join(["avatar", *ARGV]), method=method, evaluate=evaluator)
         reports.append(report)
         if as_json:
             typer.echo(json.dumps(report))
@@ -135,6 +154,9 @@ def _print_bench(r: dict) -> None:
             facts.append(f"{100 * r['tflops_share_of_peak']:.1f} % of the {r['bf16_peak_tflops']:g} TFLOP/s bf16 peak")
     if r["taesd_psnr_db"] is not None:
         facts.append(f"TAESD vs VAE PSNR {r['taesd_psnr_db']:.1f} dB")
+    if r.get("eval"):
+        facts.append(f"Sync-C {r['eval']['sync_c']:.3f}, Sync-D {r['eval']['sync_d']:.3f}, offset "
+                     f"{r['eval']['offset_frames']} frames")
     console.print(", ".join(facts))
 
 

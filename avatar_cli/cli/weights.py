@@ -186,7 +186,12 @@ def weights_download(
         raise InputError("name the components to download, or pass --all (see 'avatar weights list')")
     chosen = [c for c in known.values() if c.available] if all_ else w.select(known, names)
     for c in chosen:
-        path, reports = w.download(c, local_dir, quiet=quiet or as_json, log=lambda m: note(m, False))
+        try:
+            path, reports = w.download(c, local_dir, quiet=quiet or as_json, log=lambda m: note(m, False))
+        except WeightsError as err:
+            if not c.manual:
+                raise
+            raise WeightsError(f"{err}; or by hand: {c.manual}") from None
         if as_json:
             typer.echo(json.dumps({"name": c.name, "path": str(path), "revision": w.effective_revision(c),
                                    "licence_notes": c.licence_notes() or None,
