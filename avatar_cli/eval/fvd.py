@@ -363,7 +363,7 @@ def video_clips(videos: Iterable, clip_frames: int = CLIP_FRAMES, clips: str = "
         raise InputError(f"FVD clips must be 'all' or 'first', not {clips!r}")
     out = []
     for i, video in enumerate(videos):
-        v = video if isinstance(video, torch.Tensor) else torch.from_numpy(np.asarray(video))
+        v = video if isinstance(video, torch.Tensor) else torch.from_numpy(np.require(video, requirements="W"))
         if v.dtype != torch.uint8 or v.ndim != 4 or v.shape[-1] != 3:
             raise InputError(f"video {i}: FVD needs uint8 (T, H, W, 3) frames, got {v.dtype} {tuple(v.shape)}")
         if v.shape[0] < clip_frames:

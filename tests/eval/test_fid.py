@@ -144,9 +144,16 @@ def test_weights_load_strictly_and_safely(tmp_path, inception):
         fid.load_inception(tmp_path, check_hash=False)
 
 
-@pytest.mark.parametrize("n", [5, 40])
+@pytest.mark.parametrize("n", [5, 20, 40])
 def test_low_rank_path_equals_covariance_path(n):
+    # n = 5: singular covariances (n < D = 24), the SVD path; n = 20: full rank, still the SVD path;
+    # n = 40: the D x D path (n^3 > 2 D^3)
     rng = np.random.default_rng(n)
     x, y = rng.normal(size=(n, 24)), rng.normal(size=(n + 3, 24)) * 1.5 + 0.2
     direct = fid.frechet_distance(*fid.feature_statistics(x), *fid.feature_statistics(y))
     assert fid.frechet_distance_of_features(x, y) == pytest.approx(direct, rel=1e-6)
+    xa = torch.as_tensor(x) - torch.as_tensor(x).mean(0)
+    xb = torch.as_tensor(y) - torch.as_tensor(y).mean(0)
+    nuclear = torch.linalg.svdvals(xa @ xb.T / np.sqrt((len(x) - 1) * (len(y) - 1))).sum()
+    assert float(nuclear) == pytest.approx(float(fid.trace_sqrt_product(*(fid.feature_statistics(v)[1] for v in (x, y)))),
+                                           rel=1e-6)
