@@ -225,7 +225,7 @@ def _frames(frames) -> Iterable[np.ndarray]:
 
 
 def identity_similarity(frames, portrait: np.ndarray, weights_dir: str | Path | None = None, *,
-                        embedder: FaceEmbedder | None = None, device: str = "cpu") -> dict:
+                        embedder: FaceEmbedder | None = None, device: str = "cpu", every: int = 1) -> dict:
     """Per-frame ArcFace cosine similarity to the portrait.
 
     Args:
@@ -234,10 +234,13 @@ def identity_similarity(frames, portrait: np.ndarray, weights_dir: str | Path | 
         weights_dir: where ``hallo-face-analysis`` is (see :func:`models_folder`); ignored with ``embedder``.
         embedder: a :class:`FaceEmbedder` to reuse (tests pass one with tiny ONNX models).
         device: "cpu", or "cuda" where onnxruntime offers it.
+        every: evaluate every ``every``-th frame (1 = all; each evaluated frame runs SCRFD at 640
+            and a ResNet-100 ArcFace, the slow part on a CPU; not measured with the real models).
 
     Returns:
         ``{"mean": float | None, "min": float | None, "per_frame": [float | None, ...],
-        "frames": N, "frames_with_face": n}``: cosine in [-1, 1] (1 = the same embedding); None for
+        "frame_indices": [int, ...], "frames": n, "frames_with_face": k}``: cosine in [-1, 1]
+        (1 = the same embedding) of each evaluated frame (its index in ``frame_indices``); None for
         a frame without a detected face; mean / min over the frames with one (None if none).
 
     Raises:
@@ -256,10 +259,17 @@ def identity_similarity(frames, portrait: np.ndarray, weights_dir: str | Path | 
     if ref is None:
         raise InputError("no face found in the portrait: identity similarity needs one")
     ref = ref / np.linalg.norm(ref)
+    if every < 1:
+        raise InputError(f"identity similarity: every must be >= 1, not {every}")
     per_frame: list[float | None] = []
-    for frame in _frames(frames):
+    indices: list[int] = []
+    for index, frame in enumerate(_frames(frames)):
+        if index % every:
+            continue
+        indices.append(index)
         emb = embedder.embed(frame)
         per_frame.append(None if emb is None else float(np.dot(ref, emb / np.linalg.norm(emb))))
     found = [v for v in per_frame if v is not None]
     return {"mean": float(np.mean(found)) if found else None, "min": float(min(found)) if found else None,
-            "per_frame": per_frame, "frames": len(per_frame), "frames_with_face": len(found)}
+            "per_frame": per_frame, "frame_indices": indices, "frames": len(per_frame),
+            "frames_with_face": len(found)}

@@ -104,6 +104,9 @@ def test_identity_of_a_frame_with_itself_is_one(models):
     assert expected < 0.99
     assert result["min"] == pytest.approx(expected, abs=1e-5)
     assert result["mean"] == pytest.approx((2 + expected) / 3, abs=1e-5)
+    assert result["frame_indices"] == [0, 1, 2]
+    sampled = identity.identity_similarity([portrait, other, portrait], portrait, weights_dir, every=2)
+    assert sampled["frame_indices"] == [0, 2] and sampled["per_frame"] == pytest.approx([1.0, 1.0], abs=1e-6)
 
 
 def test_missing_models_name_the_download_command(tmp_path, monkeypatch):
