@@ -202,6 +202,14 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, *rest):
     return data
 
 
+def _same(value, *rest):
+    return value
+
+
+# typed-container markers of scripted modules (torch/jit/_pickle.py: each returns its argument)
+_JIT_PICKLE = {"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag"}
+
+
 class _ArchiveUnpickler(pickle.Unpickler):
     """Unpickles a TorchScript ``data.pkl``: ``__torch__.*`` classes become :class:`_ScriptObject`
     records, tensors are rebuilt from the archive's ``data/`` records; any other global (a pickle
@@ -222,6 +230,8 @@ class _ArchiveUnpickler(pickle.Unpickler):
             return _rebuild_tensor
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
             return _rebuild_parameter
+        if module == "torch.jit._pickle" and name in _JIT_PICKLE:
+            return _same
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
