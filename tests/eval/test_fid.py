@@ -78,8 +78,8 @@ def test_statistics_are_numpy_mean_and_unbiased_cov():
 def test_features_and_fid_equal_torchmetrics(reference, inception):
     value = fid.fid_between(reference["fid_frames_a"], list(reference["fid_frames_b"]), model=inception)
     assert value == pytest.approx(float(reference["fid_antialias"]), rel=1e-4)
-    feats = fid.inception_features(reference["fid_frames_a"], inception)
-    np.testing.assert_allclose(feats.numpy(), reference["features_a_antialias"], rtol=1e-4, atol=1e-4)
+    feats = fid.inception_features(reference["fid_frames_a"][:2], inception)
+    np.testing.assert_allclose(feats.numpy(), reference["features_a_antialias"][:2], rtol=1e-4, atol=1e-4)
 
 
 def test_tf1_resize_features_equal_torch_fidelity(reference, inception):
@@ -134,7 +134,7 @@ def test_weights_load_strictly_and_safely(tmp_path, inception):
     model = fid.load_inception(tmp_path, check_hash=False)
     for k, v in inception.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
-    bad = dict(inception.state_dict())
+    bad = {k: v for k, v in inception.state_dict().items() if k.startswith("fc.")}
     bad.pop("fc.bias")
     torch.save(bad, folder / fid.WEIGHTS_FILE)
     with pytest.raises(WeightsError, match="does not fit"):
