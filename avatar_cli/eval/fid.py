@@ -413,7 +413,9 @@ def load_strict(model: nn.Module, state: dict, source) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise WeightsError(f"{source} does not fit {type(model).__name__}: {str(err).splitlines()[1].strip()[:200]}") from None
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
+        raise WeightsError(f"{source} does not fit {type(model).__name__}: {lines[0][:200]}"
+                           f"{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}") from None
 
 
 # =========================================================================== frames -> FID
