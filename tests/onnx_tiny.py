@@ -76,10 +76,25 @@ def constant_model(input_name: str, input_shape: Sequence[int], outputs: dict[st
     return _int(1, 8) + _str(2, "avatar-cli-tests") + _bytes(7, graph) + _bytes(8, opset)
 
 
+def linear_model(input_name: str, input_shape: Sequence[int], output_name: str, weight: np.ndarray,
+                 node_names: Sequence[str] = ("flatten", "matmul")) -> bytes:
+    """Serialized ModelProto (IR 8, opset 13): ``output = Flatten(input) @ weight``, one float
+    input of ``input_shape`` (leading batch 1) and one output (1, weight.shape[1]); ``node_names``
+    names the two nodes (a name starting "Sub"/"Mul" is what InsightFace's ArcFace loader looks for)."""
+    graph = _bytes(1, _node("Flatten", [input_name], ["flat"], node_names[0]))
+    graph += _bytes(1, _node("MatMul", ["flat", "weight"], [output_name], node_names[1]))
+    graph += _str(2, "tiny_linear")
+    graph += _bytes(5, _tensor("weight", weight))
+    graph += _bytes(11, _value_info(input_name, input_shape))
+    graph += _bytes(12, _value_info(output_name, (input_shape[0], weight.shape[1])))
+    opset = _str(1, "") + _int(2, 13)
+    return _int(1, 8) + _str(2, "avatar-cli-tests") + _bytes(7, graph) + _bytes(8, opset)
+
+
 def write(path, input_name: str, input_shape: Sequence[int], outputs: dict[str, np.ndarray]) -> None:
     """Write :func:`constant_model` to ``path``."""
     with open(path, "wb") as fh:
         fh.write(constant_model(input_name, input_shape, outputs))
 
 
-__all__ = ["constant_model", "write"]
+__all__ = ["constant_model", "linear_model", "write"]
