@@ -252,3 +252,38 @@ def test_random_echomimic_models_save_and_load(standins, tmp_path):
     from avatar_cli.pipelines import choose_model
 
     assert choose_model(tmp_path / "w") == "echomimic-acc"
+
+
+def test_face_detectors_in_order(monkeypatch):
+    """--face-box, else EchoMimic's MTCNN (mtcnn extra), else MediaPipe (face extra), else the whole frame."""
+    from avatar_cli.media import face as face_mod
+
+    image = np.zeros((64, 64, 3), np.uint8)
+
+    def missing(image):
+        raise ImportError("not installed")
+
+    warnings = []
+    monkeypatch.setattr(face_mod, "detect_face_mtcnn", missing)
+    monkeypatch.setattr(face_mod, "detect_face", lambda image: ((20.0, 10.0, 20.0, 30.0), (25.0, 30.0, 10.0, 5.0)))
+    assert face_mod.echomimic_face(image, warn=warnings.append).source == "mediapipe"
+    monkeypatch.setattr(face_mod, "detect_face_mtcnn", lambda image: (21.0, 11.0, 20.0, 30.0))
+    found = face_mod.echomimic_face(image, warn=warnings.append)
+    assert found.source == "mtcnn" and found.face_box == (21.0, 11.0, 20.0, 30.0)
+    assert face_mod.echomimic_face(image, (1, 2, 30, 30)).source == "face-box option"
+    monkeypatch.setattr(face_mod, "detect_face_mtcnn", missing)
+    monkeypatch.setattr(face_mod, "detect_face", missing)
+    none = face_mod.echomimic_face(image, warn=warnings.append)
+    assert none.source == "whole frame" and warnings and "avatar-cli[mtcnn]" in warnings[-1]
+
+
+def test_mtcnn_finds_the_astronaut_and_no_face_on_the_cat(test_data):
+    pytest.importorskip("facenet_pytorch")
+    from PIL import Image
+
+    from avatar_cli.media.face import detect_face_mtcnn
+
+    box = detect_face_mtcnn(np.asarray(Image.open(test_data / "astronaut.png").convert("RGB")))
+    # measured with facenet-pytorch 2.5.3 (torch 2.13, torchvision 0.28), upstream's settings, BGR input
+    np.testing.assert_allclose(box, (90.83, 32.01, 133.98 - 90.83, 87.37 - 32.01), atol=0.5)
+    assert detect_face_mtcnn(np.asarray(Image.open(test_data / "cat_chelsea.png").convert("RGB"))) is None

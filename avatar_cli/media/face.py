@@ -419,6 +419,36 @@ def _resize_u8(image: np.ndarray, side: int) -> np.ndarray:
     return (out[0] if image.ndim == 2 else out.permute(1, 2, 0)).numpy()
 
 
+def detect_face_mtcnn(image: np.ndarray) -> Box | None:
+    """EchoMimic's face detector: facenet-pytorch's MTCNN with the inference script's settings
+    (``infer_audio2vid*.py``: image_size 320, min_face_size 20, thresholds 0.6/0.7/0.7, factor 0.709),
+    then ``select_face``: the largest box with probability > 0.8.
+
+    Upstream hands MTCNN the image as OpenCV reads it (BGR); so do we, so that the boxes agree.
+
+    Args:
+        image: (S, S, 3) uint8 RGB.
+
+    Returns:
+        (x, y, w, h) in pixels, or None.
+
+    Raises:
+        ImportError: facenet-pytorch is not installed (the ``mtcnn`` extra).
+    """
+    from facenet_pytorch import MTCNN  # optional: pip install 'avatar-cli[mtcnn]'
+
+    detector = MTCNN(image_size=320, margin=0, min_face_size=20, thresholds=[0.6, 0.7, 0.7], factor=0.709,
+                     post_process=True, device="cpu")
+    boxes, probs = detector.detect(np.ascontiguousarray(image[:, :, ::-1]))
+    if boxes is None or probs is None:
+        return None
+    kept = [b for b, p in zip(boxes, probs) if p is not None and p > 0.8]
+    if not kept:
+        return None
+    x0, y0, x1, y1 = (float(v) for v in max(kept, key=lambda b: (b[3] - b[1]) * (b[2] - b[0]))[:4])
+    return x0, y0, x1 - x0, y1 - y0
+
+
 def echomimic_face(image: np.ndarray, face_box: Box | None = None, warn=print, found: bool | None = None
                    ) -> FaceConditions:
     """EchoMimic's face conditioning of a portrait: the crop and the 1-channel face-locator mask.
@@ -430,10 +460,13 @@ def echomimic_face(image: np.ndarray, face_box: Box | None = None, warn=print, f
     the frame size (bilinear; the mask's 8-bit values divided by 255). Without a face: no crop and
     a mask of ones ("so anime and pets run").
 
-    Differences from upstream: the face is found by ``--face-box`` or MediaPipe (``detect_face``),
-    not by MTCNN (facenet-pytorch cannot be installed beside torch 2.13); the crop is cut from the
-    frame at render size, not from the input file at its own resolution; a dilated box that
-    crosses the top or left edge is clipped (upstream's negative slice start leaves the mask empty).
+    The face: ``face_box`` (``--face-box``), else EchoMimic's MTCNN (:func:`detect_face_mtcnn`, the
+    ``mtcnn`` extra), else MediaPipe (:func:`detect_face`, the ``face`` extra), else none.
+
+    Differences from upstream: without the ``mtcnn`` extra the box is MediaPipe's, not MTCNN's; the
+    crop is cut from the frame at render size, not from the input file at its own resolution; a
+    dilated box that crosses the top or left edge is clipped (upstream's negative slice start leaves
+    the mask empty).
 
     Args:
         image: (S, S, 3) uint8 RGB frame.
@@ -448,14 +481,16 @@ def echomimic_face(image: np.ndarray, face_box: Box | None = None, warn=print, f
     size = image.shape[0]
     source = "face-box option"
     if face_box is None and found is not False:
+        why = "no face found"
         try:
-            detected = detect_face(image)
-            why = "no face found"
+            face_box, source = detect_face_mtcnn(image), "mtcnn"
         except ImportError:
-            detected, why = None, "no face detector installed: pip install 'avatar-cli[face]'"
-        if detected is not None:
-            face_box, source = detected[0], "mediapipe"
-        else:
+            try:
+                detected = detect_face(image)
+                face_box, source = (detected[0] if detected else None), "mediapipe"
+            except ImportError:
+                why = "no face detector installed: pip install 'avatar-cli[mtcnn]' (EchoMimic's MTCNN) or '[face]'"
+        if face_box is None:
             warn(f"warning: {why}; the whole frame is the face mask and the portrait is not cropped "
                  f"(pass --face-box x,y,w,h to set it)")
     if face_box is None:

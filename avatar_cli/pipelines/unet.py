@@ -270,6 +270,9 @@ class UNetPipeline(Pipeline):
         """The job's precomputed features, checked against this render (None: compute them)."""
         if job.audio_features is None:
             return None
+        if self.models.settings.audio_encoder == "whisper":
+            raise InputError("--audio-features files hold wav2vec2 features; the EchoMimic family computes its "
+                             "Whisper features from the speech: leave --audio-features out")
         opts = job.options
         features, meta = load_features(job.audio_features)
         name = job.audio_features
