@@ -287,3 +287,13 @@ def test_mtcnn_finds_the_astronaut_and_no_face_on_the_cat(test_data):
     # measured with facenet-pytorch 2.5.3 (torch 2.13, torchvision 0.28), upstream's settings, BGR input
     np.testing.assert_allclose(box, (90.83, 32.01, 133.98 - 90.83, 87.37 - 32.01), atol=0.5)
     assert detect_face_mtcnn(np.asarray(Image.open(test_data / "cat_chelsea.png").convert("RGB"))) is None
+
+
+def test_render_before_conversion_names_the_command(echo_hub, capsys, test_data, tmp_path):
+    hub, files, manifest, tmp = echo_hub
+    assert _run(capsys, "weights", "download", "echomimic-acc", "sd-vae-ft-mse", "--manifest", manifest, "--quiet")[0] == 0
+    from avatar_cli.weights import load_manifest, missing_for
+
+    assert missing_for("echomimic-acc", load_manifest(manifest)) == [
+        "echomimic-acc: downloaded but not converted; run 'avatar weights convert --from echomimic --acc'"]
+    assert missing_for("echomimic", load_manifest(manifest))[0].startswith("echomimic: not in the manifest")

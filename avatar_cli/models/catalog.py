@@ -40,6 +40,8 @@ class ModelSpec:
             for it, rendered from without ``--weights``; None = used as downloaded.
         reads_download: the family also reads the downloaded component as it is (no conversion
             needed; Ditto).
+        convert_from: the ``--from`` arguments of the conversion when they are not ``converted``
+            (``"echomimic --acc"``).
     """
 
     name: str
@@ -51,6 +53,7 @@ class ModelSpec:
     components: tuple[str, ...] = ()
     converted: str | None = None
     reads_download: bool = False
+    convert_from: str | None = None
 
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (
@@ -68,7 +71,8 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("echomimic", "unet", "echomimic", "EchoMimic's public checkpoint (DDIM 30, CFG 2.5)",
               preset_family="echomimic", components=("echomimic", "sd-vae-ft-mse"), converted="echomimic"),
     ModelSpec("echomimic-acc", "unet", "echomimic-acc", "EchoMimic-acc: its step-distilled checkpoint (6 steps)",
-              preset_family="echomimic", components=("echomimic-acc", "sd-vae-ft-mse"), converted="echomimic-acc"),
+              preset_family="echomimic", components=("echomimic-acc", "sd-vae-ft-mse"), converted="echomimic-acc",
+              convert_from="echomimic --acc"),
 )}
 
 # `--model auto` (the default): the first of these that is installed; with none, DEFAULT_DOWNLOAD is
