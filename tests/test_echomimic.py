@@ -174,13 +174,13 @@ def test_random_weights_echomimic_acc_end_to_end(standins, capsys, test_data, tm
     out_mp4 = tmp_path / "r.mp4"
     code, out, err = _run(capsys, "render", test_data / "astronaut.png", speech, "--random-weights", "--arch", "tiny",
                           "--model", "echomimic-acc", "--size", "64", "--face-box", "90,35,50,55", "--fps", "24",
-                          "-o", out_mp4, "--json", "--quiet")
+                          "--steps", "3", "-o", out_mp4, "--json", "--quiet")
     assert code == 0, err
     result = json.loads(out)
-    assert result["weights"] == "random:tiny:echomimic" and result["nfe"] == 6
+    assert result["weights"] == "random:tiny:echomimic" and result["nfe"] == 3
     frames = int(0.7 * 24 + 0.5)  # 16.8 -> 17
-    # 17 frames in windows of 12 overlapping by 3: 2 windows a step, 6 steps
-    assert result["evaluations"] == 6 * 2
+    # 17 frames in windows of 12 overlapping by 3: 2 windows a step, 3 steps
+    assert result["evaluations"] == 3 * 2
     info = probe(out_mp4)
     assert info["frames"] == frames and info["fps"] == 24 and (info["width"], info["height"]) == (64, 64)
     assert info["audio_streams"] == 1 and abs(info["duration_s"] - frames / 24) < 1e-6

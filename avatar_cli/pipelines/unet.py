@@ -482,8 +482,6 @@ class UNetPipeline(Pipeline):
 
         The method's guidance runs inside each window; as guidance is linear, combining per window
         and then averaging equals EchoMimic's averaging of both branches first."""
-        from ..sampling.methods import sample
-
         settings, build, unet, method = self.models.settings, self.conditions, self.models.denoising_unet, opts.sampling
         latent = opts.size // self.vae_scale
         with stats("sampling"):
