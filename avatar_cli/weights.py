@@ -491,5 +491,5 @@ def missing_for(model: str, manifest: dict[str, Component] | None = None,
                if installed_path(manifest[name], local_dir) is None]
     if not missing and spec.converted and not spec.reads_download:
         missing = [f"{spec.converted}: downloaded but not converted; run 'avatar weights convert --from "
-                   f"{spec.converted}'"]
+                   f"{spec.convert_from or spec.converted}'"]
     return missing

@@ -256,20 +256,26 @@ class Source(str, Enum):
     sd15 = "sd15"
     hallo = "hallo"
     ditto = "ditto"
+    echomimic = "echomimic"
 
 
-@weights_app.command("convert", epilog="[bold]Examples[/bold]\n\n  avatar weights convert --from hallo\n\n  avatar weights convert --from ditto\n\n  avatar weights convert --from ditto ./ditto-talkinghead -o ./ditto-weights\n\n  avatar weights convert --from hallo net.pth --vae sd-vae-ft-mse --wav2vec2 wav2vec2-base-960h -o ./hallo-weights\n\n  avatar weights convert --from sd15 v1-5-pruned.safetensors --motion-module mm_sd_v15_v2.ckpt -o ./weights")
+@weights_app.command("convert", epilog="[bold]Examples[/bold]\n\n  avatar weights convert --from hallo\n\n  avatar weights convert --from ditto\n\n  avatar weights convert --from echomimic --acc\n\n  avatar weights convert --from ditto ./ditto-talkinghead -o ./ditto-weights\n\n  avatar weights convert --from hallo net.pth --vae sd-vae-ft-mse --wav2vec2 wav2vec2-base-960h -o ./hallo-weights\n\n  avatar weights convert --from sd15 v1-5-pruned.safetensors --motion-module mm_sd_v15_v2.ckpt -o ./weights")
 def weights_convert(
     source: Annotated[Source, typer.Option("--from", help="What the checkpoint is.", show_default=False)],
     checkpoint: Annotated[Optional[Path], typer.Argument(
         help="sd15: the single-file checkpoint; hallo: hallo/net.pth; ditto: the repo folder (ditto_cfg/, "
-        "ditto_pytorch/)", show_default="the installed 'hallo' / 'ditto' component's")] = None,
+        "ditto_pytorch/); echomimic: the repo folder (reference_unet.pth, ...)",
+        show_default="the installed 'hallo' / 'ditto' / 'echomimic(-acc)' component's")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Folder to write [default for hallo and ditto: $AVATAR_HOME/converted/NAME, "
         "which render uses without --weights]", show_default=False)] = None,
     motion_module: Annotated[Optional[Path], typer.Option(
         help="sd15: an AnimateDiff motion-module file (mm_sd_v15_v2.ckpt layout).", show_default=False)] = None,
-    vae: Annotated[Optional[Path], typer.Option(help="hallo: its sd-vae-ft-mse folder.", show_default=False)] = None,
+    vae: Annotated[Optional[Path], typer.Option(help="hallo: its sd-vae-ft-mse folder; echomimic: an sd-vae-ft-mse "
+                                                "folder [default: the installed sd-vae-ft-mse component].",
+                                                show_default=False)] = None,
+    acc: Annotated[bool, typer.Option("--acc", help="echomimic: the step-distilled files (denoising_unet_acc.pth, "
+                                      "motion_module_acc.pth) -> --model echomimic-acc.")] = False,
     wav2vec2: Annotated[Optional[Path], typer.Option(help="hallo: its wav2vec2-base-960h folder.",
                                                      show_default=False)] = None,
     arch: Annotated[Arch, typer.Option(help="Architecture the checkpoint has.")] = Arch.full,
@@ -292,10 +298,18 @@ def weights_convert(
     every key checked), aux_models/ (HuBERT, face and eye models); hard links where possible.
     Without DIR it reads the installed 'ditto' component (avatar weights download ditto).
 
+    [bold]--from echomimic[/bold] [DIR] [--acc]: EchoMimic's release (HF BadToBest/EchoMimic: reference_unet.pth,
+    denoising_unet(_acc).pth, motion_module(_acc).pth, face_locator.pth, audio_processor/whisper_tiny.pt) and
+    an sd-vae-ft-mse folder -> a complete folder for --model echomimic (or echomimic-acc with --acc), with
+    zero missing and zero unexpected keys. Without DIR it reads the installed 'echomimic' / 'echomimic-acc'
+    and 'sd-vae-ft-mse' components.
+
     Fails on any key that fits nowhere.
     """
-    from ..convert import convert_ditto, convert_hallo, convert_sd15
+    from ..convert import convert_ditto, convert_echomimic, convert_hallo, convert_sd15
 
+    if acc and source is not Source.echomimic:
+        raise InputError("--acc applies to --from echomimic only")
     if source is Source.ditto:
         from .. import weights as w
 
@@ -326,6 +340,27 @@ def weights_convert(
             raise InputError("--from sd15 needs the checkpoint file and -o DIR")
         report = convert_sd15(checkpoint, output, motion_module=motion_module, arch=arch.value, overwrite=overwrite)
         hint = "for renders it still needs audio_encoder/, audio_projector/, image_projector/"
+    elif source is Source.echomimic:
+        from .. import weights as w
+
+        name = "echomimic-acc" if acc else "echomimic"
+        loaded = w.load_manifest(manifest)
+        if checkpoint is None:
+            component = loaded.get(name)
+            checkpoint = w.installed_path(component) if component is not None else None
+            if checkpoint is None:
+                raise InputError(f"give the folder of EchoMimic's files, or download them first "
+                                 f"('avatar weights download {name}')")
+        if vae is None:
+            component = loaded.get("sd-vae-ft-mse")
+            vae = w.installed_path(component) if component is not None else None
+            if vae is None:
+                raise InputError("give --vae DIR (an sd-vae-ft-mse folder), or download it first "
+                                 "('avatar weights download sd-vae-ft-mse')")
+        output = output or w.converted_dir(name)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        report = convert_echomimic(checkpoint, output, vae=vae, acc=acc, arch=arch.value, overwrite=overwrite)
+        hint = f"render with --model {name} --weights {output}"
     else:
         from .. import weights as w
 

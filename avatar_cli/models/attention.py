@@ -111,18 +111,24 @@ class ReferenceAttnProcessor:
     Call-time keyword ``reference_features``: dict ``name -> (B, L_r, C)`` (a
     :class:`ReferenceFeatures` may mask some rows' reference out); when it is None or lacks this
     layer, the layer is plain self-attention (the "no reference" null condition).
+
+    ``output_scale`` multiplies a cross-attention's output before the block adds it to the residual
+    stream: 1 in SD; EchoMimic scales its audio cross-attention by 3 (antgroup/echomimic
+    ``src/models/mutual_self_attention.py``, ``audio_feature_ratio``).
     """
 
     def __init__(self, name: str, is_self_attention: bool):
         self.name = name
         self.is_self_attention = is_self_attention
+        self.output_scale = 1.0
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  reference_features: dict | None = None) -> torch.Tensor:
         if not self.is_self_attention:
-            return _attention(attn, hidden_states, encoder_hidden_states)
+            out = _attention(attn, hidden_states, encoder_hidden_states)
+            return out if self.output_scale == 1.0 else out * self.output_scale
         reference = None if reference_features is None else reference_features.get(self.name)
         keep = getattr(reference_features, "keep", None)
         return _attention(attn, hidden_states, hidden_states, reference, keep)

@@ -7,9 +7,10 @@ one sub-folder per component, each as its library's ``save_pretrained`` writes i
     DIR/vae/                           diffusers AutoencoderKL (config.json + safetensors)
     DIR/reference_net/                 ReferenceNet (= SD1.5 UNet2DConditionModel)
     DIR/denoising_unet/                DenoisingUNet3D
-    DIR/audio_encoder/                 transformers Wav2Vec2Model + preprocessor_config.json
-    DIR/audio_projector/, image_projector/
-    DIR/face_locator/                  FaceLocator (Hallo family only)
+    DIR/audio_encoder/                 transformers Wav2Vec2Model + preprocessor_config.json, or (EchoMimic
+                                       family) whisper_tiny.pt, OpenAI's Whisper checkpoint as released
+    DIR/audio_projector/, image_projector/  (not in the EchoMimic family: it has no projectors)
+    DIR/face_locator/                  FaceLocator (Hallo and EchoMimic families)
     DIR/scheduler/scheduler_config.json  the noise schedule the models were trained with
 
 ``avatar_index.json`` also holds the :class:`ModelSettings`: how the models expect to be driven.
@@ -60,6 +61,74 @@ _DIFFUSERS = {
     "audio_projector": AudioProjector,
     "image_projector": ImageProjector,
 }
+_PROJECTORS = ("audio_projector", "image_projector")
+WHISPER_FILE = "whisper_tiny.pt"  # DIR/audio_encoder/<this>: EchoMimic's audio_processor/whisper_tiny.pt
+
+
+def whisper_features_class():
+    """``WhisperFeatures`` (``models/whisper_features.py``: Whisper-tiny encoder features as EchoMimic
+    computes them); imported on use.
+
+    Raises:
+        WeightsError: the module is not installed with this copy of avatar-cli.
+    """
+    try:
+        from .whisper_features import WhisperFeatures
+    except ImportError as err:
+        raise WeightsError("the EchoMimic family needs the Whisper feature encoder (avatar_cli/models/"
+                           f"whisper_features.py), which this copy of avatar-cli lacks ({err})") from None
+    return WhisperFeatures
+
+
+def random_whisper_checkpoint(dims: dict, seed: int = 0) -> dict:
+    """An OpenAI Whisper checkpoint (``{"dims": ..., "model_state_dict": ...}``) of the encoder with
+    seeded random weights, in the layout of openai/whisper ``whisper/model.py`` (``AudioEncoder``:
+    conv1, conv2, the sinusoidal ``positional_embedding``, ``blocks.<i>`` residual attention blocks
+    with ``attn.query/key/value/out``, ``attn_ln``, ``mlp.0/2``, ``mlp_ln``, then ``ln_post``).
+
+    Only the encoder: EchoMimic's features never run the decoder. Used for ``--random-weights``.
+    """
+    import math
+
+    d, layers, ctx, mels = dims["n_audio_state"], dims["n_audio_layer"], dims["n_audio_ctx"], dims["n_mels"]
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g) * (1.0 / math.sqrt(shape[-1]))
+
+    # openai/whisper model.py sinusoids(length, channels): sin | cos of position / 10000^(i / (half - 1))
+    half = d // 2
+    inv = torch.exp(-math.log(10000) / (half - 1) * torch.arange(half))
+    angle = torch.arange(ctx)[:, None] * inv[None]
+    state = {"encoder.conv1.weight": rand(d, mels, 3), "encoder.conv1.bias": torch.zeros(d),
+             "encoder.conv2.weight": rand(d, d, 3), "encoder.conv2.bias": torch.zeros(d),
+             "encoder.positional_embedding": torch.cat([angle.sin(), angle.cos()], dim=1)}
+    for i in range(layers):
+        p = f"encoder.blocks.{i}."
+        for name in ("query", "value", "out"):
+            state[f"{p}attn.{name}.weight"], state[f"{p}attn.{name}.bias"] = rand(d, d), torch.zeros(d)
+        state[f"{p}attn.key.weight"] = rand(d, d)
+        for ln in ("attn_ln", "mlp_ln"):
+            state[f"{p}{ln}.weight"], state[f"{p}{ln}.bias"] = torch.ones(d), torch.zeros(d)
+        state[f"{p}mlp.0.weight"], state[f"{p}mlp.0.bias"] = rand(4 * d, d), torch.zeros(4 * d)
+        state[f"{p}mlp.2.weight"], state[f"{p}mlp.2.bias"] = rand(d, 4 * d), torch.zeros(d)
+    state["encoder.ln_post.weight"], state["encoder.ln_post.bias"] = torch.ones(d), torch.zeros(d)
+    return {"dims": dict(dims), "model_state_dict": state}
+
+
+def load_whisper(checkpoint: str | Path | dict):
+    """The Whisper feature encoder from OpenAI's checkpoint: a ``whisper_tiny.pt`` path or the dict
+    of :func:`random_whisper_checkpoint` (written to a temporary file for
+    ``WhisperFeatures.from_openai_checkpoint``)."""
+    klass = whisper_features_class()
+    if isinstance(checkpoint, dict):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / WHISPER_FILE
+            torch.save(checkpoint, path)
+            return klass.from_openai_checkpoint(path)
+    return klass.from_openai_checkpoint(checkpoint)
 
 
 @dataclass
@@ -75,6 +144,15 @@ class ModelSettings:
             "decoded" (the last decoded frames encoded again by the VAE; Hallo).
         audio_padding: "none", or "clip" (silence appended to whole clips before wav2vec2; Hallo).
         default_method: the sampling method the weights are made for.
+        audio_encoder: "wav2vec2" (+ the audio projector) or "whisper" (EchoMimic: Whisper-tiny
+            features as the U-Net's per-frame tokens, no projector).
+        face_condition: "hallo" (face-locator image of the 1.2x face box, region masks, ArcFace
+            embedding) or "mask" (EchoMimic: the portrait cropped to the face box dilated by 0.5,
+            the face box dilated by 0.1 as a 1-channel face-locator mask; ``media/face.py``).
+        frame_schedule: "clips" (clip by clip with motion frames) or "context-windows" (the whole
+            video's latents at once, each step averaged over overlapping windows; EchoMimic).
+        context_frames, context_overlap: the windows of "context-windows" (12 and 3 in EchoMimic).
+        noise_clamp: initial noise clamped to [-c, c] (EchoMimic: 1.5); 0 = not clamped.
     """
 
     null_reference: str = "zero-latent"
@@ -82,6 +160,12 @@ class ModelSettings:
     motion_source: str = "latents"
     audio_padding: str = "none"
     default_method: str = "osa-lcm"
+    audio_encoder: str = "wav2vec2"
+    face_condition: str = "hallo"
+    frame_schedule: str = "clips"
+    context_frames: int = 12
+    context_overlap: int = 3
+    noise_clamp: float = 0.0
 
     @classmethod
     def of(cls, family: str) -> "ModelSettings":
@@ -96,27 +180,31 @@ class AvatarModels:
         vae: ``AutoencoderKL``; image (B, 3, H, W) in [-1, 1] <-> latents (B, 4, H/8, W/8).
         reference_net: :class:`ReferenceNet`.
         denoising_unet: :class:`DenoisingUNet3D`.
-        audio_encoder: transformers ``Wav2Vec2Model``.
-        feature_extractor: its ``Wav2Vec2FeatureExtractor``.
-        audio_projector: :class:`AudioProjector`.
-        image_projector: :class:`ImageProjector`.
+        audio_encoder: transformers ``Wav2Vec2Model``, or (``settings.audio_encoder == "whisper"``)
+            the ``WhisperFeatures`` of ``models/whisper_features.py``.
+        feature_extractor: the ``Wav2Vec2FeatureExtractor``; None with Whisper.
+        audio_projector: :class:`AudioProjector`; None with Whisper (EchoMimic has none).
+        image_projector: :class:`ImageProjector`; None in EchoMimic (no face embedding).
         scheduler_config: the training noise schedule (a diffusers scheduler config dict).
-        face_locator: :class:`FaceLocator` or None (Hallo family only).
+        face_locator: :class:`FaceLocator` or None (Hallo and EchoMimic families).
         settings: :class:`ModelSettings`.
         source: where the weights came from ("random:<arch>" or a folder path).
+        audio_checkpoint: Whisper only: the OpenAI checkpoint it was loaded from (a path, or the dict
+            of random weights), which :meth:`save_pretrained` writes as ``audio_encoder/whisper_tiny.pt``.
     """
 
     vae: AutoencoderKL
     reference_net: ReferenceNet
     denoising_unet: DenoisingUNet3D
-    audio_encoder: Wav2Vec2Model
-    feature_extractor: Wav2Vec2FeatureExtractor
-    audio_projector: AudioProjector
-    image_projector: ImageProjector
-    scheduler_config: dict
+    audio_encoder: "Wav2Vec2Model | object"
+    feature_extractor: Wav2Vec2FeatureExtractor | None = None
+    audio_projector: AudioProjector | None = None
+    image_projector: ImageProjector | None = None
+    scheduler_config: dict = field(default_factory=dict)
     face_locator: FaceLocator | None = None
     settings: ModelSettings = field(default_factory=ModelSettings)
     source: str = ""
+    audio_checkpoint: "str | Path | dict | None" = None
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -127,25 +215,39 @@ class AvatarModels:
         ``device="meta"`` builds shapes only (no memory), e.g. to count parameters.
         ``cfg_tokens`` > 0 gives the denoising U-Net FADA's CFG-token layers.
         ``family="hallo"``: Hallo's variant (face locator, 2 motion frames, its scheduler).
+        ``family="echomimic"``: EchoMimic's (Whisper tokens into ``attn2``, no projectors, a
+        1-channel face locator; ``models/presets.py``); the Whisper encoder is built after the
+        networks, from its own generator, so the networks' weights do not depend on it.
         """
         cfg = preset(arch, family)
-        cfg["denoising_unet"]["cfg_tokens"] = cfg_tokens
+        if cfg_tokens:
+            cfg["denoising_unet"]["cfg_tokens"] = cfg_tokens
+        settings = ModelSettings(**cfg["settings"])
+        whisper = settings.audio_encoder == "whisper"
         with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(seed)
-            models = cls(
+            parts = dict(
                 vae=AutoencoderKL(**cfg["vae"]),
                 reference_net=ReferenceNet(**cfg["reference_net"]),
                 denoising_unet=DenoisingUNet3D(**cfg["denoising_unet"]),
-                audio_encoder=Wav2Vec2Model(Wav2Vec2Config(**cfg["audio_encoder"])),
-                feature_extractor=Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                                           do_normalize=True, return_attention_mask=False),
-                audio_projector=AudioProjector(**cfg["audio_projector"]),
-                image_projector=ImageProjector(**cfg["image_projector"]),
-                scheduler_config=dict(cfg["scheduler"]),
-                face_locator=FaceLocator(**cfg["face_locator"]) if "face_locator" in cfg else None,
-                settings=ModelSettings(**cfg["settings"]),
-                source=f"random:{arch}" + ("" if family == "osa-lcm" else f":{family}"),
             )
+            if not whisper:
+                parts.update(
+                    audio_encoder=Wav2Vec2Model(Wav2Vec2Config(**cfg["audio_encoder"])),
+                    feature_extractor=Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                               do_normalize=True, return_attention_mask=False),
+                    audio_projector=AudioProjector(**cfg["audio_projector"]),
+                    image_projector=ImageProjector(**cfg["image_projector"]),
+                )
+            if "face_locator" in cfg:
+                parts["face_locator"] = FaceLocator(**cfg["face_locator"])
+        checkpoint = None
+        if whisper:
+            checkpoint = random_whisper_checkpoint(cfg["audio_encoder"], seed)
+            parts["audio_encoder"] = None if str(device) == "meta" else load_whisper(checkpoint)
+        models = cls(**parts, scheduler_config=dict(cfg["scheduler"]), settings=settings,
+                     source=f"random:{arch}" + ("" if family == "osa-lcm" else f":{family}"),
+                     audio_checkpoint=checkpoint)
         return models.eval()
 
     @classmethod
@@ -158,22 +260,33 @@ class AvatarModels:
         root = Path(path)
         if not root.is_dir():
             raise WeightsError(f"weights folder {root} does not exist")
-        missing = [name for name in (*_DIFFUSERS, "audio_encoder", "scheduler") if not (root / name).is_dir()]
+        try:
+            index = json.loads((root / INDEX_FILE).read_text()) if (root / INDEX_FILE).is_file() else {}
+            settings = ModelSettings(**index.get("settings", {}))
+        except (OSError, TypeError, json.JSONDecodeError) as err:
+            raise WeightsError(f"cannot load weights from {root}: {str(err).splitlines()[0]}") from err
+        whisper = settings.audio_encoder == "whisper"
+        components = [name for name in _DIFFUSERS if not (whisper and name in _PROJECTORS)]
+        missing = [name for name in (*components, "audio_encoder", "scheduler") if not (root / name).is_dir()]
+        if whisper and "audio_encoder" not in missing and not (root / "audio_encoder" / WHISPER_FILE).is_file():
+            missing.append(f"audio_encoder/{WHISPER_FILE}")
         if missing:
             raise WeightsError(f"weights folder {root} lacks {', '.join(missing)}")
         kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         try:
             with quiet_libraries():
-                parts = {name: klass.from_pretrained(root / name, **kwargs) for name, klass in _DIFFUSERS.items()}
-                parts["audio_encoder"] = Wav2Vec2Model.from_pretrained(
-                    root / "audio_encoder", **({"dtype": torch_dtype} if torch_dtype else {}))
-                parts["feature_extractor"] = Wav2Vec2FeatureExtractor.from_pretrained(root / "audio_encoder")
+                parts = {name: _DIFFUSERS[name].from_pretrained(root / name, **kwargs) for name in components}
+                if whisper:
+                    parts["audio_checkpoint"] = root / "audio_encoder" / WHISPER_FILE
+                    parts["audio_encoder"] = load_whisper(parts["audio_checkpoint"])
+                else:
+                    parts["audio_encoder"] = Wav2Vec2Model.from_pretrained(
+                        root / "audio_encoder", **({"dtype": torch_dtype} if torch_dtype else {}))
+                    parts["feature_extractor"] = Wav2Vec2FeatureExtractor.from_pretrained(root / "audio_encoder")
                 if (root / "face_locator").is_dir():
                     parts["face_locator"] = FaceLocator.from_pretrained(root / "face_locator", **kwargs)
             scheduler_config = {k: v for k, v in json.loads((root / "scheduler" / "scheduler_config.json").read_text())
                                 .items() if not k.startswith("_")}
-            index = json.loads((root / INDEX_FILE).read_text()) if (root / INDEX_FILE).is_file() else {}
-            settings = ModelSettings(**index.get("settings", {}))
         except (OSError, ValueError, RuntimeError, TypeError, json.JSONDecodeError) as err:
             raise WeightsError(f"cannot load weights from {root}: {str(err).splitlines()[0]}") from err
         return cls(**parts, scheduler_config=scheduler_config, settings=settings, source=str(root)).eval()
@@ -186,9 +299,21 @@ class AvatarModels:
         root.mkdir(parents=True, exist_ok=True)
         with quiet_libraries():
             for name in _DIFFUSERS:
-                getattr(self, name).save_pretrained(root / name)
-            self.audio_encoder.save_pretrained(root / "audio_encoder")
-            self.feature_extractor.save_pretrained(root / "audio_encoder")
+                if getattr(self, name) is not None:
+                    getattr(self, name).save_pretrained(root / name)
+            if self.settings.audio_encoder == "whisper":
+                (root / "audio_encoder").mkdir(exist_ok=True)
+                if isinstance(self.audio_checkpoint, dict):
+                    torch.save(self.audio_checkpoint, root / "audio_encoder" / WHISPER_FILE)
+                elif self.audio_checkpoint is not None:
+                    import shutil
+
+                    shutil.copyfile(self.audio_checkpoint, root / "audio_encoder" / WHISPER_FILE)
+                else:
+                    raise WeightsError("these Whisper features have no checkpoint to save")
+            else:
+                self.audio_encoder.save_pretrained(root / "audio_encoder")
+                self.feature_extractor.save_pretrained(root / "audio_encoder")
             if self.face_locator is not None:
                 self.face_locator.save_pretrained(root / "face_locator")
         save_scheduler_config(self.scheduler_config, root / "scheduler")

@@ -8,6 +8,8 @@ made for (``--method`` overrides it where another method applies).
 | teacher | unet | the multi-step teacher (``avatar train teacher``) | teacher (DDIM 25) |
 | hallo | unet | Hallo's public checkpoint (``avatar weights convert --from hallo``) | hallo (DDIM 40, CFG) |
 | ditto | ditto | Ditto's public checkpoint (``avatar weights download ditto``) | ditto (DiT, 10 steps, CFG 2) |
+| echomimic | unet | EchoMimic's public checkpoint (``avatar weights convert --from echomimic``) | echomimic (DDIM 30, CFG 2.5) |
+| echomimic-acc | unet | EchoMimic's step-distilled checkpoint (``... --from echomimic --acc``) | echomimic-acc (6 steps) |
 
 ``adv-lcm`` and ``fada-balanced`` were ``--model`` names before models and methods were told
 apart; they remain as shorthands (:data:`SHORTHANDS`) for ``--model osa-lcm --method adv-lcm``
@@ -30,13 +32,16 @@ class ModelSpec:
         family: the pipeline family that runs it (``pipelines/``): "unet" or "ditto".
         default_method: the sampling method used without ``--method``.
         description: one line for help and reports.
-        preset_family: the U-Net variant built for ``--random-weights`` ("osa-lcm" ours, "hallo").
+        preset_family: the U-Net variant built for ``--random-weights`` ("osa-lcm" ours, "hallo",
+            "echomimic").
         cfg_tokens: random weights get FADA's CFG-token layers.
         components: manifest components (``weights.toml``) that hold its public weights; () = none exist.
         converted: the folder under ``$AVATAR_HOME/converted/`` that ``avatar weights convert`` writes
             for it, rendered from without ``--weights``; None = used as downloaded.
         reads_download: the family also reads the downloaded component as it is (no conversion
             needed; Ditto).
+        convert_from: the ``--from`` arguments of the conversion when they are not ``converted``
+            (``"echomimic --acc"``).
     """
 
     name: str
@@ -48,6 +53,7 @@ class ModelSpec:
     components: tuple[str, ...] = ()
     converted: str | None = None
     reads_download: bool = False
+    convert_from: str | None = None
 
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (
@@ -60,6 +66,13 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
               components=("hallo",), converted="hallo"),
     ModelSpec("ditto", "ditto", "ditto", "Ditto: motion-space DiT + LivePortrait renderer", preset_family="ditto",
               components=("ditto",), converted="ditto", reads_download=True),
+    # EchoMimic's methods ("echomimic": DDIM 30 + CFG 2.5; "echomimic-acc": its 6-step pseudo-velocity
+    # step) are sampling/methods.py entries; its VAE is the sd-vae-ft-mse component.
+    ModelSpec("echomimic", "unet", "echomimic", "EchoMimic's public checkpoint (DDIM 30, CFG 2.5)",
+              preset_family="echomimic", components=("echomimic", "sd-vae-ft-mse"), converted="echomimic"),
+    ModelSpec("echomimic-acc", "unet", "echomimic-acc", "EchoMimic-acc: its step-distilled checkpoint (6 steps)",
+              preset_family="echomimic", components=("echomimic-acc", "sd-vae-ft-mse"), converted="echomimic-acc",
+              convert_from="echomimic --acc"),
 )}
 
 # `--model auto` (the default): the first of these that is installed; with none, DEFAULT_DOWNLOAD is

@@ -40,12 +40,17 @@ class ConditionBuilder:
 
     # ------------------------------------------------------------ tokens and features
     def null_tokens(self, batch: int = 1) -> torch.Tensor:
-        """(batch, T, D): the image projector's tokens of the zero face embedding."""
+        """(batch, T, D): the image projector's tokens of the zero face embedding; (batch, 0, D), no
+        tokens, for a model without an image projector (EchoMimic: its U-Nets take no context)."""
+        if self.models.image_projector is None:
+            width = self.models.denoising_unet.config.cross_attention_dim
+            return torch.zeros(batch, 0, width, device=self.device, dtype=self.dtype)
         return self.models.image_projector.null_tokens(batch)
 
     def face_tokens(self, embedding: torch.Tensor | None) -> torch.Tensor:
-        """(1, T, D) tokens of a (512,) ArcFace embedding; the null tokens when None."""
-        if embedding is None:
+        """(1, T, D) tokens of a (512,) ArcFace embedding; the null tokens when None (always, for a
+        model without an image projector)."""
+        if embedding is None or self.models.image_projector is None:
             return self.null_tokens(1)
         return self.models.image_projector(embedding.to(self.device)[None])
 
@@ -79,11 +84,15 @@ class ConditionBuilder:
         return features, features
 
     def audio_tokens(self, windows: torch.Tensor) -> torch.Tensor:
-        """(F, W, L, D) wav2vec2 windows per frame -> (F, T_a, D_a) audio tokens."""
+        """(F, W, L, D) wav2vec2 windows per frame -> (F, T_a, D_a) audio tokens; a model without an
+        audio projector (EchoMimic) takes its per-frame tokens (F, T_a, D_a) as they are."""
+        if self.models.audio_projector is None:
+            return windows.to(self.device, self.dtype)
         return self.models.audio_projector(windows.to(self.device))
 
     def face_locator(self, mask_image: torch.Tensor, frames: int) -> torch.Tensor | None:
-        """(3, S, S) face-locator input in [0, 1] -> (1, C, F, h, w) features for ``frames`` frames;
+        """(C_in, S, S) face-locator input in [0, 1] (3 channels in Hallo, EchoMimic's 1-channel face
+        mask) -> (1, C, F, h, w) features for ``frames`` frames;
         None for models without a face locator."""
         if self.models.face_locator is None:
             return None

@@ -14,6 +14,11 @@ frames folded into the batch. Around each spatial transformer it adds, in this o
 Blocks without spatial attention (SD1.5's lowest-resolution down block and first up block) carry
 motion modules, as AnimateDiff and Hallo do, but run only their resnets unless
 ``temporal_in_plain_blocks`` is set: that is the path Hallo's released inference computes.
+
+With ``audio_attention="attn2"`` (EchoMimic, antgroup/echomimic ``src/models/mutual_self_attention.py``)
+there are no audio blocks: SD's cross-attention slot ``attn2`` of every spatial transformer attends
+to the frame's own audio tokens (Whisper, 50 x 384 per frame) instead of context tokens shared by
+all frames, its output scaled by ``cross_attention_scale`` (3.0 there) before the residual add.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
-from .attention import ReferenceAttnProcessor, install_processors
+from .attention import ReferenceAttnProcessor, install_processors, spatial_attention_names
 from .audio_attention import REGIONS, AudioAttentionBlock
 from .cfg_tokens import CFGAttentionBlock, CFGTokens
 
@@ -61,7 +66,10 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
     GroupNorm groups: 32 in AnimateDiff whatever the U-Net's), ``num_motion_frames``
     (M: 4 in OSA-LCM after EMO, 2 in Hallo), ``temporal_in_plain_blocks`` (see module docstring),
     ``cfg_tokens`` (FADA student: number of learnable CFG tokens, 0 = no CFG layers; a CFG
-    cross-attention layer then follows every audio block, ``<block>.cfg_modules.<j>``).
+    cross-attention layer then follows every audio block, ``<block>.cfg_modules.<j>``),
+    ``audio_attention`` ("blocks": Hallo's audio blocks after each spatial transformer, keys
+    ``<block>.audio_modules.<j>``; "attn2": the audio tokens are ``attn2``'s context, EchoMimic),
+    ``cross_attention_scale`` (factor on ``attn2``'s output: 1 in SD, 3 in EchoMimic).
     """
 
     _supports_gradient_checkpointing = True  # per layer (resnet + its attentions), for training
@@ -86,8 +94,17 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         num_motion_frames: int = 4,
         temporal_in_plain_blocks: bool = False,
         cfg_tokens: int = 0,
+        audio_attention: str = "blocks",
+        cross_attention_scale: float = 1.0,
     ):
         super().__init__()
+        if audio_attention not in ("blocks", "attn2"):
+            raise ValueError(f"audio_attention must be 'blocks' or 'attn2' (got {audio_attention!r})")
+        if audio_attention == "attn2" and audio_attention_dim != cross_attention_dim:
+            raise ValueError("with audio_attention='attn2' the audio tokens are attn2's context: "
+                             "audio_attention_dim must equal cross_attention_dim")
+        if audio_attention == "attn2" and cfg_tokens:
+            raise ValueError("CFG-token layers follow audio blocks; a U-Net with audio_attention='attn2' has none")
         self.gradient_checkpointing = False
         # The 2D part is diffusers' SD U-Net itself: build it and adopt its modules, so that every
         # parameter keeps SD1.5's name and an SD1.5 checkpoint loads into it unchanged.
@@ -122,20 +139,22 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         # Audio-module inner widths follow Hallo: a down block's layer j takes the width of that
         # layer's input, the mid block its own width, an up block the width of the down block it
         # mirrors' input (reversed_block_out_channels[i + 1]).
+        blocks = audio_attention == "blocks"
         for i, block in enumerate(self.down_blocks):
             c = channels[i]
             block.motion_modules = nn.ModuleList([motion_module(c) for _ in range(layers_per_block)])
-            if hasattr(block, "attentions"):
+            if hasattr(block, "attentions") and blocks:
                 inputs = [channels[max(i - 1, 0)]] + [c] * (layers_per_block - 1)
                 block.audio_modules = nn.ModuleList([audio_module(c, w) for w in inputs])
         c = channels[-1]
         self.mid_block.motion_modules = nn.ModuleList([motion_module(c) for _ in self.mid_block.attentions])
-        self.mid_block.audio_modules = nn.ModuleList([audio_module(c, c) for _ in self.mid_block.attentions])
+        if blocks:
+            self.mid_block.audio_modules = nn.ModuleList([audio_module(c, c) for _ in self.mid_block.attentions])
         reversed_channels = channels[::-1]
         for i, block in enumerate(self.up_blocks):
             c = reversed_channels[i]
             block.motion_modules = nn.ModuleList([motion_module(c) for _ in block.resnets])
-            if hasattr(block, "attentions"):
+            if hasattr(block, "attentions") and blocks:
                 inner = reversed_channels[min(i + 1, len(channels) - 1)]
                 block.audio_modules = nn.ModuleList([audio_module(c, inner) for _ in block.resnets])
 
@@ -148,6 +167,9 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
                         for m in block.audio_modules])
 
         install_processors(self, ReferenceAttnProcessor)
+        for name in spatial_attention_names(self):
+            if name.endswith("attn2"):
+                self.get_submodule(name).processor.output_scale = cross_attention_scale
 
     def with_cfg_layers(self, cfg_tokens: int = 4) -> "DenoisingUNet3D":
         """This U-Net with zero-initialised CFG-token layers added (FADA sec. 3.3 student init).
@@ -172,7 +194,7 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
         audio_embeds: torch.Tensor,
         reference_features: dict[str, torch.Tensor] | None = None,
         motion_features: dict[str, torch.Tensor] | None = None,
@@ -187,8 +209,11 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
             sample: latents (B, C=4, F, h, w), F clip frames, h = w = image size / 8.
             timestep: scalar or (B,) diffusion timestep in [0, 1000).
             encoder_hidden_states: (B, T, cross_attention_dim) tokens for SD1.5's cross-attention
-                slot (the image projector's face tokens or its null tokens).
-            audio_embeds: (B, F, T_a, audio_attention_dim) per-frame audio tokens.
+                slot (the image projector's face tokens or its null tokens); ignored (may be None)
+                with ``audio_attention="attn2"``.
+            audio_embeds: (B, F, T_a, audio_attention_dim) per-frame audio tokens; with
+                ``audio_attention="attn2"`` frame f's tokens are the context of ``attn2`` for that
+                frame (EchoMimic: T_a = 50 Whisper tokens of width 384).
             reference_features: attn1 name -> (B, L, C) reference tokens of the portrait
                 (``ReferenceNet.extract_features``); None = no reference (a null condition).
             motion_features: attn1 name -> (B*M, L, C) reference-net tokens of the M motion frames;
@@ -213,8 +238,11 @@ class DenoisingUNet3D(ModelMixin, ConfigMixin):
         timestep = torch.as_tensor(timestep, device=sample.device)
         timestep = timestep.reshape(-1).expand(b).repeat_interleave(f)
         emb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
-        context = encoder_hidden_states.repeat_interleave(f, dim=0)
         audio = audio_embeds.reshape(b * f, *audio_embeds.shape[2:]).to(x.dtype)
+        if self.config.audio_attention == "attn2":
+            context = audio  # (B*F, T_a, D): each frame's own tokens (EchoMimic's audio_cond_fea)
+        else:
+            context = encoder_hidden_states.repeat_interleave(f, dim=0)
         cfg = None
         if self.config.cfg_tokens and guidance_scales is not None:
             cfg = self.cfg_embedding(*guidance_scales).to(x.dtype)
@@ -283,7 +311,8 @@ class _Step:
             return x
         x = block.attentions[j](x, encoder_hidden_states=self.context,
                                 cross_attention_kwargs=self.attention_kwargs, return_dict=False)[0]
-        x = block.audio_modules[j](x, self.audio, self.masks(x.shape[2:]), self.region_scales)
+        if hasattr(block, "audio_modules"):
+            x = block.audio_modules[j](x, self.audio, self.masks(x.shape[2:]), self.region_scales)
         if self.cfg_tokens is not None:
             x = block.cfg_modules[j](x, self.cfg_tokens)
         name = f"{block_name}.attentions.{j}.transformer_blocks.0.attn1"

@@ -92,7 +92,7 @@ _TINY = {
 }
 
 PRESETS = {"full": _FULL, "tiny": _TINY}
-FAMILIES = ("osa-lcm", "hallo")
+FAMILIES = ("osa-lcm", "hallo", "echomimic")
 
 # Hallo's inference scheduler (DDIM over a *linear* beta schedule, v-prediction, zero-SNR rescaled,
 # trailing spacing); its released weights were trained for it.
@@ -108,6 +108,24 @@ SETTINGS = {
                 "audio_padding": "none", "default_method": "osa-lcm"},
     "hallo": {"null_reference": "none", "first_clip_motion": "reference", "motion_source": "decoded",
               "audio_padding": "clip", "default_method": "hallo"},
+    # EchoMimic (antgroup/echomimic, src/pipelines/pipeline_echo_mimic*.py): no reference K/V and zero
+    # audio / zero face-locator features as the null branch, no motion frames, Whisper-tiny features, a
+    # 1-channel face mask through the face locator, the whole video's latents denoised at once over
+    # context windows of 12 frames overlapping by 3, initial noise clamped to [-1.5, 1.5].
+    "echomimic": {"null_reference": "none", "first_clip_motion": "zeros", "motion_source": "latents",
+                  "audio_padding": "none", "default_method": "echomimic-acc", "audio_encoder": "whisper",
+                  "face_condition": "mask", "frame_schedule": "context-windows", "context_frames": 12,
+                  "context_overlap": 3, "noise_clamp": 1.5},
+}
+
+# EchoMimic's Whisper-tiny (OpenAI checkpoint ``dims``; ``audio_processor/whisper_tiny.pt``) and a tiny
+# stand-in of the same layout for tests. Only the encoder is used: per 50 Hz step its embedding output
+# and each block's output, (n_audio_layer + 1) x n_audio_state values.
+WHISPER_DIMS = {
+    "full": {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6, "n_audio_layer": 4,
+             "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 384, "n_text_head": 6, "n_text_layer": 4},
+    "tiny": {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 32, "n_audio_head": 2, "n_audio_layer": 2,
+             "n_vocab": 64, "n_text_ctx": 8, "n_text_state": 32, "n_text_head": 2, "n_text_layer": 1},
 }
 
 
@@ -117,6 +135,15 @@ def preset(arch: str, family: str = "osa-lcm") -> dict:
     ``family="hallo"`` gives Hallo's variant of the same sizes: a face locator, a reference net
     without output layers that keeps its features in float16, 2 motion frames, Hallo's scheduler
     and driving settings.
+
+    ``family="echomimic"`` gives EchoMimic's (antgroup/echomimic ``configs/inference/inference_v2.yaml``
+    on ``sd-image-variations-diffusers/unet``; ``infer_audio2vid*.py``): the denoising U-Net's
+    cross-attention (``attn2``) takes per-frame Whisper tokens (width = the Whisper encoder's, 384 in
+    ``full``) with its output times 3 (``mutual_self_attention.py``), no audio blocks and no
+    projectors; AnimateDiff motion modules in every block including the plain ones and the mid
+    block (positions up to 32), no motion frames; a reference net without cross-attention and
+    without output layers; a 1-channel face locator with widths (16, 32, 96, 256); Hallo's
+    scheduler (v-prediction, zero-SNR, trailing); the Whisper dims of :data:`WHISPER_DIMS`.
 
     Raises:
         KeyError: unknown preset or family name.
@@ -133,4 +160,18 @@ def preset(arch: str, family: str = "osa-lcm") -> dict:
         cfg["reference_net"].update(output_layers=False, feature_dtype="float16")
         cfg["denoising_unet"]["num_motion_frames"] = 2
         cfg["scheduler"] = dict(HALLO_SCHEDULER)
+    if family == "echomimic":
+        whisper = dict(WHISPER_DIMS[arch])
+        unet = cfg["denoising_unet"]
+        unet.update(cross_attention_dim=whisper["n_audio_state"], audio_attention_dim=whisper["n_audio_state"],
+                    audio_attention="attn2", cross_attention_scale=3.0, num_motion_frames=0,
+                    temporal_in_plain_blocks=True)
+        # EchoMimic's reference bank is cast to float16 (mutual_self_attention.py update(), dtype default)
+        cfg["reference_net"].update(output_layers=False, cross_attention=False, feature_dtype="float16")
+        cfg["face_locator"] = {"conditioning_channels": 1, "block_out_channels": [16, 32, 96, 256],
+                               "embedding_channels": unet["block_out_channels"][0]}
+        cfg["scheduler"] = dict(HALLO_SCHEDULER)
+        cfg["audio_encoder"] = whisper
+        for name in ("audio_projector", "image_projector"):
+            del cfg[name]
     return cfg

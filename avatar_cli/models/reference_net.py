@@ -30,14 +30,28 @@ class ReferenceNet(UNet2DConditionModel):
             conversion sets False.
         feature_dtype: store the extracted features in this dtype ("float16" as Hallo's inference
             does, even in float32 runs); None keeps the compute dtype.
+        cross_attention: keep the transformer blocks' cross-attention (``attn2``, ``norm2``).
+            EchoMimic's reference U-Net has none (antgroup/echomimic ``src/models/attention.py``:
+            its ``BasicTransformerBlock`` is self-attention + feed-forward only, and the pipeline calls
+            it with ``encoder_hidden_states=None``), so its conversion sets False; the context
+            tokens are then ignored.
         **kwargs: ``UNet2DConditionModel``'s config.
     """
 
-    def __init__(self, output_layers: bool = True, feature_dtype: str | None = None, **kwargs):
+    def __init__(self, output_layers: bool = True, feature_dtype: str | None = None, cross_attention: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)  # registers the U-Net's config
         if feature_dtype not in _DTYPES:
             raise ValueError(f"feature_dtype must be one of {list(_DTYPES)} (got {feature_dtype!r})")
-        self.register_to_config(output_layers=output_layers, feature_dtype=feature_dtype)
+        self.register_to_config(output_layers=output_layers, feature_dtype=feature_dtype,
+                                cross_attention=cross_attention)
+        if not cross_attention:  # diffusers' BasicTransformerBlock skips a missing attn2
+            from diffusers.models.attention import BasicTransformerBlock
+
+            for module in self.modules():
+                if isinstance(module, BasicTransformerBlock):
+                    module.attn2 = None
+                    module.norm2 = None
         if not output_layers:
             self.conv_norm_out = None
             self.conv_act = None
@@ -47,7 +61,7 @@ class ReferenceNet(UNet2DConditionModel):
     def _get_init_keys(input_class):
         # diffusers reads a model's config fields from its __init__ signature; ours are the U-Net's
         # plus the two above.
-        return ConfigMixin._get_init_keys(UNet2DConditionModel) | {"output_layers", "feature_dtype"}
+        return ConfigMixin._get_init_keys(UNet2DConditionModel) | {"output_layers", "feature_dtype", "cross_attention"}
 
     def _ensure_capture(self) -> None:
         processors = self.attn_processors.values()
@@ -55,7 +69,7 @@ class ReferenceNet(UNet2DConditionModel):
             install_processors(self, ReferenceCaptureProcessor)
 
     @torch.no_grad()
-    def extract_features(self, latents: torch.Tensor, encoder_hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extract_features(self, latents: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Run the net at t = 0 and return the inputs of its spatial self-attentions.
 
         Args:
@@ -68,7 +82,9 @@ class ReferenceNet(UNet2DConditionModel):
             ``feature_dtype`` when set.
         """
         self._ensure_capture()
-        if encoder_hidden_states.shape[0] != latents.shape[0]:
+        if not self.config.cross_attention or encoder_hidden_states is None:
+            encoder_hidden_states = None
+        elif encoder_hidden_states.shape[0] != latents.shape[0]:
             encoder_hidden_states = encoder_hidden_states.expand(latents.shape[0], -1, -1)
         sink: dict[str, torch.Tensor] = {}
         timestep = torch.zeros(latents.shape[0], device=latents.device, dtype=torch.long)

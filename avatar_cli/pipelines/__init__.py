@@ -3,7 +3,7 @@
 
 | family | module | models (``--model``) | paper ideas |
 |---|---|---|---|
-| unet | ``unet.py`` | osa-lcm, fada, teacher, hallo | EMO/Hallo dual U-Net; OSA-LCM, FADA sampling |
+| unet | ``unet.py`` | osa-lcm, fada, teacher, hallo, echomimic, echomimic-acc | EMO/Hallo dual U-Net; OSA-LCM, FADA sampling; EchoMimic |
 | ditto | ``ditto.py`` | ditto | Ditto: motion-space DiT + LivePortrait warp and decoder |
 """
 
@@ -41,7 +41,8 @@ def _installed(model: str) -> Path | None:
 
 
 def _family_of_folder(weights: Path) -> str:
-    """The model a weights folder holds, from its ``avatar_index.json``: ditto, hallo, fada or osa-lcm."""
+    """The model a weights folder holds, from its ``avatar_index.json``: ditto, hallo, echomimic(-acc),
+    fada or osa-lcm."""
     import json
 
     index = Path(weights) / "avatar_index.json"
@@ -53,6 +54,8 @@ def _family_of_folder(weights: Path) -> str:
     settings = data.get("settings", {})
     if settings.get("default_method") == "hallo":
         return "hallo"
+    if settings.get("default_method") in ("echomimic", "echomimic-acc"):  # the converted EchoMimic weights
+        return settings["default_method"]
     unet = Path(weights) / "denoising_unet" / "config.json"
     if unet.is_file() and json.loads(unet.read_text()).get("cfg_tokens"):
         return "fada"
@@ -145,7 +148,7 @@ def load_pipeline(model: str = "osa-lcm", weights: str | Path | None = None, ran
     if random_weights:
         note(f"note: RANDOM weights ({arch} architecture): the video shows noise, not a face")
         cfg_tokens = 4 if spec.cfg_tokens or sampling.guidance == "cfg-tokens" else 0
-        family = "hallo" if sampling.family == "hallo" else spec.preset_family
+        family = sampling.family if sampling.family in ("hallo", "echomimic") else spec.preset_family
         return klass.from_preset(arch, device=device, dtype=dtype, cfg_tokens=cfg_tokens, family=family,
                                  compile=compile)
     if weights is None:  # the installed components: a folder that 'avatar weights convert' wrote

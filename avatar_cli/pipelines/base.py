@@ -104,7 +104,9 @@ class Pipeline:
 
     def prepare(self, job: RenderJob, stats: RenderStats) -> dict:
         """Per-job work before :meth:`generate` (face conditions, precomputed features...): the
-        keyword arguments it returns are passed to :meth:`generate`."""
+        keyword arguments it returns are passed to :meth:`generate`; "waveform" and "image", when
+        present, replace the job's speech (separated vocals) and portrait (EchoMimic's face crop,
+        same size)."""
         return {}
 
     def generate(self, image: np.ndarray, waveform: np.ndarray, options: RenderOptions | None = None, *,
@@ -131,6 +133,7 @@ class Pipeline:
         job = RenderJob(image, waveform, Path("-"), Path("-"), opts, face_box=face_box)
         inputs = {**self.prepare(job, stats), **inputs}
         done = 0
+        image = inputs.pop("image", image)
         for frames in self.generate(image, inputs.pop("waveform", waveform), opts, stats=stats, **inputs):
             yield frames, (done + np.arange(len(frames))) / opts.fps
             done += len(frames)
@@ -237,7 +240,7 @@ class Pipeline:
         with VideoWriter(job.output, (width, height), opts.fps, audio_path=job.audio_path, crf=opts.crf) as writer:
             sink = BackgroundWriter(writer) if opts.overlap else None
             try:
-                for frames in self.generate(job.image, inputs.pop("waveform", job.waveform), opts,
+                for frames in self.generate(inputs.pop("image", job.image), inputs.pop("waveform", job.waveform), opts,
                                             on_progress=on_progress, stats=stats, **inputs):
                     interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops here
                     if stats.first_frame_at is None:

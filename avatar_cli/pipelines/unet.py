@@ -47,6 +47,7 @@ from ..options import RenderJob, RenderOptions
 from ..runtime import resolve_device, resolve_dtype
 from ..sampling.clip_init import initial_latents
 from ..sampling.guidance import Conditions
+from ..sampling.context_windows import WindowedDenoiser
 from ..sampling.methods import sample
 from .base import Pipeline, RenderStats
 
@@ -189,13 +190,17 @@ class UNetPipeline(Pipeline):
     @torch.no_grad()
     def audio_features(self, waveform: np.ndarray, fps: float, pad_to_multiple: int | None = None,
                        window_frames: int = 750, margin_frames: int = 100) -> torch.Tensor:
-        """(samples,) 16 kHz mono -> (frames, layers, dim) wav2vec2 features at ``fps``.
+        """(samples,) 16 kHz mono -> (frames, layers, dim) wav2vec2 features at ``fps``; for the
+        EchoMimic family (T_steps, L + 1, D) Whisper features at 50 Hz (``WhisperFeatures.encode``),
+        turned into per-frame tokens by :meth:`frame_audio_tokens`.
 
         ``pad_to_multiple``: append silence up to a whole number of clips of that many frames
         before encoding, as Hallo does (the result then has the padded frame count). Speech longer
         than ``window_frames + 2 * margin_frames`` frames (38 s at 25 fps) is encoded by windows
         with memory flat in its length (``encode_audio_windowed``).
         """
+        if self.models.settings.audio_encoder == "whisper":  # EchoMimic: 50 Hz Whisper steps, any fps
+            return self.models.audio_encoder.encode(np.asarray(waveform, dtype=np.float32))
         frames = num_video_frames(waveform.shape[0], fps)
         pad = max(0, 400 - waveform.shape[0])  # shorter than wav2vec2's first conv window
         if pad_to_multiple:
@@ -266,6 +271,9 @@ class UNetPipeline(Pipeline):
         """The job's precomputed features, checked against this render (None: compute them)."""
         if job.audio_features is None:
             return None
+        if self.models.settings.audio_encoder == "whisper":
+            raise InputError("--audio-features files hold wav2vec2 features; the EchoMimic family computes its "
+                             "Whisper features from the speech: leave --audio-features out")
         opts = job.options
         features, meta = load_features(job.audio_features)
         name = job.audio_features
@@ -320,7 +328,13 @@ class UNetPipeline(Pipeline):
         """Per job: the face conditions (Hallo family), the precomputed features file, the
         separated vocals."""
         opts, inputs = job.options, {}
-        if self.models.face_locator is not None:  # Hallo family: face box, masks, embedding
+        if self.models.settings.face_condition == "mask":  # EchoMimic: crop to the face, face mask
+            from ..media.face import echomimic_face
+
+            with stats("reference"):
+                inputs["face"] = echomimic_face(job.image, job.face_box, warn=self.warn)
+                inputs["image"] = inputs["face"].image
+        elif self.models.face_locator is not None:  # Hallo family: face box, masks, embedding
             with stats("reference"):
                 inputs["face"] = self.face_conditions(job.image, opts, job.face_box)
         with stats("audio"):
@@ -387,14 +401,20 @@ class UNetPipeline(Pipeline):
         scheduler = method.make_scheduler(models.scheduler_config)
         alphas = scheduler.alphas_cumprod  # the training schedule's (rolling starts use it)
 
+        whisper = settings.audio_encoder == "whisper"
         with stats("audio"):
             total = num_video_frames(waveform.shape[0], opts.fps)
             if audio_features is None:
                 audio_features = self.audio_features(waveform, opts.fps, self.audio_padding(opts.clip_frames))
+            frame_tokens = self.frame_audio_tokens(audio_features, total, opts.fps) if whisper else None
         frames_per_clip = opts.clip_frames
         clips = -(-total // frames_per_clip)
 
         latent = opts.size // self.vae_scale
+        if face is None and settings.face_condition == "mask":  # EchoMimic without a face: all face
+            from ..media.face import echomimic_face
+
+            face = echomimic_face(image, None, found=False)
         with stats("reference"):
             face_tokens, locator, masks = build.face_tokens(None), None, None
             if face is not None:
@@ -406,6 +426,11 @@ class UNetPipeline(Pipeline):
             z_ref, reference = self._portrait(image, face_tokens)
             null_reference = build.null_reference(reference, tuple(z_ref.shape)) if method.guided else None
         generator = torch.Generator(self.device).manual_seed(opts.seed)
+        if settings.frame_schedule == "context-windows" and opts.init == "gaussian":
+            yield from self._generate_windows(
+                opts, total, frame_tokens, face_tokens, locator, z_ref, reference, null_reference, scheduler,
+                generator, stats, on_progress, keep_latents)
+            return
         if settings.first_clip_motion == "reference":
             motion = z_ref.expand(motion_count, -1, -1, -1)
         else:
@@ -416,7 +441,10 @@ class UNetPipeline(Pipeline):
         for n in range(clips):
             with stats("audio"):
                 index = torch.arange(n * frames_per_clip, (n + 1) * frames_per_clip)
-                audio_tokens = build.audio_tokens(frame_windows(audio_features, index))[None]
+                if whisper:  # EchoMimic: the frames' Whisper tokens, the last frame's past the end
+                    audio_tokens = build.audio_tokens(frame_tokens[index.clamp(max=total - 1)])[None]
+                else:
+                    audio_tokens = build.audio_tokens(frame_windows(audio_features, index))[None]
             with stats("reference"):
                 motion_features, null_motion = build.motion(motion, face_tokens, method.guidance)
             with stats("sampling"):
@@ -425,6 +453,8 @@ class UNetPipeline(Pipeline):
                                                  list(opts.window_steps) if opts.window_steps else None)
                 noise = torch.randn((1, z_ref.shape[1], frames_per_clip, latent, latent), generator=generator,
                                     device=self.device, dtype=torch.float32)
+                if settings.noise_clamp:
+                    noise = noise.clamp(-settings.noise_clamp, settings.noise_clamp)
                 latents, _ = initial_latents(opts.init, n, noise, previous, z_ref32, alphas, timesteps[0])
                 conditions = Conditions(face_tokens, audio_tokens, reference, motion_features, locator, masks)
                 null = build.null(conditions, null_reference, null_motion) if method.guided else None
@@ -446,3 +476,67 @@ class UNetPipeline(Pipeline):
             if on_progress is not None:
                 on_progress(n + 1, clips)
             yield frames[: min(frames_per_clip, total - n * frames_per_clip)]
+
+    # ------------------------------------------------------------ EchoMimic: context windows
+    def frame_audio_tokens(self, features: torch.Tensor, frames: int, fps: float) -> torch.Tensor:
+        """Whisper features (T_steps, L + 1, D) at 50 Hz -> per-frame tokens (frames, T_a, D) on the
+        device: EchoMimic's window of Whisper steps around each frame (``frame_tokens`` of
+        ``models/whisper_features.py``; 50 x 384 for Whisper-tiny)."""
+        from ..models.whisper_features import frame_tokens
+
+        return torch.as_tensor(frame_tokens(features, frames, fps)).to(self.device, self.dtype)
+
+    def context_windows(self, step: int, frames: int, settings) -> list[list[int]]:
+        """The frame indices of each context window at sampling step ``step`` (0 = the first
+        timestep), as EchoMimic's ``uniform`` schedule (antgroup/echomimic ``src/pipelines/
+        context.py``) shifted by 2 frames a step (``pipeline_echo_mimic.py``):
+        ``sampling/context_windows.py``'s :func:`echomimic_windows`."""
+        from ..sampling.context_windows import echomimic_windows
+
+        return echomimic_windows(step, frames, settings.context_frames, settings.context_overlap)
+
+    def _generate_windows(self, opts: RenderOptions, total: int, frame_tokens: torch.Tensor | None,
+                          face_tokens: torch.Tensor, locator: torch.Tensor | None, z_ref: torch.Tensor,
+                          reference, null_reference, scheduler, generator, stats: RenderStats, on_progress,
+                          keep_latents) -> Iterator[np.ndarray]:
+        """EchoMimic's frame schedule: all ``total`` latent frames denoised together, each step's
+        prediction the average over the context windows that hold a frame (``WindowedDenoiser``),
+        then decoded and yielded ``opts.clip_frames`` at a time.
+
+        The method's guidance runs inside each window; as guidance is linear, combining per window
+        and then averaging equals EchoMimic's averaging of both branches first."""
+        settings, build, unet, method = self.models.settings, self.conditions, self.models.denoising_unet, opts.sampling
+        latent = opts.size // self.vae_scale
+        with stats("sampling"):
+            method.set_timesteps(scheduler, opts.steps, None, list(opts.window_steps) if opts.window_steps else None)
+            noise = torch.randn((1, z_ref.shape[1], total, latent, latent), generator=generator, device=self.device,
+                                dtype=torch.float32)
+            if settings.noise_clamp:  # EchoMimic's prepare_latents: clamp(-1.5, 1.5) * init_noise_sigma
+                noise = noise.clamp(-settings.noise_clamp, settings.noise_clamp)
+            latents = noise * float(getattr(scheduler, "init_noise_sigma", 1.0))
+
+            def window_denoiser(index: list[int]):
+                rows = torch.tensor(index)
+                if frame_tokens is not None:
+                    tokens = frame_tokens[rows.to(frame_tokens.device)][None]
+                else:
+                    raise InputError("context windows need per-frame audio tokens (the EchoMimic family)")
+                features = None if locator is None else locator[:, :, :1].expand(-1, -1, len(index), -1, -1)
+                conditions = Conditions(face_tokens, tokens, reference, None, features, None)
+                null = build.null(conditions, null_reference) if method.guided else None
+                return method.denoiser(unet, conditions, null, opts.scales, opts.audio_weights)
+
+            denoiser = WindowedDenoiser(window_denoiser, lambda step: self.context_windows(step, total, settings))
+            latents = sample(denoiser, latents, scheduler, generator)
+            stats.evaluations += denoiser.evaluations
+        if keep_latents is not None:
+            keep_latents.append(latents)
+        chunks = -(-total // opts.clip_frames)
+        for n in range(chunks):
+            with stats("decode"):
+                part = latents[:, :, n * opts.clip_frames:(n + 1) * opts.clip_frames]
+                frames = self.to_uint8(self.decode_latents(part, opts.decode_batch_size, opts.decoder))
+            if on_progress is not None:
+                on_progress(n + 1, chunks)
+            yield frames
+

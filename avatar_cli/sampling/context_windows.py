@@ -134,6 +134,49 @@ def average_over_windows(model: Callable[["torch.Tensor", list[int]], "torch.Ten
     return total / count.to(total.dtype)[None, None, :, None, None]
 
 
+class WindowedDenoiser:
+    """A denoiser over a whole video's latents made of denoisers over context windows, for
+    :func:`~avatar_cli.sampling.methods.sample`.
+
+    At sampling step k (its k-th call) the frames are split into the windows ``windows(k)`` (e.g.
+    :func:`echomimic_windows`); each window's latents go through its own denoiser (``make(index)``,
+    made once per distinct window) and every frame's prediction is the mean over the windows that
+    hold it (:func:`average_over_windows`; EchoMimic's ``noise_pred / counter``).
+
+    Args:
+        make: frame indices -> a ``(latents (B, C, len, h, w), t) -> prediction`` denoiser, with an
+            ``evaluations`` count where it has one (a ``GuidedDenoiser``).
+        windows: step -> list of windows (lists of frame indices).
+
+    Attributes:
+        evaluations: denoiser evaluations so far, summed over windows (per batch element).
+    """
+
+    def __init__(self, make: Callable[[list[int]], Callable], windows: Callable[[int], list[list[int]]]):
+        self.make, self.windows = make, windows
+        self.step = 0
+        self._denoisers: dict[tuple[int, ...], Callable] = {}
+
+    @property
+    def evaluations(self) -> int:
+        return sum(getattr(d, "evaluations", 0) for d in self._denoisers.values())
+
+    def __call__(self, latents: "torch.Tensor", t: int) -> "torch.Tensor":
+        """latents (B, C, F, h, w) -> the averaged prediction, same shape.
+
+        Raises:
+            ValueError: a frame no window covers."""
+        def run(x, window):
+            key = tuple(int(i) for i in window)
+            if key not in self._denoisers:
+                self._denoisers[key] = self.make(list(key))
+            return self._denoisers[key](x, t)
+
+        out = average_over_windows(run, latents, self.windows(self.step))
+        self.step += 1
+        return out
+
+
 def sample_over_windows(model: Callable[["torch.Tensor", int, list[int]], "torch.Tensor"], latents: "torch.Tensor",
                         scheduler, context_frames: int = CONTEXT_FRAMES, context_overlap: int = CONTEXT_OVERLAP,
                         context_stride: int = CONTEXT_STRIDE, closed_loop: bool = True,
@@ -154,12 +197,11 @@ def sample_over_windows(model: Callable[["torch.Tensor", int, list[int]], "torch
     Returns:
         (B, C, F, h, w), the latents after the last step.
     """
-    import inspect
+    from .methods import sample
 
-    extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for i, t in enumerate(scheduler.timesteps):
-        windows = echomimic_windows(i, latents.shape[2], context_frames, context_overlap, context_stride,
-                                    closed_loop, shift_per_step)
-        pred = average_over_windows(lambda x, w, t=int(t): model(x, t, w), latents, windows)
-        latents = scheduler.step(pred, t, latents, **extra).prev_sample
-    return latents
+    def windows(step: int) -> list[list[int]]:
+        return echomimic_windows(step, latents.shape[2], context_frames, context_overlap, context_stride,
+                                 closed_loop, shift_per_step)
+
+    denoiser = WindowedDenoiser(lambda window: (lambda x, t: model(x, t, window)), windows)
+    return sample(denoiser, latents, scheduler, generator)

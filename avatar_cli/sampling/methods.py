@@ -98,8 +98,9 @@ class Method:
         if self.family == "hallo" and not has_face_locator:
             raise InputError(f"--method {self.name} needs Hallo's weights (with a face locator); convert them with "
                              f"'avatar weights convert --from hallo' and pass --weights DIR")
-        if self.family == "echomimic" and not has_face_locator:
-            raise InputError(f"--method {self.name} needs EchoMimic's weights (with a face locator); convert them "
+        if self.family == "echomimic" and (not has_face_locator
+                                           or getattr(denoising_unet_config, "audio_attention", "blocks") != "attn2"):
+            raise InputError(f"--method {self.name} needs EchoMimic's weights (audio in attn2, a face locator); convert them "
                              f"with 'avatar weights convert --from echomimic' and pass --weights DIR")
         if self.scheduler == "pseudo-velocity" and scheduler_config.get("prediction_type", "epsilon") != "v_prediction":
             raise InputError(f"--method {self.name} converts a v-prediction (EchoMimic-acc); these weights predict "

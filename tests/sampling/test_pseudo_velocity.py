@@ -2,6 +2,8 @@
 ``src/utils/step_func.py`` (tests/data/echomimic_parts.safetensors, float64 with the scheduler's
 float32 alphas as its pipeline passes them) and closed forms."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -88,8 +90,12 @@ def test_non_v_prediction_is_refused():
     x = torch.zeros(1, 4, 1, 2, 2)
     with pytest.raises(ValueError, match="v-prediction"):
         scheduler.step(x, scheduler.timesteps[0], x)
+    echo = SimpleNamespace(audio_attention="attn2", cfg_tokens=0)  # an EchoMimic denoising U-Net's config
+    hallo = SimpleNamespace(audio_attention="blocks", cfg_tokens=0)
     with pytest.raises(InputError, match="v-prediction"):
-        METHODS["echomimic-acc"].check_weights(None, dict(SD15_SCHEDULER), has_face_locator=True)
+        METHODS["echomimic-acc"].check_weights(echo, dict(SD15_SCHEDULER), has_face_locator=True)
     with pytest.raises(InputError, match="EchoMimic's weights"):
-        METHODS["echomimic"].check_weights(None, dict(HALLO_SCHEDULER), has_face_locator=False)
-    METHODS["echomimic-acc"].check_weights(None, dict(HALLO_SCHEDULER), has_face_locator=True)
+        METHODS["echomimic"].check_weights(echo, dict(HALLO_SCHEDULER), has_face_locator=False)
+    with pytest.raises(InputError, match="EchoMimic's weights"):  # Hallo's U-Net: audio blocks, not attn2
+        METHODS["echomimic"].check_weights(hallo, dict(HALLO_SCHEDULER), has_face_locator=True)
+    METHODS["echomimic-acc"].check_weights(echo, dict(HALLO_SCHEDULER), has_face_locator=True)
