@@ -24,6 +24,8 @@ RENDER_EPILOG = """\
   teacher   the multi-step teacher ('avatar train teacher')         teacher
   hallo     Hallo's checkpoint ('avatar weights convert --from hallo')  hallo
   ditto     Ditto's checkpoint ('avatar weights download ditto')    ditto
+  echomimic      EchoMimic ('avatar weights convert --from echomimic')         echomimic
+  echomimic-acc  EchoMimic-acc ('... convert --from echomimic --acc')         echomimic-acc
 
 [bold]Methods[/bold] (--method; NFE = denoiser evaluations per clip)
 
@@ -34,11 +36,14 @@ RENDER_EPILOG = """\
   teacher        DDIM 25 steps, 3-way multi-CFG (batch of 3)       NFE 75
   hallo          Hallo: DDIM 40 steps, CFG 3.5 (batch of 2)         NFE 80
   ditto          Ditto: motion DiT, DDIM 10 steps, CFG 2            NFE 20 per 80-frame window
+  echomimic      EchoMimic: DDIM 30 steps, CFG 2.5, context windows NFE 60 per 12-frame window
+  echomimic-acc  EchoMimic-acc: 6 steps, no CFG, context windows    NFE 6 per 12-frame window
 
-The U-Net methods apply to the U-Net models (osa-lcm, fada, teacher, hallo); ditto to --model ditto.
+The U-Net methods apply to the U-Net models (osa-lcm, fada, teacher, hallo, echomimic, echomimic-acc;
+the echomimic methods need EchoMimic's weights); ditto to --model ditto.
 --model adv-lcm and --model fada-balanced are shorthands for --model osa-lcm --method adv-lcm and
 --model fada --method fada-balanced. Guidance defaults (--guidance-audio / --guidance-ref): fada 6.5 / 2.0,
-fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2.
+fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2, echomimic 2.5.
 
 [bold]Hallo[/bold] (--model hallo, weights from 'avatar weights convert --from hallo'): the face is found with MediaPipe (the face extra) or --face-box; its ArcFace embedding comes from InsightFace (the arcface extra), --face-embedding FILE.npy, or --no-face-embedding.
 

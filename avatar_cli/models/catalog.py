@@ -77,7 +77,7 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
 
 # `--model auto` (the default): the first of these that is installed; with none, DEFAULT_DOWNLOAD is
 # downloaded on first use (the public model that renders real faces fastest).
-AUTO_ORDER = ("osa-lcm", "fada", "ditto", "hallo")
+AUTO_ORDER = ("osa-lcm", "fada", "ditto", "echomimic-acc", "hallo", "echomimic")
 DEFAULT_DOWNLOAD = "ditto"
 
 # Former --model names of sampling methods -> (model, method).

@@ -68,8 +68,8 @@ def choose_model(weights: str | Path | None = None, random_weights: bool = False
 
     With ``--weights DIR``: the model that folder holds. With random weights: osa-lcm (the
     architecture the project is built around). Otherwise the first installed of ``AUTO_ORDER``
-    (a distilled OSA-LCM student, a FADA student, Ditto, Hallo); with none installed, the default
-    public model (Ditto), which the caller downloads with :func:`download_default` after checking
+    (a distilled OSA-LCM student, a FADA student, Ditto, EchoMimic-acc, Hallo, EchoMimic); with none
+    installed, the default public model (Ditto), which the caller downloads with :func:`download_default` after checking
     its inputs, unless ``download`` is False or the hub is offline.
 
     Raises:

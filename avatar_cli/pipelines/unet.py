@@ -316,6 +316,14 @@ class UNetPipeline(Pipeline):
             said.append(f"{cls.PREVIEW_DDIM_STEPS} DDIM steps")
         return replace(options, **changes), ", ".join(said) or "its usual settings"
 
+    def sampling_units_per_second(self, options: RenderOptions) -> float:
+        """Sampler runs per video second: clips (``fps / clip_frames``), or for EchoMimic's context
+        windows the windows (each new window brings ``context_frames - context_overlap`` frames)."""
+        settings = self.models.settings
+        if settings.frame_schedule == "context-windows" and options.init == "gaussian":
+            return options.fps / (settings.context_frames - settings.context_overlap)
+        return super().sampling_units_per_second(options)
+
     def check(self, options: RenderOptions) -> None:
         """Raise :class:`InputError` when the options' method cannot sample these weights, or an
         option is out of range for this model (temporal positions)."""

@@ -97,7 +97,7 @@ def test_auto_takes_the_first_installed_in_the_documented_order(monkeypatch, tmp
     assert pipelines.choose_model(note=notes.append) == "fada"
     installed.add("osa-lcm")
     assert pipelines.choose_model(note=notes.append) == "osa-lcm"
-    assert "osa-lcm, fada, ditto, hallo" in notes[-1]
+    assert "osa-lcm, fada, ditto, echomimic-acc, hallo, echomimic" in notes[-1]
     assert pipelines.choose_model(random_weights=True) == "osa-lcm"
     installed.clear()
     with pytest.raises(InputError, match="avatar weights download ditto"):
