@@ -164,3 +164,20 @@ def test_ditto_calibration_counts_windows_not_frames(tmp_path):
     # the probe sampled one window at 1 step (2 guided evaluations); the estimate is for 4 steps
     assert got["per_evaluation_s"] > 0 and got["once_s"] > 0
     assert got["seconds_per_video_second"] > got["per_evaluation_s"] * 8 * 25 / (window - overlap)
+
+
+def test_echomimic_calibration_counts_context_windows(tmp_path):
+    """EchoMimic denoises the whole video over 12-frame windows overlapping by 3: 25 / 9 windows per
+    video second; the probe's prepare() crops the portrait (its "image" goes to generate)."""
+    from avatar_cli.media.image import load_portrait
+    from avatar_cli.pipelines import load_pipeline
+
+    pipe = load_pipeline("echomimic-acc", random_weights=True, arch="tiny", device="cpu")
+    pipe.warn = lambda message: None
+    opts = RenderOptions(model="echomimic-acc", size=64)
+    image = load_portrait(synthetic_portrait(tmp_path / "p.png", 64), 64, "crop")
+    job = RenderJob(image, np.zeros(16000, np.float32), Path("-"), Path("-"), opts, face_box=(16, 12, 32, 40))
+    got = pipe.calibrate(job, opts)
+    assert pipe.sampling_units_per_second(opts) == pytest.approx(25 / 9)
+    assert got["per_evaluation_s"] > 0
+    assert got["seconds_per_video_second"] >= got["per_evaluation_s"] * 6 * 25 / 9  # 6 steps a window

@@ -187,7 +187,8 @@ class Pipeline:
         once = RenderStats.of(self)
         inputs = self.prepare(probe, once)
         stats = RenderStats.of(self)
-        frames = sum(len(f) for f in self.generate(job.image, inputs.pop("waveform", silence), probe_opts,
+        image = inputs.pop("image", job.image)
+        frames = sum(len(f) for f in self.generate(image, inputs.pop("waveform", silence), probe_opts,
                                                     stats=stats, **inputs))
         probe_wall = time.perf_counter() - start
         per_evaluation = stats.stages.pop(self.sampling_stage, 0.0) / max(stats.evaluations, 1)
