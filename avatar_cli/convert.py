@@ -226,6 +226,28 @@ _HALLO_AUDIO = {".attn2_0.": ".audio_attn.full.", ".attn2_1.": ".audio_attn.face
                 ".zero_conv_lip.": ".zero_conv.lip."}
 
 
+def _fill_meta(models, parts: dict[str, dict[str, torch.Tensor]]) -> list[ComponentReport]:
+    """Load each network's state (``parts``: network name -> state dict) into ``models`` built on the
+    meta device, by assignment; every parameter must come from the file.
+
+    Raises:
+        WeightsError: a shape that differs, or a missing key (one line naming the first)."""
+    reports = []
+    for name, part in parts.items():
+        module = getattr(models, name)
+        try:
+            report = _load(module, part, name, assign=True)
+        except RuntimeError as err:  # a shape that differs
+            lines = str(err).splitlines()
+            raise WeightsError(f"{name}: {(lines[1] if len(lines) > 1 else lines[0]).strip()} "
+                               f"(is --arch right?)") from None
+        left = [k for k, v in module.state_dict().items() if v.is_meta]
+        if report.missing or left:
+            raise WeightsError(f"{name}: {len(report.missing or left)} missing key(s), e.g. {(report.missing or left)[0]}")
+        reports.append(report)
+    return reports
+
+
 def map_hallo_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """Hallo ``net.pth`` keys -> our component -> state dict (names only; shapes unchanged).
 
@@ -286,20 +308,9 @@ def convert_hallo(net: str | Path, output: str | Path, vae: str | Path, wav2vec2
     # Built on the meta device and filled by assignment: every parameter comes from the file, so
     # nothing is initialised (fast, and no second copy of 2.4 B parameters in memory).
     models = AvatarModels.from_preset(arch, family="hallo", device="meta")
-    reports, ignored = [], {"second position table per motion module (equal to the first)": sum(
+    ignored = {"second position table per motion module (equal to the first)": sum(
         k.endswith("attention_blocks.1.pos_encoder.pe") for k in state)}
-    for name, part in map_hallo_state(state).items():
-        module = getattr(models, name)
-        try:
-            report = _load(module, part, name, assign=True)
-        except RuntimeError as err:  # a shape that differs
-            lines = str(err).splitlines()
-            raise WeightsError(f"{name}: {(lines[1] if len(lines) > 1 else lines[0]).strip()} "
-                               f"(is --arch right?)") from None
-        left = [k for k, v in module.state_dict().items() if v.is_meta]
-        if report.missing or left:
-            raise WeightsError(f"{name}: {len(report.missing or left)} missing key(s), e.g. {(report.missing or left)[0]}")
-        reports.append(report)
+    reports = _fill_meta(models, map_hallo_state(state))
     try:
         models.vae = AutoencoderKL.from_pretrained(vae)
         models.audio_encoder = Wav2Vec2Model.from_pretrained(wav2vec2)
@@ -587,20 +598,8 @@ def convert_echomimic(root: str | Path, output: str | Path, vae: str | Path, acc
                                                                   "motion_modules", "face_locator")}
     ignored = {"second position table per motion module (equal to the first)": sum(
         k.endswith("attention_blocks.1.pos_encoder.pe") for k in {**states["motion_modules"], **states["denoising_unet"]})}
-    reports = []
-    for name, part in map_echomimic_state(states["reference_net"], states["denoising_unet"],
-                                          states["motion_modules"], states["face_locator"]).items():
-        module = getattr(models, name)
-        try:
-            report = _load(module, part, name, assign=True)
-        except RuntimeError as err:  # a shape that differs
-            lines = str(err).splitlines()
-            raise WeightsError(f"{name}: {(lines[1] if len(lines) > 1 else lines[0]).strip()} "
-                               f"(is --arch right?)") from None
-        left = [k for k, v in module.state_dict().items() if v.is_meta]
-        if report.missing or left:
-            raise WeightsError(f"{name}: {len(report.missing or left)} missing key(s), e.g. {(report.missing or left)[0]}")
-        reports.append(report)
+    reports = _fill_meta(models, map_echomimic_state(states["reference_net"], states["denoising_unet"],
+                                                     states["motion_modules"], states["face_locator"]))
     try:
         models.vae = AutoencoderKL.from_pretrained(vae)
     except (OSError, ValueError) as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -113,3 +114,19 @@ class FakeHub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def serving(hub: "FakeHub", monkeypatch, tmp_path, manifest=None):
+    """Run ``hub`` with huggingface_hub pointed at it (HF_ENDPOINT) and every cache and home in
+    ``tmp_path`` (HF_HOME = tmp_path/hf, AVATAR_HOME = tmp_path/home; HF_HUB_CACHE, HF_HUB_OFFLINE,
+    AVATAR_WEIGHTS_DIR unset); AVATAR_MANIFEST = ``manifest`` when given, else unset."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))
+    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "AVATAR_WEIGHTS_DIR", "AVATAR_MANIFEST"):
+        monkeypatch.delenv(name, raising=False)
+    if manifest is not None:
+        monkeypatch.setenv("AVATAR_MANIFEST", str(manifest))
+    with hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        yield hub

@@ -16,7 +16,7 @@ from avatar_cli.cli import main
 from avatar_cli.errors import WeightsError
 from avatar_cli.models.ditto import FILES, DittoModels
 from avatar_cli.safe_pickle import DittoConfig
-from tests.hub import FakeHub
+from tests.hub import FakeHub, serving
 from tests.models.ditto.test_loaders import write_release
 from tests.test_safe_pickle import ditto_cfg
 
@@ -95,12 +95,7 @@ def ditto_hub(tmp_path, monkeypatch):
         lines.append(f'  {{ path = "{path}", size = {len(data)}{extra} }},')
     manifest = tmp_path / "manifest.toml"
     manifest.write_text("\n".join(lines + ["]", ""]))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "AVATAR_WEIGHTS_DIR", "AVATAR_MANIFEST"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))
-    with hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    with serving(hub, monkeypatch, tmp_path):
         yield hub, files, models, cfg, manifest, tmp_path
 
 

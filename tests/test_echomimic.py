@@ -14,7 +14,7 @@ from avatar_cli.cli import main
 from avatar_cli.models.bundle import WHISPER_FILE, AvatarModels, random_whisper_checkpoint
 from avatar_cli.models.presets import WHISPER_DIMS
 from tests.conftest import ffmpeg, probe
-from tests.hub import FakeHub
+from tests.hub import FakeHub, serving
 from tests.models.test_echomimic import echomimic_states
 
 REPO, COMMIT = "BadToBest/EchoMimic", "e" * 40
@@ -68,12 +68,7 @@ def echo_hub(tmp_path, monkeypatch):
         lines += [f'  {{ path = "{p}", size = {len(d)} }},' for p, d in content.items()] + ["]", ""]
     manifest = tmp_path / "manifest.toml"
     manifest.write_text("\n".join(lines))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "AVATAR_WEIGHTS_DIR", "AVATAR_MANIFEST"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))
-    with hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    with serving(hub, monkeypatch, tmp_path):
         yield hub, files, manifest, tmp_path
 
 

@@ -18,7 +18,7 @@ from avatar_cli.errors import InputError
 from avatar_cli.models.bundle import AvatarModels
 from avatar_cli.models.ditto import DittoModels
 from tests.conftest import probe
-from tests.hub import FakeHub
+from tests.hub import FakeHub, serving
 from tests.models.ditto.test_loaders import write_release
 from tests.test_safe_pickle import ditto_cfg
 
@@ -42,15 +42,9 @@ def hub_with_ditto(tmp_path, monkeypatch):
              'revision_note = "test"', 'licence = "Apache-2.0"', 'used_by = ["ditto"]', "available = true",
              "files = ["] + [f'  {{ path = "{p}", size = {len(d)} }},' for p, d in files.items()] + ["]", ""]
     (tmp_path / "manifest.toml").write_text("\n".join(lines))
-    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "AVATAR_WEIGHTS_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AVATAR_MANIFEST", str(tmp_path / "manifest.toml"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))
     hub = FakeHub()
     hub.add(REPO, COMMIT, files)
-    with hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    with serving(hub, monkeypatch, tmp_path, manifest=tmp_path / "manifest.toml"):
         yield tmp_path
 
 
