@@ -127,7 +127,7 @@ RENDER_OPTIONS: tuple[Opt, ...] = (
         show_default="the method's"),
     Opt("guidance_ref", Optional[float], None, "cfg_r, reference guidance", PANEL_METHOD,
         show_default="the method's"),
-    Opt("guidance_scale", Optional[float], None, "The CFG scale of --method hallo (3.5) and ditto (2)", PANEL_METHOD,
+    Opt("guidance_scale", Optional[float], None, "The CFG scale of --method hallo (3.5), echomimic (2.5) and ditto (2)", PANEL_METHOD,
         show_default="the method's"),
     Opt("window_steps", Optional[str], None, "PeRFlow steps per window, nearest t=1 first, e.g. 2,2,1,1.",
         PANEL_METHOD, parse=numbers(int), show_default=False),
