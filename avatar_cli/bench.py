@@ -1,6 +1,6 @@
 """`avatar bench`: time the real render path (the same ``Pipeline.render_job`` as `render`).
 
-For each model (or method): build the pipeline through :func:`load_pipeline` (the cold start: model building or loading plus the
+For each model (or method): build the pipeline through :meth:`LoadOptions.load` (the cold start: model building or loading plus the
 first render), then ``repeat`` warm renders of the same inputs into a temporary folder, and report
 the median and the minimum of: RTF (wall seconds / video seconds), first-frame delay (start of
 sampling to the first frames handed to the encoder), frames per second, seconds per stage and
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .load_options import LoadOptions
 from .options import RenderOptions, prepare_job
 
 
@@ -144,7 +145,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
           dtype: str = "auto", decoder: str = "vae", compile: bool = False, repeat: int = 3,
           weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
           log=lambda message: None, command: str | None = None, method: str | None = None,
-          evaluate=None) -> dict:
+          evaluate=None, load: "LoadOptions | None" = None) -> dict:
     """Benchmark one model (and sampling method). Returns the report (see module docstring); times
     in seconds.
 
@@ -157,10 +158,11 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         log: progress notes. command: the command line to record (None: ``avatar`` + sys.argv).
         evaluate: ``video path -> dict`` run on the last warm render (``avatar bench --eval``: Sync-C /
             Sync-D of ``eval/run.py``); its result is the report's ``"eval"`` (None without).
+        load: how to load the model (``load_options.py``); when given it replaces ``weights``, ``arch``,
+            ``device``, ``dtype`` and ``compile``.
     """
     from . import __version__
-    from .pipelines import load_pipeline
-    from .runtime import dtype_name, resolve_device, resolve_dtype
+    from .runtime import dtype_name
 
     import diffusers
     import transformers
@@ -168,8 +170,8 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
     options = RenderOptions(model=model, method=method, size=size, decoder=decoder, overlap=overlap,
                             face_embedding="none")
     label = options.model if options.method is None else f"{options.model}/{options.method_name}"
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    load = (load or LoadOptions(weights, weights is None, arch, device, dtype, compile)).resolved()
+    dev, dt, weights, arch = load.device, load.dtype, load.weights, load.arch
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         tmp = Path(tmp)
         audio_path = Path(audio) if audio else synthetic_speech(tmp / "speech.wav", seconds)
@@ -178,8 +180,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
             torch.cuda.reset_peak_memory_stats(dev)
         peak_scope = "method" if dev.type == "cuda" or reset_peak_rss() else "process"
         cold_start = time.perf_counter()
-        pipe = load_pipeline(options.model, weights, weights is None, arch, dev, dt, compile=compile,
-                             method=options.method)
+        pipe = load.load(options.model, method=options.method)
         load_s = time.perf_counter() - cold_start
         log(f"{label}: models ready in {load_s:.1f} s; cold render")
         job = prepare_job(image_path, audio_path, tmp / "cold.mp4", options)
@@ -275,7 +276,7 @@ def bench_stream(model: str = "ditto", arch: str = "full", size: int = 512, seco
                  audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
                  dtype: str = "auto", repeat: int = 1, weights: str | Path | None = None,
                  log=lambda message: None, command: str | None = None, steps: int | None = None,
-                 motion_overlap: int | None = None) -> dict:
+                 motion_overlap: int | None = None, load: "LoadOptions | None" = None) -> dict:
     """``avatar bench --stream``: stream the speech at real-time pacing (``--realtime``: each 80 ms chunk
     handed over no earlier than its last sample's time) through ``pipeline.stream`` into the live writer
     (fragmented MP4), and measure what a viewer sees (``media/stream.py:render_stream``): first-frame delay
@@ -287,21 +288,20 @@ def bench_stream(model: str = "ditto", arch: str = "full", size: int = 512, seco
     from .media.image import load_portrait, load_source
     from .media.stream import pcm_chunks, render_stream
     from .models.catalog import MODELS
-    from .pipelines import load_pipeline
-    from .runtime import dtype_name, resolve_device, resolve_dtype
+    from .runtime import dtype_name
 
     options = RenderOptions(model=model, size=size, face_embedding="none", num_inference_steps=steps,
                             motion_overlap=motion_overlap)
     options.validate()
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    load = (load or LoadOptions(weights, weights is None, arch, device, dtype)).resolved()
+    dev, dt, weights, arch = load.device, load.dtype, load.weights, load.arch
     ditto = MODELS[options.model].family == "ditto"
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         tmp = Path(tmp)
         audio_path = Path(audio) if audio else synthetic_speech(tmp / "speech.wav", seconds)
         image_path = Path(image) if image else synthetic_portrait(tmp / "portrait.png", size)
         picture = load_source(image_path) if ditto else load_portrait(image_path, size, options.fit)
-        pipe = load_pipeline(options.model, weights, weights is None, arch, dev, dt, method=options.method)
+        pipe = load.load(options.model, method=options.method)
         pipe.warn = log
         warm = synthetic_speech(tmp / "warm.wav", 1.0)
         log(f"{options.model} --stream: warm-up")

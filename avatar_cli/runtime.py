@@ -59,3 +59,22 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 def dtype_name(dtype: torch.dtype) -> str:
     """torch.bfloat16 -> "bfloat16"."""
     return str(dtype).replace("torch.", "")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (``/proc/cpuinfo``'s ``flags``); empty where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when this CPU computes bfloat16 natively: AVX512-BF16 (``avx512_bf16``) or AMX (``amx_bf16``).
+    Without either, torch emulates bf16 matrix products in fp32 and gains nothing from it."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)

@@ -72,15 +72,18 @@ AddCfgLayers = Annotated[bool, typer.Option(
     rich_help_panel=PANEL_PERF)]
 
 
-def pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, quiet):
-    """The CLI's pipeline for ``options`` (notes on stderr unless ``quiet``)."""
-    from ..pipelines import load_pipeline
-    from ..runtime import resolve_device, resolve_dtype
+def load_options(weights, random_weights, arch, device, dtype, compile=False, add_cfg_layers=False):
+    """The :class:`LoadOptions` of the command line's flags (built once per command)."""
+    from ..load_options import LoadOptions
 
-    dev = resolve_device(device)
-    pipe = load_pipeline(options.model, weights, random_weights, arch.value, dev, resolve_dtype(dtype, dev),
-                         compile=compile, add_cfg_layers=add_cfg_layers, method=options.method,
-                         note=lambda message: note(message, quiet))
+    return LoadOptions(weights=weights, random_weights=random_weights, arch=getattr(arch, "value", arch),
+                       device=device, dtype=dtype, compile=compile, add_cfg_layers=add_cfg_layers)
+
+
+def pipeline_for(options, load, quiet):
+    """The CLI's pipeline for ``options`` loaded as ``load`` (a ``LoadOptions``; notes on stderr unless
+    ``quiet``)."""
+    pipe = load.load(options.model, method=options.method, note=lambda message: note(message, quiet))
     pipe.warn = lambda message: note(message, quiet)
     return pipe
 
@@ -159,9 +162,9 @@ def render(
     """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
     from ..options import prepare_job
     from ..pipelines import download_default
-    from ..runtime import resolve_device, resolve_dtype
 
     auto = render["model"].value == "auto"
+    load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers)
     must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
     shorthand_note(render, quiet)
@@ -173,22 +176,20 @@ def render(
         if not stream:
             raise InputError("speech from standard input (-) needs --stream")
         return render_streaming(image, audio, output, overwrite, options, realtime, format, input_format,
-                                audio_features, (weights, random_weights, arch, device, dtype, compile,
-                                                 add_cfg_layers), as_json, quiet)
+                                audio_features, load, as_json, quiet)
     output = output if output is not None else Path(f"{image.stem}.mp4")
     # Inputs are read and checked before the models load, so that bad input fails in a second.
     job = prepare_job(image, audio, output, options, overwrite, audio_features)
     if must_download:
-        resolve_dtype(dtype, resolve_device(device))  # a bad --device/--dtype fails before a download
+        load.resolved()  # a bad --device/--dtype fails before a download
         download_default(lambda m: note(m, False), quiet=quiet)
     plan = None
     if preview:
         plan = preview_plan(options, auto and weights is None and not random_weights, job,
-                            (image, audio, output, overwrite, audio_features),
-                            (weights, random_weights, arch, device, dtype, compile, add_cfg_layers), recalibrate, quiet)
+                            (image, audio, output, overwrite, audio_features), load, recalibrate, quiet)
         pipe, job, options = plan.pipeline, plan.job, plan.job.options
     else:
-        pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, quiet)
+        pipe = pipeline_for(options, load, quiet)
     with progress(quiet) as on_progress, signals_interrupt():  # SIGTERM cleans up like Ctrl-C
         result = pipe.render_job(job, on_progress=on_progress)
     if as_json:
@@ -221,23 +222,20 @@ def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quie
     from ..options import prepare_job
     from ..pipelines import _installed
     from ..preview import describe_plan, plan_preview
-    from ..runtime import resolve_device, resolve_dtype
 
-    weights, random_weights, arch, device, dtype, compile, add_cfg_layers = load
     image, audio, output, overwrite, audio_features = inputs
     models = [m for m in AUTO_ORDER if _installed(m) is not None] if auto else []
     models = models or [options.model]
-    dev = resolve_device(device)
+    resolved = load.resolved()
 
     def load_model(model: str):
-        return pipeline_for(replace(options, model=model), weights, random_weights, arch, device, dtype, compile,
-                            add_cfg_layers, quiet)
+        return pipeline_for(replace(options, model=model), load, quiet)
 
     def weights_of(model: str):
-        return None if random_weights else (weights or _installed(model))
+        return None if load.random_weights else (load.weights or _installed(model))
 
     plan = plan_preview(models, lambda o: prepare_job(image, audio, output, o, overwrite, audio_features),
-                        load_model, options, explicit_fields(), weights_of, str(dev), resolve_dtype(dtype, dev),
+                        load_model, options, explicit_fields(), weights_of, str(resolved.device), resolved.dtype,
                         note=lambda m: note(m, quiet), recalibrate=recalibrate)
     note(describe_plan(plan), quiet)
     return plan
@@ -274,7 +272,7 @@ def render_streaming(image, audio, output, overwrite, options, realtime, fmt, in
         if x < 0 or y < 0 or x + w > geometry.width or y + h > geometry.height:
             raise InputError(f"--face-box {x},{y},{w},{h} lies outside the {geometry.width}x{geometry.height} image")
         face_box = geometry.box_to_frame(options.face_box)
-    pipe = pipeline_for(options, *load, quiet)
+    pipe = pipeline_for(options, load, quiet)
     if not ditto:
         note(f"note: --model {options.model} is not incremental: the video starts when the speech has ended", quiet)
     chunks = pcm_chunks(audio, input_format, realtime=realtime)
@@ -346,10 +344,10 @@ def batch(
 
     from .. import batch as batchmod
     from ..pipelines import download_default
-    from ..runtime import resolve_device, resolve_dtype
     from .common import ARGV
 
     must_download = choose(render, weights, random_weights, no_download, quiet)
+    load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers)
     options = render_options.build(render)
     options.validate()
     if devices:
@@ -359,9 +357,9 @@ def batch(
     ledger_path = ledger or batchmod.default_ledger(jobs)
     book = batchmod.Ledger(ledger_path)
     if must_download:
-        resolve_dtype(dtype, resolve_device(device))  # a bad --device/--dtype fails before a download
+        load.resolved()  # a bad --device/--dtype fails before a download
         download_default(lambda m: note(m, False), quiet=quiet)
-    pipe = pipeline_for(options, weights, random_weights, arch, device, dtype, compile, add_cfg_layers, True)
+    pipe = pipeline_for(options, load, True)
     pipe.warn = lambda message: note(message, quiet)
 
     def report(result, position, total):

@@ -93,7 +93,17 @@ def test_weights_only_refuses_code_objects(tmp_path):
 def test_log_mel_is_whispers(features, recorded):
     mel = features.log_mel(_speech())
     assert mel.shape == (80, 400)                                   # 4 s at 100 frames per second
-    torch.testing.assert_close(mel[:, ::5], recorded[0]["short.mel_every5"], rtol=0, atol=1e-5)
+    ref = recorded[0]["short.mel_every5"]
+    # A float32 STFT's error is absolute (a fraction of the peak power), so in the log domain it grows as a
+    # bin's power falls: the FFT kernels differ by CPU (MKL / pocketfft dispatch), and on a Xeon with
+    # AVX512 the recording itself is 2.5e-5 from a float64 STFT in the quietest bins (power < 1e-6).
+    # Hence: 1e-5 in the log domain wherever the power is >= 1e-6 (70 % of the bins here), and everywhere
+    # the powers (Whisper: log10 p = 4 x - 4) within 1e-6 of the peak power (measured 2.8e-7).
+    loud = 10 ** (4 * ref.double() - 4) >= 1e-6
+    assert loud.float().mean() > 0.5
+    torch.testing.assert_close(mel[:, ::5][loud], ref[loud], rtol=0, atol=1e-5)
+    power, ref_power = (10 ** (4 * x.double() - 4) for x in (mel[:, ::5], ref))
+    assert float((power - ref_power).abs().max()) <= 1e-6 * float(ref_power.max())
 
 
 def test_features_equal_echomimics_encoder(features, recorded):

@@ -1,0 +1,60 @@
+"""How a pipeline is loaded: one object that render, streaming, preview, batch, bench and the library
+API pass around (issue 24), built once by the CLI from its flags.
+
+``LoadOptions`` says *which weights and how to run them* (where from, random or not and of which
+architecture, device, number format, compile); ``RenderOptions`` (``options.py``) says *what to
+render*. ``LoadOptions.load(model)`` is :func:`avatar_cli.pipelines.load_pipeline` with these settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Where a model's weights come from and how it runs.
+
+    Attributes:
+        weights: a weights folder (as ``save_pretrained`` / ``avatar weights convert`` write it); None =
+            the installed weights of the model, or random ones with ``random_weights``.
+        random_weights: build the real architecture with seeded random weights (tests, demos, speed).
+        arch: the architecture of random weights: a preset name (``full``, ``tiny``).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``.
+        dtype: ``auto``, ``float32``, ``float16``, ``bfloat16`` or a ``torch.dtype``.
+        compile: ``torch.compile`` the denoiser and decoder.
+        add_cfg_layers: give weights without FADA's CFG-token layers zero-initialised ones.
+    """
+
+    weights: Path | None = None
+    random_weights: bool = False
+    arch: str = "full"
+    device: str | torch.device = "auto"
+    dtype: str | torch.dtype = "auto"
+    compile: bool = False
+    add_cfg_layers: bool = False
+
+    def resolved(self) -> "LoadOptions":
+        """A copy with ``device`` and ``dtype`` resolved to torch objects (``runtime.py``'s policy).
+
+        Raises:
+            InputError: an unknown device or dtype name, or a CUDA device this machine lacks.
+        """
+        from .runtime import resolve_device, resolve_dtype
+
+        device = resolve_device(self.device)
+        return replace(self, device=device, dtype=resolve_dtype(self.dtype, device))
+
+    def load(self, model: str, method: str | None = None,
+             note: Callable[[str], None] = lambda message: None):
+        """The pipeline of ``model`` (a ``--model`` name) with these settings; see
+        :func:`avatar_cli.pipelines.load_pipeline` for ``method``, ``note`` and the errors raised."""
+        from .pipelines import load_pipeline
+
+        load = self.resolved()
+        return load_pipeline(model, load.weights, load.random_weights, load.arch, load.device, load.dtype,
+                             compile=load.compile, add_cfg_layers=load.add_cfg_layers, method=method, note=note)
