@@ -48,6 +48,10 @@ class RenderOptions:
         crf: libx264 quality (lower is better, 18 looks lossless).
         decode_batch_size: frames per VAE decode call (memory bound).
         face_box: (x, y, w, h) of the face in the input image's pixels; None = detect (Hallo family).
+        lip_box: (x, y, w, h) of the lips in the input image's pixels; None = MediaPipe's lip
+            landmarks, else the lower middle of the face box (Hallo family).
+        face_expand_ratio: Hallo's ``face_expand_ratio``: the face box's enlargement for the
+            face-locator image and the face mask (Hallo family).
         face_embedding: "auto" (ArcFace through InsightFace), "none" (the zero embedding), or a
             .npy file of 512 floats (Hallo family).
         audio_weights: weights of the three audio-region branches (pose/full, face, lip); Hallo
@@ -87,6 +91,8 @@ class RenderOptions:
     crf: int = 18
     decode_batch_size: int = 4
     face_box: tuple[int, int, int, int] | None = None
+    lip_box: tuple[float, float, float, float] | None = None
+    face_expand_ratio: float = 1.2
     face_embedding: str = "auto"
     audio_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     decoder: str = "vae"
@@ -185,6 +191,9 @@ class RenderOptions:
              "guidance scales must be 0..30"),
             (self.face_box is None or (len(self.face_box) == 4 and self.face_box[2] > 0 and self.face_box[3] > 0),
              f"--face-box must be x,y,w,h with w, h > 0 (got {self.face_box})"),
+            (self.lip_box is None or (len(self.lip_box) == 4 and self.lip_box[2] > 0 and self.lip_box[3] > 0),
+             f"--lip-box must be x,y,w,h with w, h > 0 (got {self.lip_box})"),
+            (0 < self.face_expand_ratio <= 4, f"--face-expand-ratio must be in (0, 4] (got {self.face_expand_ratio:g})"),
             (self.decoder in ("vae", "taesd"), f"--decoder must be vae or taesd (got {self.decoder!r})"),
             (len(self.audio_weights) == 3 and all(0 <= v <= 10 for v in self.audio_weights),
              f"--audio-weights must be three weights pose,face,lip in 0..10 (got {self.audio_weights})"),
@@ -280,6 +289,27 @@ class RenderJob:
     face_box: tuple[float, float, float, float] | None = None  # ``options.face_box`` in frame pixels
     audio_features: Path | None = None  # a features file from ``avatar audio encode``
     image_s: float = 0.0
+    lip_box: tuple[float, float, float, float] | None = None  # ``options.lip_box`` in frame pixels
+    side: int | None = None  # the square portrait's side in the file's pixels, before resizing (None: S)
+
+
+def portrait_boxes(opts: RenderOptions, geometry) -> dict:
+    """``--face-box`` and ``--lip-box`` (input-image pixels) in frame pixels, and the side of the
+    square portrait (``--fit`` of the file, before resizing) in the file's pixels: the
+    :class:`RenderJob` fields ``face_box``, ``lip_box``, ``side``.
+
+    Raises:
+        InputError: a box outside the image.
+    """
+    boxes = {"side": round(opts.size / geometry.scale)}
+    for name, box in (("face_box", opts.face_box), ("lip_box", opts.lip_box)):
+        if box is not None:
+            x, y, w, h = box
+            if x < 0 or y < 0 or x + w > geometry.width or y + h > geometry.height:
+                raise InputError(f"--{name.replace('_', '-')} {x:g},{y:g},{w:g},{h:g} lies outside the "
+                                 f"{geometry.width}x{geometry.height} image; give x,y,w,h in its pixels")
+        boxes[name] = None if box is None else geometry.box_to_frame(box)
+    return boxes
 
 
 def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str | Path,
@@ -299,18 +329,12 @@ def prepare_job(image_path: str | Path, audio_path: str | Path, output_path: str
     else:
         image, geometry = load_portrait(image_path, opts.size, opts.fit, with_geometry=True)
     image_s = time.perf_counter() - start
-    face_box = None
-    if opts.face_box is not None:
-        x, y, w, h = opts.face_box
-        if x < 0 or y < 0 or x + w > geometry.width or y + h > geometry.height:
-            raise InputError(f"--face-box {x},{y},{w},{h} lies outside the {geometry.width}x{geometry.height} "
-                             f"image; give x,y,w,h in its pixels")
-        face_box = geometry.box_to_frame(opts.face_box)
+    boxes = portrait_boxes(opts, geometry)
     if audio_features is not None:
         load_features(audio_features)  # readable, and a features file: fail before any model loads
     elif opts.separate_vocals:
         check_separator_installed()
     start = time.perf_counter()
     waveform = load_speech(audio_path)
-    return RenderJob(image, waveform, Path(audio_path), output, opts, time.perf_counter() - start, face_box,
-                     None if audio_features is None else Path(audio_features), image_s)
+    return RenderJob(image, waveform, Path(audio_path), output, opts, time.perf_counter() - start,
+                     audio_features=None if audio_features is None else Path(audio_features), image_s=image_s, **boxes)

@@ -133,6 +133,10 @@ RENDER_OPTIONS: tuple[Opt, ...] = (
         PANEL_METHOD, parse=numbers(int), show_default=False),
     Opt("face_box", Optional[str], None, "The face as x,y,w,h in the image's pixels (hallo, ditto)", PANEL_IO,
         parse=numbers(float, "120,80,200,240"), show_default="detected"),
+    Opt("lip_box", Optional[str], None, "The lips as x,y,w,h in the image's pixels (hallo)", PANEL_HALLO,
+        parse=numbers(float, "150,240,100,40"), show_default="detected"),
+    Opt("face_expand_ratio", float, 1.2, "Enlargement of the face box for the face locator and face mask "
+        "(Hallo's face_expand_ratio).", PANEL_HALLO),
     Opt("face_embedding", Optional[Path], None, "A .npy file with the face's 512-d ArcFace embedding.", PANEL_HALLO,
         show_default=False),
     Opt("audio_weights", str, "1,1,1", "Weights of the pose/background, face and lip audio branches "

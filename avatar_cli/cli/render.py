@@ -248,6 +248,7 @@ def render_streaming(image, audio, output, overwrite, options, realtime, fmt, in
     from ..media.stream import FORMATS, pcm_chunks, render_stream
     from ..media.video import check_output_path
     from ..models.catalog import MODELS
+    from ..options import portrait_boxes
 
     options.validate()
     if fmt not in FORMATS:
@@ -266,18 +267,13 @@ def render_streaming(image, audio, output, overwrite, options, realtime, fmt, in
         picture, geometry = load_source(image, with_geometry=True)
     else:
         picture, geometry = load_portrait(image, options.size, options.fit, with_geometry=True)
-    face_box = None
-    if options.face_box is not None:
-        x, y, w, h = options.face_box
-        if x < 0 or y < 0 or x + w > geometry.width or y + h > geometry.height:
-            raise InputError(f"--face-box {x},{y},{w},{h} lies outside the {geometry.width}x{geometry.height} image")
-        face_box = geometry.box_to_frame(options.face_box)
+    boxes = portrait_boxes(options, geometry)
     pipe = pipeline_for(options, load, quiet)
     if not ditto:
         note(f"note: --model {options.model} is not incremental: the video starts when the speech has ended", quiet)
     chunks = pcm_chunks(audio, input_format, realtime=realtime)
     with signals_interrupt():
-        result = render_stream(pipe, picture, chunks, out, options, fmt=fmt, face_box=face_box)
+        result = render_stream(pipe, picture, chunks, out, options, fmt=fmt, **boxes)
     result.update(model=options.model, method=options.method_name, device=str(pipe.device), seed=options.seed,
                   weights=pipe.source)
     if ditto:

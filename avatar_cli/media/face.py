@@ -18,7 +18,6 @@ Boxes come from ``--face-box`` (input-image pixels), else MediaPipe's face mesh 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,27 +56,6 @@ class FaceConditions:
     image: np.ndarray | None = None
 
 
-def expand(box: Box, ratio: float, size: int) -> Box:
-    """Enlarge a box about its centre by ``ratio``, clipped to the (size x size) frame."""
-    x, y, w, h = box
-    cx, cy = x + w / 2, y + h / 2
-    w, h = w * ratio, h * ratio
-    x0, y0 = max(0.0, cx - w / 2), max(0.0, cy - h / 2)
-    x1, y1 = min(float(size), cx + w / 2), min(float(size), cy + h / 2)
-    return x0, y0, x1 - x0, y1 - y0
-
-
-def box_mask(box: Box, size: int, grid: int) -> torch.Tensor:
-    """A hard (grid, grid) mask of a box given in (size x size) frame pixels."""
-    scale = grid / size
-    x, y, w, h = (v * scale for v in box)
-    mask = torch.zeros(grid, grid)
-    x0, y0 = int(math.floor(x)), int(math.floor(y))
-    x1, y1 = int(math.ceil(x + w)), int(math.ceil(y + h))
-    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 1.0
-    return mask
-
-
 # ------------------------------------------------------------------------------- region masks
 # Hallo (fudan-generative-vision/hallo @ 8fd7c57) makes its audio-region masks as 8-bit images:
 # ``hallo/utils/util.py`` get_face_mask / get_lip_mask draw the enlarged boxes at image size,
@@ -96,23 +74,24 @@ MASK_LEVELS = 4       # one per U-Net resolution: latent, latent/2, latent/4, la
 FACE_KERNEL, LIP_KERNEL = 51, 31
 
 
-def hallo_region(box: Box, ratio: float, size: int) -> tuple[int, int, int, int]:
+def hallo_region(box: Box, ratio: float, width: int, height: int | None = None) -> tuple[int, int, int, int]:
     """A box enlarged about its centre as Hallo's ``expand_region`` does, in whole pixels.
 
     Args:
-        box: (x, y, w, h) in (size x size) frame pixels; its edges are rounded first (Hallo rounds
-            the landmarks' extremes).
-        ratio: enlargement (1.2 face, 2.0 lips).
-        size: frame side in pixels.
+        box: (x, y, w, h) in the pixels of a (width x height) image; its edges are rounded first
+            (``np.round``, half to even: Hallo rounds the landmarks' extremes).
+        ratio: enlargement (Hallo's ``face_expand_ratio``, 1.2, for the face; 2.0 for the lips).
+        width, height: the image's size in pixels (height defaults to width).
 
     Returns:
-        (x0, x1, y0, y1) integer bounds: the box is moved back inside the frame rather than
-        clipped, as Hallo does; a box larger than the frame is clipped to it (where Hallo's
-        slicing would wrap around).
+        (x0, x1, y0, y1) integer bounds: centre ``(low + high) // 2``, half side ``(high - low) *
+        ratio // 2``, the box moved back inside the image rather than clipped, as Hallo does. The
+        one difference: an enlarged box longer than the image is clipped to it (0..side), where
+        Hallo's negative slice start would keep only a strip at the far edge.
     """
     x, y, w, h = box
 
-    def axis(low: float, high: float) -> tuple[int, int]:
+    def axis(low: float, high: float, size: int) -> tuple[int, int]:
         low, high = float(np.round(low)), float(np.round(high))
         mid, side = (high + low) // 2, (high - low) * ratio
         low, high = mid - side // 2, mid + side // 2
@@ -122,29 +101,53 @@ def hallo_region(box: Box, ratio: float, size: int) -> tuple[int, int, int, int]
             low, high = low - (high - size), float(size)
         return int(max(round(low), 0)), int(min(round(high), size))
 
-    x0, x1 = axis(x, x + w)
-    y0, y1 = axis(y, y + h)
+    x0, x1 = axis(x, x + w, width)
+    y0, y1 = axis(y, y + h, width if height is None else height)
     return x0, x1, y0, y1
 
 
-def _resize_linear_u8(image: np.ndarray, side: int) -> np.ndarray:
-    """OpenCV's ``cv2.resize(image, (side, side))`` (INTER_LINEAR) on a (H, W) uint8 image when
-    shrinking: half-pixel centres, 11-bit fixed-point weights, its rounding. Returns uint8."""
-    def taps(src: int):
-        f = (np.arange(side) + 0.5) * (src / side) - 0.5
-        s = np.floor(f).astype(np.int64)
-        f = np.where(s < 0, 0.0, f - s)
+def hallo_hard_mask(box: Box, ratio: float, width: int, height: int | None = None) -> np.ndarray:
+    """Hallo's hard box mask (``get_face_mask`` / ``get_lip_mask``): (height, width) uint8, 255
+    inside :func:`hallo_region`, 0 elsewhere, at the image's own size."""
+    x0, x1, y0, y1 = hallo_region(box, ratio, width, height)
+    mask = np.zeros((width if height is None else height, width), np.uint8)
+    mask[y0:y1, x0:x1] = 255
+    return mask
+
+
+def _linear_taps(src: int, dst: int, columns: bool):
+    """OpenCV's INTER_LINEAR source indices and 11-bit weights along one axis (src -> dst):
+    half-pixel centres computed in float32, each weight rounded alone. Along columns a position
+    outside the image takes the edge pixel with weight 1; along rows the weights are kept and the
+    row indices clamped (OpenCV's ``resizeGeneric_``; it matters only when enlarging)."""
+    scale = 1.0 / (dst / src)  # OpenCV: scale_x = 1. / inv_scale_x, inv_scale_x = dst / src
+    f = ((np.arange(dst) + 0.5) * scale - 0.5).astype(np.float32)
+    s = np.floor(f).astype(np.int64)
+    f = (f - s).astype(np.float32)
+    if columns:
+        f = np.where(s < 0, np.float32(0), f)
         s = np.maximum(s, 0)
         last = s >= src - 1
-        f, s = np.where(last, 0.0, f), np.where(last, src - 1, s)
-        w1 = np.rint(f * 2048).astype(np.int64)
-        return s, np.minimum(s + 1, src - 1), 2048 - w1, w1
+        f, s = np.where(last, np.float32(0), f), np.where(last, src - 1, s)
+    w0 = np.rint((np.float32(1) - f) * np.float32(2048)).astype(np.int64)
+    w1 = np.rint(f * np.float32(2048)).astype(np.int64)
+    return np.clip(s, 0, src - 1), np.clip(s + 1, 0, src - 1), w0, w1
 
-    y0, y1, wy0, wy1 = taps(image.shape[0])
-    x0, x1, wx0, wx1 = taps(image.shape[1])
-    a = image.astype(np.int64)
-    rows = (a[:, x0] * wx0 + a[:, x1] * wx1) >> 4
-    out = ((wy0[:, None] * rows[y0]) >> 16) + ((wy1[:, None] * rows[y1]) >> 16)
+
+def _resize_linear_u8(image: np.ndarray, side: int) -> np.ndarray:
+    """OpenCV's ``cv2.resize(image, (side, side))`` (INTER_LINEAR) on a (H, W) uint8 image of any
+    size and aspect: half-pixel centres, 11-bit fixed-point weights, its rounding (rows: sums of
+    11-bit products; columns: each product shifted right 4 then 16 bits, rounded by 2 more). Only
+    the source rows and columns that the taps read are touched (a large portrait costs little).
+    Returns (side, side) uint8."""
+    y0, y1, wy0, wy1 = _linear_taps(image.shape[0], side, columns=False)
+    x0, x1, wx0, wx1 = _linear_taps(image.shape[1], side, columns=True)
+
+    def rows(index: np.ndarray) -> np.ndarray:
+        a = image[index].astype(np.int64)
+        return (a[:, x0] * wx0 + a[:, x1] * wx1) >> 4
+
+    out = ((wy0[:, None] * rows(y0)) >> 16) + ((wy1[:, None] * rows(y1)) >> 16)
     return np.clip((out + 2) >> 2, 0, 255).astype(np.uint8)
 
 
@@ -180,38 +183,45 @@ def _gaussian_blur_u8(image: np.ndarray, kernel: int) -> np.ndarray:
 
 
 def _normalise_u8(image: np.ndarray) -> np.ndarray:
-    """``cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)`` on uint8 (float32 scale and shift,
-    rounded half to even). A constant image (a face box covering the whole frame) becomes all
-    255 here (OpenCV would give all 0: no face anywhere)."""
+    """``cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)`` on uint8, for every input.
+
+    OpenCV (``core/src/norm.cpp`` normalize, then ``convertTo``): scale = 255 * (1 / (max - min))
+    and shift = -min * scale in double, both cast to float32, then ``v * scale + shift`` as one
+    fused multiply-add (a single float32 rounding) and rounded half to even. A constant image has
+    scale 0 and shift 0: all 0 (a lip box that vanishes in the 64x64 resize, or a face box
+    covering the whole frame, give an empty mask as in Hallo). The product and the sum are exact
+    in float64 here (8-bit values, float32 scale and shift of at most 2^16), so one cast to float32
+    is the FMA's rounding. Checked exhaustively in ``tests/media/test_face.py``.
+    """
     low, high = int(image.min()), int(image.max())
-    if high == low:
-        return np.full_like(image, 255)
-    scale = 255.0 / (high - low)
-    out = image.astype(np.float32) * np.float32(scale) + np.float32(-low * scale)
+    scale = 255.0 * (1.0 / (high - low)) if high > low else 0.0
+    a, b = np.float64(np.float32(scale)), np.float64(np.float32(0.0 - low * scale))
+    out = (image.astype(np.float64) * a + b).astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def hallo_mask_images(face_box: Box, lip_box: Box, size: int) -> dict[str, np.ndarray]:
+def hallo_mask_images(face_box: Box, lip_box: Box, width: int, height: int | None = None,
+                      face_expand_ratio: float = FACE_EXPAND) -> dict[str, np.ndarray]:
     """Hallo's three 64x64 8-bit region-mask images (its ``*_sep_background/face/lip.png``).
 
     Args:
-        face_box, lip_box: (x, y, w, h) in (size x size) frame pixels, before enlarging (face
-            1.2x, lips 2x).
-        size: frame side in pixels.
+        face_box, lip_box: (x, y, w, h) in the pixels of the (width x height) portrait, before
+            enlarging (face ``face_expand_ratio``, lips 2x).
+        width, height: the portrait's own size (height defaults to width): the boxes are drawn
+            there, before any resize, as Hallo draws them on the source image.
+        face_expand_ratio: Hallo's ``face_expand_ratio`` (1.2).
 
     Returns:
-        {"full", "face", "lip"} -> (64, 64) uint8: the face box and the lip box each drawn at
-        frame size, resized to 64x64, blurred (kernels 51 and 31) and min-max normalised; full =
-        the background (255 - face, through Hallo's float arithmetic), face = face - lip
-        (saturating at 0), lip.
+        {"full", "face", "lip"} -> (64, 64) uint8: the face box and the lip box each drawn at the
+        portrait's size (:func:`hallo_hard_mask`), resized to 64x64, blurred (kernels 51 and 31)
+        and min-max normalised (a constant image gives 0); full = the background (255 - face,
+        through Hallo's float arithmetic), face = face - lip (saturating at 0), lip.
     """
     def blurred(box: Box, ratio: float, kernel: int) -> np.ndarray:
-        x0, x1, y0, y1 = hallo_region(box, ratio, size)
-        hard = np.zeros((size, size), np.uint8)
-        hard[y0:y1, x0:x1] = 255
+        hard = hallo_hard_mask(box, ratio, width, height)
         return _normalise_u8(_gaussian_blur_u8(_resize_linear_u8(hard, MASK_SIDE), kernel))
 
-    face = blurred(face_box, FACE_EXPAND, FACE_KERNEL)
+    face = blurred(face_box, face_expand_ratio, FACE_KERNEL)
     lip = blurred(lip_box, LIP_EXPAND, LIP_KERNEL)
     full = ((1.0 - face / 255.0) * 255).astype(np.uint8)  # Hallo truncates here (254.99.. -> 254)
     face_only = np.clip(face.astype(np.int16) - lip, 0, 255).astype(np.uint8)
@@ -249,26 +259,51 @@ def mask_levels(image: np.ndarray, latent: int) -> tuple[torch.Tensor, ...]:
                  .float().div(255) for side in mask_level_sides(latent))
 
 
-def region_masks(face_box: Box, lip_box: Box, size: int, latent: int) -> dict[str, tuple[torch.Tensor, ...]]:
+def region_masks(face_box: Box, lip_box: Box, size: int, latent: int, portrait: tuple[int, int] | None = None,
+                 face_expand_ratio: float = FACE_EXPAND) -> dict[str, tuple[torch.Tensor, ...]]:
     """Hallo's audio-region masks at every U-Net resolution (see the comment above).
 
     Args:
-        face_box, lip_box: (x, y, w, h) in (size x size) frame pixels, before enlarging.
-        size: frame side in pixels.
+        face_box, lip_box: (x, y, w, h) in the portrait's pixels, before enlarging.
+        size: frame side in pixels; the portrait's size when ``portrait`` is None.
         latent: latent side h (size / 8).
+        portrait: (width, height) of the image the boxes are given in and drawn at (Hallo draws
+            them on the source image at its own size); None = (size, size).
+        face_expand_ratio: Hallo's ``face_expand_ratio`` (1.2).
 
     Returns:
         {"full", "face", "lip"} -> ``MASK_LEVELS`` float32 tensors (h, h), (h/2, h/2), (h/4, h/4),
         (h/8, h/8), multiples of 1/255 in [0, 1]; level k weights the audio attention of the
         U-Net blocks at that resolution.
     """
-    return {region: mask_levels(image, latent)
-            for region, image in hallo_mask_images(face_box, lip_box, size).items()}
+    width, height = portrait or (size, size)
+    images = hallo_mask_images(face_box, lip_box, width, height, face_expand_ratio)
+    return {region: mask_levels(image, latent) for region, image in images.items()}
 
 
-def face_mask_image(face_box: Box, size: int) -> torch.Tensor:
-    """The face-locator input: the enlarged face box as a (3, S, S) hard mask in [0, 1]."""
-    return box_mask(expand(face_box, FACE_EXPAND, size), size, size)[None].expand(3, -1, -1).contiguous()
+def face_mask_image(face_box: Box, size: int, portrait: tuple[int, int] | None = None,
+                    face_expand_ratio: float = FACE_EXPAND) -> torch.Tensor:
+    """The face-locator input, as Hallo makes it (``get_face_mask``, then ``ImageProcessor``'s
+    ``cond_transform``): the face box enlarged by ``face_expand_ratio`` (:func:`hallo_hard_mask`)
+    drawn at the portrait's own size, resized to (size x size) with Pillow's bilinear filter
+    (torchvision's ``Resize`` on a PIL image; none when the sizes agree), divided by 255.
+
+    Args:
+        face_box: (x, y, w, h) in the portrait's pixels, before enlarging.
+        size: frame side S in pixels.
+        portrait: (width, height) of the image the box is given in; None = (size, size).
+        face_expand_ratio: Hallo's ``face_expand_ratio`` (1.2).
+
+    Returns:
+        (3, S, S) float32 in [0, 1], multiples of 1/255 (0 and 1 only when no resize happens).
+    """
+    from PIL import Image
+
+    width, height = portrait or (size, size)
+    hard = hallo_hard_mask(face_box, face_expand_ratio, width, height)
+    if (width, height) != (size, size):
+        hard = np.asarray(Image.fromarray(hard).resize((size, size), Image.BILINEAR))
+    return torch.from_numpy(hard.astype(np.float32) / 255)[None].expand(3, -1, -1).contiguous()
 
 
 # ------------------------------------------------------------------------------------ detection
@@ -349,8 +384,15 @@ def load_embedding(path: str | Path) -> torch.Tensor:
 
 
 def face_conditions(image: np.ndarray, latent: int, face_box: Box | None = None, embedding: str = "auto",
-                    arcface_root: str | Path | None = None, warn=print) -> FaceConditions:
+                    arcface_root: str | Path | None = None, warn=print, lip_box: Box | None = None,
+                    side: int | None = None, face_expand_ratio: float = FACE_EXPAND) -> FaceConditions:
     """Everything the Hallo family's face conditioning needs, for a portrait at render size.
+
+    The face-locator image and the region masks are drawn as Hallo draws them, on the portrait at
+    its own size before any resize (:func:`face_mask_image`, :func:`region_masks`): here the
+    square portrait the render uses (``--fit`` crop or pad of the input file) at its side in the
+    file's pixels, ``side``; the boxes are scaled to it from frame pixels (to 1e-6 px, so that
+    boxes given in the file's whole or decimal pixels come back exactly).
 
     Args:
         image: (S, S, 3) uint8 RGB at render size.
@@ -359,24 +401,32 @@ def face_conditions(image: np.ndarray, latent: int, face_box: Box | None = None,
         embedding: "auto" (ArcFace), "none" (zero embedding) or a path to a .npy file.
         arcface_root: InsightFace model folder for "auto".
         warn: where the no-face warning goes.
+        lip_box: the lips in frame pixels (from ``--lip-box``); None = MediaPipe's lip landmarks
+            (also with ``face_box`` given, when the ``face`` extra finds a face), else the lower
+            middle of the face box (:func:`lip_box_from_face`).
+        side: the square portrait's side before resizing to S; None = S.
+        face_expand_ratio: Hallo's ``face_expand_ratio`` (1.2).
 
     Raises:
         InputError: "auto" without InsightFace or its models (the message says how to get them,
             or to pass --no-face-embedding).
     """
     size = image.shape[0]
-    lip_box, source = None, "face-box option"
-    if face_box is None:
+    source = "face-box option"
+    if face_box is None or lip_box is None:
         try:
             found = detect_face(image)
             why = "no face found"
         except ImportError:
             found, why = None, "no face detector installed: pip install 'avatar-cli[face]'"
-        if found:
-            (face_box, lip_box), source = found, "mediapipe"
-        else:
-            warn(f"warning: {why}; the whole frame is taken as the face (pass --face-box x,y,w,h to set it)")
-            face_box, source = (0.0, 0.0, float(size), float(size)), "whole frame"
+        if face_box is None:
+            if found:
+                face_box, source = found[0], "mediapipe"
+            else:
+                warn(f"warning: {why}; the whole frame is taken as the face (pass --face-box x,y,w,h to set it)")
+                face_box, source = (0.0, 0.0, float(size), float(size)), "whole frame"
+        if lip_box is None and found:
+            lip_box = found[1]
     if lip_box is None:
         lip_box = lip_box_from_face(face_box)
 
@@ -396,8 +446,12 @@ def face_conditions(image: np.ndarray, latent: int, face_box: Box | None = None,
             warn("warning: InsightFace found no face; using the zero face embedding")
     else:
         vector = load_embedding(embedding)
-    return FaceConditions(vector, face_mask_image(face_box, size), region_masks(face_box, lip_box, size, latent),
-                          face_box, lip_box, source)
+    side = size if side is None else int(side)
+    scaled = [tuple(round(v * side / size, 6) for v in box) for box in (face_box, lip_box)]
+    portrait = (side, side)
+    return FaceConditions(vector, face_mask_image(scaled[0], size, portrait, face_expand_ratio),
+                          region_masks(scaled[0], scaled[1], size, latent, portrait, face_expand_ratio),
+                          tuple(face_box), tuple(lip_box), source)
 
 
 # ------------------------------------------------------------------------------------ EchoMimic

@@ -253,8 +253,9 @@ class AudioTap:
 
 
 def render_stream(pipe, image: np.ndarray, chunks, output: str | Path, options, *, fmt: str = "mp4",
-                  face_box=None, stdout: BinaryIO | None = None, stats=None) -> dict:
-    """Stream ``chunks`` (float32 16 kHz) through ``pipe.stream`` into a :class:`StreamWriter`.
+                  face_box=None, stdout: BinaryIO | None = None, stats=None, lip_box=None, side=None) -> dict:
+    """Stream ``chunks`` (float32 16 kHz) through ``pipe.stream`` into a :class:`StreamWriter`
+    (``face_box``, ``lip_box``, ``side``: as :class:`RenderJob` holds them).
 
     Timing (seconds, ``time.perf_counter``): ``first_frame_delay_s`` = first audio chunk received to the
     first frames handed to ffmpeg; a frame's delay = its audio complete (the chunk that brought sample
@@ -286,7 +287,8 @@ def render_stream(pipe, image: np.ndarray, chunks, output: str | Path, options, 
     late = 0
     start = _clock()
     try:
-        for frames, times in pipe.stream(image, tapped(), options, face_box=face_box, stats=stats):
+        for frames, times in pipe.stream(image, tapped(), options, face_box=face_box, stats=stats,
+                                                 lip_box=lip_box, side=side):
             if writer is None:
                 writer = StreamWriter(output, (width, height), fps, fmt, options.crf, stdout=stdout)
             writer.write(frames, tap.take(len(frames)))

@@ -117,12 +117,14 @@ class Pipeline:
         raise NotImplementedError
 
     def stream(self, image: np.ndarray, audio_chunks, options: RenderOptions | None = None, *,
-               stats: "RenderStats | None" = None, face_box=None, **inputs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+               stats: "RenderStats | None" = None, face_box=None, lip_box=None, side=None,
+               **inputs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Frames for speech that arrives in chunks: ``(frames (n, H, W, 3) uint8, timestamps (n,) seconds)``.
 
         This default is NOT incremental (the U-Net family generates clips from the whole clip's audio
         features): it collects every chunk (float32 mono 16 kHz arrays), runs :meth:`prepare` on the
-        collected speech (``face_box`` in frame pixels, as :class:`RenderJob` holds it), then yields
+        collected speech (``face_box``, ``lip_box`` in frame pixels and ``side``, as :class:`RenderJob`
+        holds them), then yields
         :meth:`generate`'s chunks with their timestamps (frame index / fps). ``inputs`` go to
         :meth:`generate` as well. Ditto's pipeline overrides it with its online mode.
         """
@@ -130,7 +132,7 @@ class Pipeline:
         stats = stats or RenderStats.of(self)
         parts = [np.asarray(c, dtype=np.float32).reshape(-1) for c in audio_chunks]
         waveform = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        job = RenderJob(image, waveform, Path("-"), Path("-"), opts, face_box=face_box)
+        job = RenderJob(image, waveform, Path("-"), Path("-"), opts, face_box=face_box, lip_box=lip_box, side=side)
         inputs = {**self.prepare(job, stats), **inputs}
         done = 0
         image = inputs.pop("image", image)
@@ -182,7 +184,8 @@ class Pipeline:
         probe_opts = replace(opts, num_inference_steps=fewest, window_steps=None)
         seconds = self.probe_frames(opts) / opts.fps
         silence = np.zeros(int(round(seconds * 16000)), np.float32)
-        probe = RenderJob(job.image, silence, Path("-"), Path("-"), probe_opts, face_box=job.face_box)
+        probe = RenderJob(job.image, silence, Path("-"), Path("-"), probe_opts, face_box=job.face_box,
+                          lip_box=job.lip_box, side=job.side)
         start = time.perf_counter()
         once = RenderStats.of(self)
         inputs = self.prepare(probe, once)

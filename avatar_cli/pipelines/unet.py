@@ -213,8 +213,11 @@ class UNetPipeline(Pipeline):
         return encode_audio(model, extractor, np.asarray(waveform), frames, pad)
 
     def face_conditions(self, image: np.ndarray, opts: RenderOptions,
-                        face_box: tuple[float, float, float, float] | None = None) -> FaceConditions:
-        """Face box (``face_box`` in frame pixels, else detected), region masks, face embedding.
+                        face_box: tuple[float, float, float, float] | None = None, lip_box=None,
+                        side: int | None = None) -> FaceConditions:
+        """Face box (``face_box`` in frame pixels, else detected), lip box (``lip_box``, else
+        detected), region masks and face-locator image drawn at the portrait's side ``side`` (None:
+        the frame's) with ``opts.face_expand_ratio``, face embedding (``media/face.py``).
 
         The ArcFace models are looked for in ``<weights>/face_analysis`` and in the installed
         ``hallo-face-analysis`` component.
@@ -222,7 +225,8 @@ class UNetPipeline(Pipeline):
         source = None if self.source.startswith("random") else self.source
         root = find_folder(source, "face_analysis", "hallo-face-analysis", "face_analysis")  # used by "auto"
         return build_face_conditions(image, opts.size // self.vae_scale, face_box, opts.face_embedding, root,
-                                     warn=self.warn)
+                                     warn=self.warn, lip_box=lip_box, side=side,
+                                     face_expand_ratio=opts.face_expand_ratio)
 
     def separated_vocals(self, audio_path: str | Path, num_samples: int | None = None) -> Waveform:
         """The recording's vocals, (samples,) float32 at 16 kHz, padded or trimmed to ``num_samples``
@@ -344,7 +348,7 @@ class UNetPipeline(Pipeline):
                 inputs["image"] = inputs["face"].image
         elif self.models.face_locator is not None:  # Hallo family: face box, masks, embedding
             with stats("reference"):
-                inputs["face"] = self.face_conditions(job.image, opts, job.face_box)
+                inputs["face"] = self.face_conditions(job.image, opts, job.face_box, job.lip_box, job.side)
         with stats("audio"):
             inputs["audio_features"] = self._features_for(job)
             if inputs["audio_features"] is None and opts.separate_vocals:

@@ -13,9 +13,11 @@ from avatar_cli.media import face as face_mod
 from avatar_cli.media.face import (
     _gaussian_blur_u8,
     _gaussian_kernel_u8,
+    _normalise_u8,
     _resize_linear_u8,
-    expand,
     face_conditions,
+    face_mask_image,
+    hallo_mask_images,
     hallo_region,
     region_masks,
 )
@@ -58,7 +60,6 @@ def test_region_masks_follow_hallos_recipe():
         assert (area - levels[3]).abs().max() < 0.15
     assert max((F.interpolate(ls[0][None, None], size=(8, 8), mode="area")[0, 0] - ls[3]).abs().max()
                for ls in masks.values()) > 0.01
-    assert expand((10, 10, 10, 10), 2.0, 64) == (5.0, 5.0, 20.0, 20.0)
 
 
 def test_hallo_region_moves_an_enlarged_box_back_into_the_frame():
@@ -88,9 +89,11 @@ def test_face_box_sets_the_locator_image_and_embedding_options(tmp_path):
     image = np.zeros((64, 64, 3), np.uint8)
     cond = face_conditions(image, latent=8, face_box=(16, 16, 32, 32), embedding="none")
     assert cond.source == "face-box option" and cond.embedding is None
-    # the locator image is the face box enlarged 1.2x: (12.8, 12.8) .. (51.2, 51.2)
+    # the locator image is the face box enlarged 1.2x in Hallo's whole pixels: centre 32, half side
+    # 38.4 // 2 = 19 -> rows and columns 13..50
     assert cond.mask_image.shape == (3, 64, 64)
-    assert cond.mask_image[0, 32, 32] == 1 and cond.mask_image[0, 5, 5] == 0 and cond.mask_image[0, 12, 32] == 1
+    assert cond.mask_image[0, 32, 32] == 1 and cond.mask_image[0, 5, 5] == 0 and cond.mask_image[0, 13, 32] == 1
+    assert cond.mask_image[0, 12, 32] == 0 and cond.mask_image[0, 32, 51] == 0 and cond.mask_image[0, 32, 50] == 1
     assert [tuple(m.shape) for m in cond.region_masks["full"]] == [(8, 8), (4, 4), (2, 2), (1, 1)]
     np.save(tmp_path / "emb.npy", np.arange(512, dtype=np.float32))
     cond = face_conditions(image, 8, (16, 16, 32, 32), embedding=str(tmp_path / "emb.npy"))
@@ -157,3 +160,126 @@ def test_mediapipe_detector_on_the_test_portraits(test_data):
     (fx, fy, fw, fh), (lx, ly, lw, lh) = found
     assert fx < lx and lx + lw < fx + fw and fy < ly < fy + fh  # lips inside the face
     assert face_mod.detect_face(load_portrait(test_data / "cat_chelsea.png", 256)) is None
+
+
+# --------------------------------------------------------------- exact at the edges (issue 27)
+def _one_rounding_normalise(low: int, high: int, values: np.ndarray) -> np.ndarray:
+    """cv2.normalize(NORM_MINMAX) of 8-bit ``values`` whose min and max are ``low`` and ``high``, in
+    exact integer arithmetic: OpenCV's float32 scale 255 * (1 / (high - low)) and shift -low * scale,
+    the exact value v * scale + shift rounded once to float32 (24 significant bits, half to even),
+    then to an integer (half to even). Units of 2^-40 (float32 scale >= 1 and |shift| >= 1 or 0 have
+    no bits below 2^-23)."""
+    scale = 255.0 * (1.0 / (high - low)) if high > low else 0.0
+    a, b = np.float32(scale), np.float32(0.0 - low * scale)
+
+    def units(x: np.float32) -> int:
+        num, den = float(x).as_integer_ratio()
+        assert (1 << 40) % den == 0
+        return num * ((1 << 40) // den)
+
+    exact = values.astype(np.int64) * units(a) + units(b)
+    sign, mag = np.sign(exact), np.abs(exact)
+    bits = np.searchsorted(1 << np.arange(63, dtype=np.int64), mag, side="right")  # bit length
+
+    def round_even(m: np.ndarray, drop: np.ndarray) -> np.ndarray:
+        drop = np.maximum(drop, 0)
+        q, rem = m >> drop, m & ((np.int64(1) << drop) - 1)
+        half = np.where(drop > 0, np.int64(1) << np.maximum(drop - 1, 0), 1)
+        up = (drop > 0) & ((rem > half) | ((rem == half) & (q & 1 == 1)))
+        return q + up
+
+    f32 = round_even(mag, bits - 24) << np.maximum(bits - 24, 0)        # the FMA's float32 result
+    integer = round_even(f32, np.full_like(f32, 40)) * sign               # cvRound
+    return np.clip(integer, 0, 255).astype(np.uint8)
+
+
+def test_normalise_equals_opencvs_one_rounding_minmax_for_every_8bit_input():
+    values = np.arange(256, dtype=np.uint8)
+    two_roundings = 0
+    for low in range(256):
+        for high in range(low, 256):
+            image = values[low:high + 1]
+            expected = _one_rounding_normalise(low, high, image)
+            assert np.array_equal(_normalise_u8(image), expected), (low, high)
+            if high > low:  # the former float32 multiply-then-add
+                scale = 255.0 / (high - low)
+                two = np.rint(image.astype(np.float32) * np.float32(scale) + np.float32(-low * scale))
+                two = np.clip(two, 0, 255).astype(np.uint8)
+                two_roundings += int((two != expected).sum())
+    assert two_roundings == 6498   # the issue's count of exact .5 ties the two-rounding code missed
+    for value in (0, 1, 128, 255):  # a constant image (a vanished lip box, a whole-frame face): all 0
+        assert not _normalise_u8(np.full((64, 64), value, np.uint8)).any()
+
+
+def test_mask_steps_equal_opencv_where_installed():
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (the project does not depend on it)")
+    values = np.arange(256, dtype=np.uint8)
+    for low in range(256):
+        for high in range(low, 256):
+            image = values[low:high + 1][None]
+            assert np.array_equal(_normalise_u8(image), cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX))
+    rng = np.random.default_rng(5)
+    for h, w in [(512, 512), (128, 128), (300, 300), (720, 1280), (48, 48), (33, 47), (2, 5), (1024, 1024)]:
+        for _ in range(10):
+            hard = np.zeros((h, w), np.uint8)
+            (x0, x1), (y0, y1) = np.sort(rng.integers(0, w + 1, 2)), np.sort(rng.integers(0, h + 1, 2))
+            hard[y0:y1, x0:x1] = 255
+            small = cv2.resize(hard, (64, 64))
+            assert np.array_equal(_resize_linear_u8(hard, 64), small), (h, w)
+            assert np.array_equal(_gaussian_blur_u8(small, 31), cv2.GaussianBlur(small, (31, 31), 0))
+
+
+@pytest.fixture(scope="module")
+def hallo_edges(test_data):
+    data = np.load(test_data / "hallo_mask_edges.npz")
+    return [{k.split(".", 1)[1]: data[k] for k in data.files if k.startswith(f"c{i}.")}
+            for i in range(len([k for k in data.files if k.endswith(".meta")]))]
+
+
+def _case(case):
+    width, height, side, ratio, *edges = case["meta"].tolist()
+    fx0, fy0, fx1, fy1, lx0, ly0, lx1, ly1 = edges
+    return ((fx0, fy0, fx1 - fx0, fy1 - fy0), (lx0, ly0, lx1 - lx0, ly1 - ly0), int(width), int(height), int(side),
+            ratio)
+
+
+def test_masks_and_locator_image_equal_hallos_at_the_edges(hallo_edges):
+    """tests/data/hallo_mask_edges.npz (tests/media/record_hallo_mask_edges.py: Hallo's get_mask and
+    ImageProcessor.preprocess): faces at every border, tiny and huge faces, a lip box that vanishes
+    in the 64x64 resize, portraits of 48-1280 px and non-square ones, face_expand_ratio 1.0-1.5,
+    large faces whose normalisation hits a .5 tie."""
+    assert len(hallo_edges) >= 20
+    for i, case in enumerate(hallo_edges):
+        face_box, lip_box, width, height, side, ratio = _case(case)
+        images = hallo_mask_images(face_box, lip_box, width, height, ratio)
+        for region in ("full", "face", "lip"):
+            assert np.array_equal(images[region], case[f"sep_{region}"]), (i, region)
+        levels = region_masks(face_box, lip_box, side, side // 8, (width, height), ratio)
+        for region in ("full", "face", "lip"):
+            for k, level in enumerate(levels[region]):
+                expected = torch.from_numpy(case[f"level_{region}_{k}"]).float() / 255
+                torch.testing.assert_close(level, expected, rtol=0, atol=1e-6)
+        locator = face_mask_image(face_box, side, (width, height), ratio)
+        assert locator.shape == (3, side, side) and torch.equal(locator[0], locator[2])
+        assert np.array_equal((locator[0] * 255).round().to(torch.uint8).numpy(), case["locator"]), i
+    assert any(not c["sep_lip"].any() for c in hallo_edges)  # a lip box that vanished: Hallo's lip mask is empty
+
+
+def test_render_path_draws_at_the_portraits_side_and_takes_the_lip_box(hallo_edges, monkeypatch):
+    # a 1024 px square portrait rendered at 256: the boxes come in frame pixels (a quarter) and are
+    # drawn at 1024, as Hallo draws them on the 1024 px source
+    case = next(c for c in hallo_edges if c["meta"][:3].tolist() == [1024, 1024, 256])
+    face_box, lip_box, width, _, side, ratio = _case(case)
+    quarter = [tuple(v * side / width for v in box) for box in (face_box, lip_box)]
+    monkeypatch.setattr(face_mod, "detect_face", lambda image: None)
+    cond = face_conditions(np.zeros((side, side, 3), np.uint8), side // 8, quarter[0], "none", lip_box=quarter[1],
+                           side=width, face_expand_ratio=ratio)
+    assert np.array_equal((cond.mask_image[0] * 255).round().to(torch.uint8).numpy(), case["locator"])
+    for region in ("full", "face", "lip"):
+        expected = torch.from_numpy(case[f"level_{region}_0"]).float() / 255
+        torch.testing.assert_close(cond.region_masks[region][0], expected, rtol=0, atol=1e-6)
+    assert cond.lip_box == quarter[1]
+    # no --lip-box: MediaPipe's lips when it finds a face, also with --face-box
+    monkeypatch.setattr(face_mod, "detect_face", lambda image: ((0.0, 0.0, 10.0, 10.0), (20.0, 30.0, 12.0, 6.0)))
+    cond = face_conditions(np.zeros((64, 64, 3), np.uint8), 8, (16.0, 8.0, 32.0, 40.0), "none")
+    assert cond.face_box == (16.0, 8.0, 32.0, 40.0) and cond.lip_box == (20.0, 30.0, 12.0, 6.0)
