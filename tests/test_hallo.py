@@ -224,3 +224,37 @@ def test_hallos_unconditional_branch_as_the_pipeline_builds_it(converted, test_d
     assert kw["reference_features"].keep.tolist() == [False, True]
     motion = kw["motion_features"]
     assert motion is not None and all(v.shape[0] == 2 * 2 for v in motion.values())  # 2 motion frames a branch
+
+
+def test_lip_box_and_face_expand_ratio_reach_the_face_conditions(test_data, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from avatar_cli import render_options
+    from avatar_cli.errors import InputError
+    from avatar_cli.options import prepare_job
+    from avatar_cli.pipelines import unet as unet_mod
+
+    # the command line's and a jobs file's spelling
+    opts = render_options.build({"lip_box": "40,60,30,12", "face_expand_ratio": 1.5, "face_box": "30,20,90,110"})
+    assert opts.lip_box == (40.0, 60.0, 30.0, 12.0) and opts.face_expand_ratio == 1.5
+    assert render_options.column_value("lip_box", "1,2,3,4") == ("lip_box", (1.0, 2.0, 3.0, 4.0))
+    assert render_options.column_value("face_expand_ratio", "1.3") == ("face_expand_ratio", 1.3)
+    assert "--lip-box" in [o.flag for o in render_options.RENDER_OPTIONS]
+    speech = test_data / "speech_espeak.wav"
+    # the boxes in frame pixels, and the square portrait's own side: the cat (226x150) cut to 150 px
+    job = prepare_job(test_data / "cat_chelsea.png", speech, tmp_path / "o.mp4",
+                      RenderOptions(model="hallo", size=64, lip_box=(100, 60, 30, 15), face_box=(70, 10, 90, 120)))
+    assert job.side == 150 and job.lip_box == pytest.approx(((100 - 38) * 64 / 150, 60 * 64 / 150, 12.8, 6.4))
+    assert prepare_job(test_data / "cat_chelsea.png", speech, tmp_path / "o.mp4",
+                       RenderOptions(model="hallo", size=64, fit="pad")).side == 226
+    for bad, message in (({"lip_box": (0, 0, 0, 5)}, "--lip-box must be"), ({"face_expand_ratio": 0.0}, "(0, 4]"),
+                         ({"lip_box": (200, 100, 50, 60)}, "--lip-box 200,100,50,60 lies outside the 226x150")):
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace("]", r"\]")):
+            prepare_job(test_data / "cat_chelsea.png", speech, tmp_path / "o.mp4",
+                        RenderOptions(model="hallo", size=64, **bad))
+    # the pipeline hands them on
+    seen = {}
+    monkeypatch.setattr(unet_mod, "build_face_conditions", lambda *args, **kwargs: seen.update(kwargs))
+    fake = SimpleNamespace(source="random:tiny", vae_scale=8, warn=print)
+    unet_mod.UNetPipeline.face_conditions(fake, job.image, job.options, job.face_box, job.lip_box, job.side)
+    assert seen["lip_box"] == job.lip_box and seen["side"] == 150 and seen["face_expand_ratio"] == 1.2
