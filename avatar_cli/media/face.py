@@ -2,18 +2,22 @@
 
 Hallo's inference (restated in docs/hallo.md, "What runs") conditions on three things derived from the portrait:
 
-- the **face-locator image**: the face box (the face's extent, enlarged 1.2x) as a hard mask image
-  (3, S, S) in [0, 1], turned into features by the face locator;
+- the **face-locator image**: the face box (the face's extent, enlarged by ``face_expand_ratio``,
+  1.2) as a hard mask drawn at the portrait's own size and resized to (3, S, S) in [0, 1], turned
+  into features by the face locator (:func:`face_mask_image`);
 - the **region masks** of the audio attention, one per U-Net resolution (latent, /2, /4, /8), made
   as Hallo makes them, as 8-bit images: the face box (enlarged 1.2x) and the lip box (enlarged 2x)
-  drawn at frame size, resized to 64x64, blurred (Gaussian, kernels 51 and 31) and min-max
+  drawn at the portrait's own size, resized to 64x64, blurred (Gaussian, kernels 51 and 31) and min-max
   normalised; full (background) = 1 - face; face without lips = max(face - lip, 0); each level
   resized from the 64x64 image (bilinear with antialiasing), see :func:`region_masks`;
 - the **face embedding**: InsightFace's ArcFace embedding (512-d) of the face, through the image
   projector; zeros (Hallo's unconditional embedding) when there is none.
 
-Boxes come from ``--face-box`` (input-image pixels), else MediaPipe's face mesh when the optional
-``face`` extra is installed, else the whole frame with a warning (anime, pets).
+Boxes come from ``--face-box`` / ``--lip-box`` (input-image pixels), else MediaPipe's face mesh when
+the optional ``face`` extra is installed, else the whole frame with a warning (anime, pets) and the
+lips in the lower middle of the face box. A non-square portrait is cut or padded to a square
+(``--fit``) before the boxes are drawn on it at its side in the file's pixels (Hallo stretches it
+instead): docs/hallo.md, "What is identical".
 """
 
 from __future__ import annotations
@@ -136,8 +140,9 @@ def _linear_taps(src: int, dst: int, columns: bool):
 
 def _resize_linear_u8(image: np.ndarray, side: int) -> np.ndarray:
     """OpenCV's ``cv2.resize(image, (side, side))`` (INTER_LINEAR) on a (H, W) uint8 image of any
-    size and aspect: half-pixel centres, 11-bit fixed-point weights, its rounding (rows: sums of
-    11-bit products; columns: each product shifted right 4 then 16 bits, rounded by 2 more). Only
+    size and aspect: half-pixel centres, 11-bit fixed-point weights, its rounding (horizontal pass:
+    sums of 11-bit products shifted right 4 bits; vertical pass: each product shifted right 16
+    bits, the sum rounded by 2 more). Only
     the source rows and columns that the taps read are touched (a large portrait costs little).
     Returns (side, side) uint8."""
     y0, y1, wy0, wy1 = _linear_taps(image.shape[0], side, columns=False)

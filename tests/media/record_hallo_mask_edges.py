@@ -9,7 +9,8 @@ the test suite and never part of this repo:
     git clone https://github.com/fudan-generative-vision/hallo && git -C hallo checkout 8fd7c57
     venv/bin/python tests/media/record_hallo_mask_edges.py hallo OUT.npz
 
-MediaPipe, InsightFace, av, moviepy, einops and torchvision's compiled-op registrations are stubbed (the mask path does not use them):
+MediaPipe, InsightFace, av, moviepy, einops and torchvision's compiled-op registrations are stubbed
+(the mask path does not use them):
 ``get_landmark`` returns landmarks whose silhouette and lip extremes are each case's boxes, and
 InsightFace finds no face. For each case a blank portrait of the case's size is written as a PNG
 and ``ImageProcessor((S, S), ...).preprocess(png, cache, face_expand_ratio)`` runs as
