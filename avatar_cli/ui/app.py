@@ -36,6 +36,25 @@ def _error(err: Exception):
     return gr.Error(f"avatar: error: {err}", print_exception=False)
 
 
+class unexpected:
+    """A bug's exception: its traceback in the server's log, one line in the page (Gradio would show
+    a bare "Error")."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        import gradio as gr
+
+        if err is None or isinstance(err, (gr.Error, GeneratorExit)) or not isinstance(err, Exception):
+            return False
+        import traceback
+
+        traceback.print_exception(kind, err, tb)
+        raise gr.Error(f"avatar: error: internal error ({type(err).__name__}: {err}); see the server's log",
+                       print_exception=False) from None
+
+
 def _model_choices(load) -> list[tuple[str, str]]:
     """The model dropdown: (label, value), installed models first, each with what it is."""
     from ..models.catalog import MODELS
@@ -319,14 +338,16 @@ class App:
             if generator:
                 def wrapped(*args):
                     *values, request = args
-                    yield from fn(*values, request=request)
+                    with unexpected():
+                        yield from fn(*values, request=request)
             else:
                 params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                 default=gr.Progress()))
 
                 def wrapped(*args):
                     *values, request, progress = args
-                    return fn(*values, request=request, progress=progress)
+                    with unexpected():
+                        return fn(*values, request=request, progress=progress)
             wrapped.__signature__ = inspect.Signature(params)
             wrapped.__annotations__ = {"request": gr.Request}  # what Gradio reads to fill it in
             wrapped.__name__ = fn.__name__

@@ -2,7 +2,7 @@
 
 - :class:`Uploads`: every upload is checked by its content (the image opens in Pillow, the speech
   decodes with ``media/audio.py``), against a size limit, and copied into the session's own folder
-  under a fixed name, so that no request names a path on the server and messages never show one.
+  under a name of the server's making, so that no request names a path on the server and messages never show one.
 - :class:`Sessions`: one temporary folder per browser session (Gradio's ``session_hash``), removed
   when the session ends (the page is closed) and, for all sessions, when the server stops.
 - :class:`Models`: pipelines loaded once per (model, method) through :class:`LoadOptions` and kept.
@@ -13,6 +13,7 @@ events, ``app.py``); the page shows the request's place in that queue.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -78,7 +79,7 @@ def _sniff(head: bytes) -> str | None:
 
 
 class Uploads:
-    """Checks an uploaded file and copies it into a session folder under a fixed name.
+    """Checks an uploaded file and copies it into a session folder under a new name (``portrait-*.png``).
 
     Every method raises :class:`InputError` with the CLI's one-line message, the upload named by the
     name the user gave it (``label``), never by its path on the server.
@@ -107,7 +108,10 @@ class Uploads:
                 "a speech recording (wav, mp3, flac, ogg, m4a)" if "audio" in kinds and "image" not in kinds else \
                 "a video (mp4)"
             raise InputError(f"{what} {label} is not {expected} by its content; give {expected}")
-        target = folder / f"{stem}{source.suffix.lower()[:8] or '.bin'}"
+        suffix = "".join(c for c in source.suffix.lower()[:8] if c.isalnum() or c == ".") or ".bin"
+        handle, name = tempfile.mkstemp(prefix=f"{stem}-", suffix=suffix, dir=folder)  # one per request
+        os.close(handle)
+        target = Path(name)
         shutil.copyfile(source, target)
         return target, label
 

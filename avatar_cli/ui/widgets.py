@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..render_options import PANEL_IO, PANEL_METHOD, RENDER_OPTIONS, Opt
 
 #: Options shown first, outside the accordions (the everyday ones).
@@ -65,19 +66,17 @@ def make_widget(o: Opt, **overrides):
         return gr.Dropdown(**{**args, **overrides})
     if kind is bool:
         return gr.Checkbox(**{**common, "value": bool(o.default), **overrides})
-    if kind in (int, float):
+    if kind in (int, float) and o.default is not None:
         args = {**common, "value": o.default, "precision": 0 if kind is int else None}
         return gr.Number(**{**args, **overrides})
+    # a number whose default is the model's own: a text box, empty = that default (a number box sends 0)
     return gr.Textbox(**{**common, "value": "" if o.default is None else str(o.default), "max_lines": 1,
                          **overrides})
 
 
 def api_default(o: Opt):
     """The option's default as its widget holds it (an API call may leave the argument out)."""
-    kind = base_kind(o)
-    if o.default is None:
-        return None if kind in (int, float) else ""
-    return o.default
+    return "" if o.default is None else o.default
 
 
 def values_of(raw: list) -> dict:
@@ -88,10 +87,12 @@ def values_of(raw: list) -> dict:
         kind = base_kind(o)
         if value is None or (isinstance(value, str) and value.strip() == ""):
             value = o.default
-        elif kind is int:
-            value = int(round(float(value)))
-        elif kind is float:
-            value = float(value)
+        elif kind in (int, float):
+            try:
+                value = float(value)
+            except ValueError:
+                raise InputError(f"{o.flag} takes a number (got {value!r})") from None
+            value = int(round(value)) if kind is int else value
         elif isinstance(value, str):
             value = value.strip()
         values[o.name] = value

@@ -16,16 +16,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def playwright(server):
     needs_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = chromium(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(300_000)
-        yield page
-        browser.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def page(playwright):
+    browser = chromium(playwright)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(300_000)
+    yield page
+    browser.close()
 
 
 def upload(page, elem_id: str, path: Path) -> None:
@@ -61,6 +66,7 @@ def test_render_in_the_page(server, page, speech_1s, tmp_path):
     assert "avatar render astronaut.png speech1s.wav" in command and "--size 64" in command \
         and "--steps 1" in command and "--random-weights --arch tiny" in command, command
     shot = os.environ.get("AVATAR_UI_SCREENSHOT")
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=shot or str(tmp_path / "ui.png"), full_page=False)
 
 
@@ -81,3 +87,25 @@ def test_bad_upload_is_one_line_in_the_page(server, page, speech_1s, tmp_path):
     left = [p for p in server.files() if p not in before]
     assert not [p for p in left if p.read_bytes().startswith(b"not a portrait") or p.suffix == ".mp4"], left
     assert not [p for p in left if "session-" in str(p)], left
+
+
+def test_live_tab_from_the_fake_microphone(server, playwright, speech_1s, portrait_64):
+    """The Live tab: Chromium's fake microphone plays the test speech, the recording streams through
+    Ditto (``render_stream``) and frames appear in the page with the first-frame delay and fps."""
+    browser = chromium(playwright, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                       f"--use-file-for-fake-audio-capture={speech_1s}")
+    page = browser.new_context(permissions=["microphone"]).new_page()
+    page.set_default_timeout(300_000)
+    page.goto(server.url)
+    page.get_by_role("tab", name="Live").click()
+    upload(page, "live-portrait", portrait_64)
+    page.locator("#live-speech button.record-button").click()
+    page.wait_for_timeout(1500)
+    page.locator("#live-speech button.stop-button").click()
+    page.locator("#live-speech audio, #live-speech .waveform-container").first.wait_for(state="attached")
+    page.click("#live-button")
+    page.locator("#live-frame img").first.wait_for()
+    status = page.locator("#live-status")
+    status.get_by_text(re.compile(r"first frame after [\d.]+ s")).first.wait_for()
+    assert re.search(r"\d+ frames", status.inner_text())
+    browser.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import probe
+from tests.conftest import ffmpeg, probe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +47,26 @@ def test_two_clients_at_once_get_their_own_videos_in_queue_order(server, speech_
         assert info["frames"] == s["frames"] == 25 and info["width"] == 64 and info["audio_streams"] == 1
     # the renders did not overlap: the second started after the first ended (one per device)
     assert stats[1]["wall_s"] <= finished[1] - finished[0] + 1.0
+
+
+def test_evaluate_endpoint_checks_the_upload_and_names_the_weights(server, speech_1s, tmp_path):
+    """/evaluate: a wav given as the video is refused by its content; a real mp4 without SyncNet's
+    weights gets the CLI's one line naming the download (no weights are installed in the test run)."""
+    client_mod = pytest.importorskip("gradio_client")
+    from gradio_client.exceptions import AppError
+
+    client = client_mod.Client(server.url, verbose=False)
+    with pytest.raises(AppError, match=r"^avatar: error: video speech1s\.wav is not a video \(mp4\) by its content"):
+        client.predict(video=client_mod.handle_file(str(speech_1s)), speech=None, api_name="/evaluate")
+    clip = tmp_path / "clip.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25:d=1", "-i", str(speech_1s), "-shortest",
+           "-pix_fmt", "yuv420p", str(clip))
+    try:
+        row, plot = client.predict(video=client_mod.handle_file(str(clip)), speech=None, api_name="/evaluate")
+    except AppError as err:
+        assert str(err).startswith("avatar: error: ") and "\n" not in str(err) and "syncnet" in str(err).lower()
+    else:  # SyncNet's weights are installed here: the metrics of the clip
+        assert row["video"] == "clip.mp4" and "sync_c" in row
 
 
 def test_ctrl_c_stops_the_server_and_removes_its_folders(server):
