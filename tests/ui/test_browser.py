@@ -68,6 +68,10 @@ def test_render_in_the_page(server, page, speech_1s, tmp_path):
     shot = os.environ.get("AVATAR_UI_SCREENSHOT")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=shot or str(tmp_path / "ui.png"), full_page=False)
+    if shot:  # docs/ui.png: a 64-colour palette keeps it small
+        from PIL import Image
+
+        Image.open(shot).convert("RGB").quantize(colors=64).save(shot, optimize=True)
 
 
 def test_bad_upload_is_one_line_in_the_page(server, page, speech_1s, tmp_path):
