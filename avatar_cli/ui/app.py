@@ -135,8 +135,13 @@ class App:
 
     # ------------------------------------------------------------------ portrait view
     def view(self, upload, face_box: str = "", request=None):
-        """The portrait as the renderer reads it (EXIF turned, RGB), the ``--face-box`` drawn on it:
-        an (H, W, 3) uint8 array, or None before an upload."""
+        """The portrait as the renderer reads it (EXIF turned, RGB) with its face box drawn in green: the
+        ``--face-box`` given, else the one MediaPipe detects (``media/face.py`` ``detect_face``, the
+        ``face`` extra) where installed. Returns an (H, W, 3) uint8 array, or None before an upload.
+
+        Raises:
+            gradio.Error: the upload is not a readable image, or the face box is malformed (one line).
+        """
         import numpy as np
         from PIL import Image, ImageDraw
 
@@ -153,9 +158,18 @@ class App:
             box = BY_NAME["face_box"].value(face_box) if face_box and face_box.strip() else None
         except AvatarError as err:
             raise _error(err) from None
-        if box is None:
-            return picture
-        x, y, w, h = geometry.box_to_frame(box)
+        if box is not None:
+            x, y, w, h = geometry.box_to_frame(box)
+        else:
+            try:  # the Hallo family's detector (MediaPipe, the face extra), where installed
+                from ..media.face import detect_face
+
+                found = detect_face(picture)
+            except ImportError:
+                found = None
+            if found is None:
+                return picture
+            x, y, w, h = found[0]  # x, y, w, h in the picture's pixels
         image = Image.fromarray(picture)
         ImageDraw.Draw(image).rectangle([x, y, x + w, y + h], outline=(0, 255, 0), width=max(2, image.width // 128))
         return np.asarray(image)
@@ -361,7 +375,7 @@ class App:
                     with gr.Column():
                         # a file box (checked by content here, not by Gradio's image decoder), shown below
                         portrait = gr.File(label="Portrait", file_count="single", elem_id="portrait")
-                        shown = gr.Image(label="Portrait as read (face box drawn when given)", interactive=False,
+                        shown = gr.Image(label="Portrait as read (face box in green: given, or detected)", interactive=False,
                                          elem_id="portrait-view", height=240)
                         speech = gr.Audio(label="Speech", type="filepath", format=None,
                                           sources=["upload", "microphone"], elem_id="speech")

@@ -69,3 +69,36 @@ def test_uploads_are_checked_by_content_and_copied_under_new_names(tmp_path):
     assert not folder.exists()
     sessions.close()
     assert not (tmp_path / "root").exists()
+
+
+def test_without_the_ui_extra_avatar_ui_is_one_line(monkeypatch, capsys):
+    """No Gradio installed: one line naming the install command, exit code 1, no traceback."""
+    import sys
+
+    from avatar_cli.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
+    assert main(["ui"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("avatar: error: avatar ui needs Gradio, which is not installed; install the ui extra: "
+                   "pip install 'avatar-cli[ui]' (from a clone: pip install -e '.[ui]')\n")
+
+
+def test_the_portrait_view_draws_the_face_box_where_the_renderer_reads_it(tmp_path):
+    """--face-box 40,60,100,80 on a 256x256 portrait: green edges at those pixels, the inside untouched."""
+    import numpy as np
+    from PIL import Image
+
+    from avatar_cli.load_options import LoadOptions
+    from avatar_cli.ui.app import App
+
+    app = App(LoadOptions(random_weights=True, arch="tiny"), sessions=Sessions(tmp_path / "root"))
+    plain = np.asarray(Image.open(DATA / "astronaut.png").convert("RGB"))
+    view = app.view(str(DATA / "astronaut.png"), "40,60,100,80")
+    assert view.shape == plain.shape
+    changed = np.argwhere(np.any(view != plain, axis=-1))
+    assert (changed.min(axis=0) == (60, 40)).all() and (changed.max(axis=0) == (140, 140)).all()
+    assert (view[60, 40:141] == (0, 255, 0)).all()
+    assert (view[62:139, 42:139] == plain[62:139, 42:139]).all()  # a 2-pixel line, drawn inwards
+    assert list((tmp_path / "root").rglob("*.png")) == []  # the checked copy is not kept
+    app.sessions.close()
