@@ -113,3 +113,21 @@ def test_live_tab_from_the_fake_microphone(server, playwright, speech_1s, portra
     status.get_by_text(re.compile(r"first frame after [\d.]+ s")).first.wait_for()
     assert re.search(r"\d+ frames", status.inner_text())
     browser.close()
+
+
+def test_talk_frames_follow_the_microphone_while_it_records(server, playwright, speech_1s, portrait_64):
+    """The Live tab's talk box: Chromium's fake microphone streams into Ditto while it records, and a
+    frame reaches the page before recording stops (the stream's end is not awaited: it renders on)."""
+    browser = chromium(playwright, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                       f"--use-file-for-fake-audio-capture={speech_1s}")
+    page = browser.new_context(permissions=["microphone"]).new_page()
+    page.set_default_timeout(300_000)
+    page.goto(server.url)
+    page.get_by_role("tab", name="Live").click()
+    upload(page, "live-portrait", portrait_64)
+    page.locator("#live-talk button.record-button").click()
+    page.locator("#live-frame img").first.wait_for()
+    assert page.locator("#live-talk button.stop-button").is_visible()  # still recording
+    status = page.locator("#live-status").inner_text()
+    assert re.search(r"first frame after [\d.]+ s; \d+ frames", status)
+    browser.close()
