@@ -586,6 +586,7 @@ class App:
                           concurrency_limit=1, concurrency_id=DEVICE_QUEUE)
 
             def ended(request):
+                app.talk_stop(request=request, wait=False)  # a talk still recording ends with the page
                 app.sessions.end(app._session(request))
 
             ended.__annotations__ = {"request": gr.Request}
