@@ -99,7 +99,8 @@ class Talk:
         if self.first_s is None:
             return "listening: the first frames come after the first window of speech"
         elapsed = time.perf_counter() - self.started - self.first_s
-        return f"first frame after {self.first_s:.2f} s; {self.frames} frames, {self.frames / max(elapsed, 1e-6):.1f} fps"
+        fps = self.frames / max(elapsed, 1e-6)
+        return f"first frame after {self.first_s:.2f} s; {self.frames} frames, {fps:.1f} fps"
 
 
 class unexpected:
@@ -461,8 +462,8 @@ class App:
         def with_signature(fn, names: list[str], generator: bool = False):
             """``fn(*values, request=)`` with a signature naming each input (the API's argument names)."""
             params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names[:2]]
-            params += [inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=widgets.api_default(o))
-                       for o in widgets.UI_OPTIONS]
+            params += [inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                         default=widgets.api_default(o)) for o in widgets.UI_OPTIONS]
             params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
                                             annotation=gr.Request))
             if generator:
@@ -491,8 +492,8 @@ class App:
                     with gr.Column():
                         # a file box (checked by content here, not by Gradio's image decoder), shown below
                         portrait = gr.File(label="Portrait", file_count="single", elem_id="portrait")
-                        shown = gr.Image(label="Portrait as read (face box in green: given, or detected)", interactive=False,
-                                         elem_id="portrait-view", height=240)
+                        shown = gr.Image(label="Portrait as read (face box in green: given, or detected)",
+                                         interactive=False, elem_id="portrait-view", height=240)
                         speech = gr.Audio(label="Speech", type="filepath", format=None,
                                           sources=["upload", "microphone"], elem_id="speech")
                         for name in widgets.MAIN:
