@@ -89,7 +89,23 @@ def ui(
         signal.signal(signal.SIGTERM, previous)
         demo.close()
         app.sessions.close()
+        remove_cached(demo)
     note("stopped")
+
+
+def remove_cached(demo) -> None:
+    """Delete the files Gradio cached for this app (uploads, results sent to pages): Gradio itself
+    empties its cache only when a server starts."""
+    from pathlib import Path
+
+    for files in getattr(demo, "temp_file_sets", []):
+        for name in list(files):
+            path = Path(name)
+            path.unlink(missing_ok=True)
+            try:
+                path.parent.rmdir()  # Gradio keeps each file in a folder named by its hash
+            except OSError:
+                pass
 
 
 def register(app: typer.Typer) -> None:

@@ -484,7 +484,9 @@ class App:
             wrapped.__name__ = fn.__name__
             return wrapped
 
-        with gr.Blocks(title="avatar") as demo:
+        # Gradio's own cache (uploads, frames and videos sent to pages): files older than an hour go,
+        # checked every 10 minutes, and all of them when the server stops
+        with gr.Blocks(title="avatar", delete_cache=(600, 3600)) as demo:
             gr.Markdown("# avatar\nA portrait and a speech recording in, a lip-synced video out.")
             option_widgets = {}
             with gr.Tab("Render", id="render"):

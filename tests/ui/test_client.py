@@ -76,3 +76,5 @@ def test_ctrl_c_stops_the_server_and_removes_its_folders(server):
     assert server.stop() == 0
     assert "avatar: stopped" in server.text()
     assert not [r for r in roots if r.exists()]
+    # Gradio's cached uploads and results go too (its upload route leaves empty placeholder files)
+    assert not [p for p in server.files() if p.stat().st_size], server.files()
