@@ -8,6 +8,7 @@
 | ``info.py`` | ``avatar info`` |
 | ``audio.py`` | ``avatar audio encode`` |
 | ``weights.py`` | ``avatar weights list / download / verify / path / convert`` |
+| ``ui.py`` | ``avatar ui`` (the browser app; ``avatar_cli/ui/``) |
 | ``train.py`` | ``avatar data prepare``, ``avatar train teacher``, ``avatar distill osa-lcm / fada`` |
 
 Exit codes: 0 success, 1 failed work, 2 usage error (bad input or options), 130 interrupted.
@@ -50,9 +51,9 @@ def _main(
     """Render talking-head videos from one portrait and one speech recording."""
 
 
-from . import audio, bench, eval, info, render, train, weights  # noqa: E402  (each registers its commands on app)
+from . import audio, bench, eval, info, render, train, ui, weights  # noqa: E402  (each registers its commands on app)
 
-for module in (render, bench, eval, info, audio, weights, train):
+for module in (render, bench, eval, info, audio, weights, train, ui):
     module.register(app)
 
 
