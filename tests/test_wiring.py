@@ -178,26 +178,36 @@ def _alphas_cumprod() -> np.ndarray:
     ("combined-rolling", 420, 999, 420),
 ])
 def test_init_and_start_timestep_reach_the_lcm_student(render, monkeypatch, init, tau, first, second):
+    import avatar_cli.pipelines.unet as unet_module
+
     spy = Spy(monkeypatch, stub=True)
+    noises = []
+    initial = unet_module.initial_latents
+
+    def record(mode, n, noise, *args, **kwargs):
+        noises.append(noise.detach().clone())
+        return initial(mode, n, noise, *args, **kwargs)
+
+    monkeypatch.setattr(unet_module, "initial_latents", record)
     render("--model", "osa-lcm", "--init", init, "--start-timestep", tau)
     assert _per_clip(spy) == [[first], [second]]
+    alphas = _alphas_cumprod()
+    if first == 999:  # a gaussian start is the drawn noise itself
+        torch.testing.assert_close(spy.calls[0]["sample"], noises[0], rtol=0, atol=0)
     if second == tau:
         # clip 1 starts from clip 0's result noised to tau: x = sqrt(a_tau) z_prev + sqrt(1 - a_tau) eps
-        a = _alphas_cumprod()[tau]
-        previous = _lcm_output(spy.calls[0], a_t=_alphas_cumprod()[first])
-        eps = (spy.calls[1]["sample"] - math.sqrt(a) * previous) / math.sqrt(1 - a)
-        assert abs(float(eps.mean())) < 0.2 and 0.8 < float(eps.std()) < 1.2  # the noise left is N(0, 1)
-        # and not the start of another tau: the noise implied by a neighbour's alpha is off
-        a_far = _alphas_cumprod()[tau - 200]
-        wrong = (spy.calls[1]["sample"] - math.sqrt(a_far) * previous) / math.sqrt(1 - a_far)
-        assert float(wrong.std()) > 1.2 or float(wrong.std()) < 0.8
+        previous = _lcm_output(spy.calls[0], a_t=alphas[first])
+        expected = math.sqrt(alphas[tau]) * previous + math.sqrt(1 - alphas[tau]) * noises[1].double()
+        torch.testing.assert_close(spy.calls[1]["sample"].double(), expected, rtol=1e-4, atol=1e-4)
+    else:
+        torch.testing.assert_close(spy.calls[1]["sample"], noises[1], rtol=0, atol=0)
 
 
-def _lcm_output(call, a_t: float) -> torch.Tensor:
+def _lcm_output(call, a_t: float) -> torch.Tensor:  # noqa: D401
     """One LCM step of the stub (eps = 1 everywhere) from ``call``'s latents at its t (eq. 1):
     x0 = (x - sqrt(1 - a) eps) / sqrt(a); f = c_skip x + c_out x0 with diffusers' LCM scalings
     (sigma_data 0.5, timestep_scaling 10)."""
-    x, t = call["sample"], call["t"]
+    x, t = call["sample"].double(), call["t"]
     x0 = (x - math.sqrt(1 - a_t) * BRANCH[0]) / math.sqrt(a_t)
     scaled = 10.0 * t
     c_skip = 0.25 / (scaled ** 2 + 0.25)
