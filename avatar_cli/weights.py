@@ -282,6 +282,31 @@ def _remove_download(path: Path) -> None:
         target.unlink(missing_ok=True)
 
 
+def _partials_root(component: Component, target: Path | None) -> Path:
+    """Where huggingface_hub keeps a component's partial transfers (``*.incomplete``): the repo's
+    ``blobs/`` folder in the HF cache, ``<local_dir>/.cache/huggingface/download/`` with --local-dir."""
+    if target is not None:
+        return target / ".cache" / "huggingface" / "download"
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    cache = _hub_cache() or constants.HF_HUB_CACHE
+    return Path(cache) / repo_folder_name(repo_id=component.repo_id, repo_type="model") / "blobs"
+
+
+def _partials(root: Path) -> dict[Path, int]:
+    """The ``*.incomplete`` files under root and their sizes."""
+    return {p: p.stat().st_size for p in root.rglob("*.incomplete") if p.is_file()} if root.is_dir() else {}
+
+
+def _remove_new_partials(root: Path, before: dict[Path, int]) -> None:
+    """Delete the partial transfers written since ``before`` (new, or grown): the bytes of a transfer
+    huggingface_hub rejected (its size differs from the announced one) must not be resumed from."""
+    for path, size in _partials(root).items():
+        if before.get(path) != size:
+            path.unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------- actions
 @dataclass
 class FileReport:
@@ -347,6 +372,7 @@ def download(component: Component, local_dir: str | Path | None = None, quiet: b
         if not _COMMIT.fullmatch(revision) and not _offline():
             revision = _resolve_revision(component, log)
         for f in component.files:
+            partials = _partials(_partials_root(component, target))
             try:
                 path = Path(hf_hub_download(
                     component.repo_id, f.path, revision=revision, cache_dir=_hub_cache(),
@@ -368,12 +394,19 @@ def download(component: Component, local_dir: str | Path | None = None, quiet: b
                 raise WeightsError(f"{component.repo_id}@{revision} has no {f.path} "
                                    f"({type(err).__name__}); the manifest entry [{component.name}] is out of date") from None
             except (HfHubHTTPError, OSError) as err:
-                raise WeightsError(f"downloading {component.name}/{f.path} failed: "
-                                   f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; run the "
-                                   f"command again to resume") from None
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                if "Consistency check failed" in first:
+                    # the transfer's size differs from the size the hub announced: its bytes cannot be resumed from
+                    _remove_new_partials(_partials_root(component, target), partials)
+                    raise WeightsError(f"downloading {component.name}/{f.path} failed: the transfer's size differs "
+                                       f"from the size the hub announced ({first}); the partial file was removed: "
+                                       f"run the command again") from None
+                raise WeightsError(f"downloading {component.name}/{f.path} failed: {first}; run the command again "
+                                   f"to resume") from None
             reports.append(_check(component, f, path, record=True, log=log))
             if reports[-1].status == "mismatch":
                 _remove_download(path)
+                _remove_new_partials(_partials_root(component, target), partials)
                 raise WeightsError(f"{component.name}/{f.path}: {reports[-1].detail}; the file was deleted")
     finally:
         hub_logging.set_verbosity(verbosity)

@@ -27,6 +27,7 @@ class FakeHub:
     repos: dict[str, Repo] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     cut_once: set[str] = field(default_factory=set)  # file paths whose first full GET is cut halfway
+    announce: dict[str, int] = field(default_factory=dict)  # file path -> size the HEAD announces (a lie)
 
     def add(self, repo_id: str, commit: str, files: dict[str, bytes]) -> None:
         self.repos[repo_id] = Repo(commit, files)
@@ -65,15 +66,15 @@ class FakeHub:
                 self.end_headers()
                 return None
 
-            def _headers(self, repo, data, status=200, start=0):
+            def _headers(self, repo, data, status=200, start=0, announced=None):
                 self.send_response(status)
                 self.send_header("X-Repo-Commit", repo.commit)
                 digest = hashlib.sha256(data).hexdigest()
                 self.send_header("ETag", f'"{digest}"')
                 self.send_header("X-Linked-Etag", f'"{digest}"')
-                self.send_header("X-Linked-Size", str(len(data)))
+                self.send_header("X-Linked-Size", str(len(data) if announced is None else announced))
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Content-Length", str((len(data) if announced is None else announced) - start))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
@@ -81,8 +82,8 @@ class FakeHub:
             def do_HEAD(self):
                 found = self._resolve()
                 if found:
-                    repo, _, data = found
-                    self._headers(repo, data)
+                    repo, path, data = found
+                    self._headers(repo, data, announced=hub.announce.get(path))
 
             def do_GET(self):
                 found = self._resolve()

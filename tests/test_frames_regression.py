@@ -1,6 +1,15 @@
-"""Byte-identical frames across refactors: a fixed seed renders the same frames, for every sampling
-method and clip initialisation, as the table recorded before the pipeline was restructured into
-``pipelines/`` (issue 13). A change of numerics must update this table on purpose, saying why.
+"""Regression guard, not a correctness test: a fixed seed renders byte-identical frames, for every
+sampling method and clip initialisation, to the table recorded before the pipeline was restructured
+into ``pipelines/`` (issue 13). It guards against *change*: a hash says nothing about whether the
+frames are right (that is for the upstream recordings and the hand computations, docs/testing.md),
+and a change of numerics must update this table on purpose, saying why.
+
+What the hashes depend on besides our code: the torch build (2.13 CPU: its kernels and their
+summation order), the CPU's vector instructions that build picks (AVX2 / AVX-512 paths round
+differently), numpy's and torch's random generators, diffusers' schedulers. Elsewhere the test is
+skipped (another torch version) or may fail without a bug (another CPU); before updating the table,
+check that the tolerance-based tests (tests/sampling, tests/test_wiring.py, the equivalence
+fixtures) pass.
 
 Inputs: a seeded random 64x64 portrait, 0.4 s of a seeded tone + noise (10 frames at 25 fps),
 clips of 4 frames (3 clips: rolling starts from a previous clip are exercised), tiny random
@@ -15,6 +24,10 @@ import torch
 
 from avatar_cli.options import RenderOptions
 from avatar_cli.pipelines.unet import UNetPipeline
+
+# the hashes were recorded with this torch build; another one sums in another order
+pytestmark = pytest.mark.skipif(not torch.__version__.startswith("2.13."),
+                                reason="frame hashes are recorded for torch 2.13 (CPU build)")
 
 EXPECTED = {
     # (model, method, init): sha256[:16] of the frames
@@ -51,7 +64,7 @@ def _pipe(family: str, cfg_tokens: int) -> UNetPipeline:
 
 
 @pytest.mark.parametrize("case", list(EXPECTED), ids=lambda c: "/".join(x for x in c if x))
-def test_same_seed_same_frames_as_before_the_restructure(case, inputs):
+def test_regression_guard_same_seed_same_frames_as_recorded(case, inputs):
     model, method, init = case
     image, wave = inputs
     options = RenderOptions(model=model, method=method, init=init, size=64, clip_frames=4, seed=3,
