@@ -30,15 +30,17 @@ pytestmark = pytest.mark.skipif(not torch.__version__.startswith("2.13."),
                                 reason="frame hashes are recorded for torch 2.13 (CPU build)")
 
 EXPECTED = {
-    # (model, method, init): sha256[:16] of the frames
-    ("osa-lcm", None, "gaussian"): "9b555e82365e680f",
-    ("osa-lcm", None, "rolling"): "6fb8f80419a29d69",
-    ("osa-lcm", None, "combined-rolling"): "0f4e8aea9382c56c",
-    ("osa-lcm", "adv-lcm", "gaussian"): "ddca536c1a2c6c1c",
-    ("fada", None, "gaussian"): "96c849e74a150547",
-    ("fada", "fada-balanced", "gaussian"): "ca4a1a696c1d1cfc",
-    ("teacher", None, "combined-rolling"): "ca955abad0b712a8",
-    ("hallo", None, "gaussian"): "88f97c6abda0e735",
+    # (model, method, init): sha256[:16] of the frames, one per CPU kernel path it was recorded on: the
+    # project's earlier CPU (issue 13), then an AVX-512 Xeon (torch's cpu capability 'AVX512'; recorded
+    # 2026-12-07 from main 2483225, the same code: the earlier table failed 7 of 8 there)
+    ("osa-lcm", None, "gaussian"): ("9b555e82365e680f", "4bb3760060a8923f"),
+    ("osa-lcm", None, "rolling"): ("6fb8f80419a29d69", "aade7e24bc805319"),
+    ("osa-lcm", None, "combined-rolling"): ("0f4e8aea9382c56c", "0f4e8aea9382c56c"),
+    ("osa-lcm", "adv-lcm", "gaussian"): ("ddca536c1a2c6c1c", "baeb37c5cab2745d"),
+    ("fada", None, "gaussian"): ("96c849e74a150547", "21e36c7de4529d1e"),
+    ("fada", "fada-balanced", "gaussian"): ("ca4a1a696c1d1cfc", "1431d11ce6bd119b"),
+    ("teacher", None, "combined-rolling"): ("ca955abad0b712a8", "9f15b25ae23a5076"),
+    ("hallo", None, "gaussian"): ("88f97c6abda0e735", "87ebc1eb1f8dbaed"),
 }
 STEPS = {"teacher": 4, "hallo": 3}
 
@@ -74,4 +76,4 @@ def test_regression_guard_same_seed_same_frames_as_recorded(case, inputs):
     torch.manual_seed(1234)  # nothing may depend on the global RNG either
     frames = np.concatenate(list(pipe.generate(image, wave, options)))
     assert frames.shape == (10, 64, 64, 3)
-    assert hashlib.sha256(frames.tobytes()).hexdigest()[:16] == EXPECTED[case]
+    assert hashlib.sha256(frames.tobytes()).hexdigest()[:16] in EXPECTED[case]
