@@ -2,7 +2,8 @@
 
 Formats: fp32; bf16 autocast; bf16 autocast with the decoder in channels_last. Each round runs every
 format once on the same inputs (random full-size weights, 1 frame), ``--rounds`` rounds; prints the
-median seconds per format and the ratio to fp32 as JSON.
+median wall seconds per format and the ratio to fp32 as JSON, and the process CPU seconds (both
+threads; on a machine shared with other jobs the wall time also counts time slices given to them).
 
 Usage: ``PYTHONPATH=. python scripts/bf16_speed.py [--rounds 3] [--batch 1]``
 """
@@ -47,25 +48,29 @@ def main() -> None:
     f_s = torch.randn(args.batch, 32, 16, 64, 64, generator=g)
     kp = 0.3 * torch.randn(args.batch, 21, 3, generator=g)
     cpu = torch.device("cpu")
-    times = {name: {"warp": [], "decoder": []} for name in FORMATS}
+    times = {name: {"warp": [], "decoder": [], "cpu": []} for name in FORMATS}
     for _ in range(args.rounds):
         for name, (warp_p, dec_p) in FORMATS.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             with warp_p.context(cpu):
                 warped = models.warp(f_s, kp, kp * 1.02)
             mid = time.perf_counter()
             with dec_p.context(cpu):
                 decoders[name](dec_p.input(warped))
             end = time.perf_counter()
+            times[name]["cpu"].append((time.process_time() - cpu_start) / args.batch)
             times[name]["warp"].append((mid - start) / args.batch)
             times[name]["decoder"].append((end - mid) / args.batch)
     base = statistics.median([w + d for w, d in zip(times["float32"]["warp"], times["float32"]["decoder"])])
+    base_cpu = statistics.median(times["float32"]["cpu"])
     report = {}
     for name, t in times.items():
         total = statistics.median([w + d for w, d in zip(t["warp"], t["decoder"])])
         report[name] = {"warp_s": round(statistics.median(t["warp"]), 3),
                         "decoder_s": round(statistics.median(t["decoder"]), 3),
-                        "frame_s": round(total, 3), "speedup_vs_fp32": round(base / total, 3)}
+                        "frame_s": round(total, 3), "speedup_vs_fp32": round(base / total, 3),
+                        "frame_cpu_s": round(statistics.median(t["cpu"]), 3),
+                        "cpu_speedup_vs_fp32": round(base_cpu / statistics.median(t["cpu"]), 3)}
     print(json.dumps({"rounds": args.rounds, "batch": args.batch, "threads": torch.get_num_threads(),
                       "formats": report}, indent=1))
 

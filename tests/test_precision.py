@@ -19,6 +19,7 @@ from safetensors import safe_open
 from avatar_cli import precision
 from avatar_cli.load_options import LoadOptions
 from avatar_cli.media.paste import PasteBack
+from avatar_cli.options import RenderOptions
 from avatar_cli.models.liveportrait import SPADEDecoder, WarpingNetwork
 from avatar_cli.pipelines.ditto import DittoPipeline
 from avatar_cli.precision import NetworkPrecision, policy, psnr, run_in
@@ -141,6 +142,24 @@ def test_device_paste_equals_the_numpy_paste_within_one_level(tiny):
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99 and (host != image).any()
 
 
+def test_offline_frames_with_the_overlapped_paste_equal_the_sequential_loop(tiny, monkeypatch):
+    import avatar_cli.pipelines.ditto as ditto_module
+
+    pipe, image, _, _ = tiny
+    wave = (0.2 * np.sin(2 * np.pi * 200 * np.arange(1600) / 16000)).astype(np.float32)  # 0.1 s: 3 frames
+    options = RenderOptions(model="ditto", num_inference_steps=2, seed=1)
+    pipe.render_batch = 2  # two chunks: the second is warped while the first is pasted
+    try:
+        source = pipe.source_state(image, (32, 16, 64, 64))
+        overlapped = list(pipe.generate(image, wave, options, source=source))
+        monkeypatch.setattr(ditto_module, "pipelined", lambda items, finish, wait=None: map(finish, items))
+        sequential = list(pipe.generate(image, wave, options, source=source))
+    finally:
+        pipe.render_batch = 4
+    assert [len(f) for f in overlapped] == [2, 1]
+    np.testing.assert_array_equal(np.concatenate(overlapped), np.concatenate(sequential))
+
+
 def test_pipelined_keeps_order_overlaps_and_raises():
     import threading
 
@@ -186,11 +205,12 @@ def test_load_options_keep_the_request_and_the_json_says_what_ran(monkeypatch):
     load = LoadOptions(random_weights=True, arch="tiny", device="cpu").resolved()
     assert load.dtype == torch.float32 and load.requested_dtype == "auto"
     assert load.resolved().requested_dtype == "auto"  # resolving twice keeps it
+    assert LoadOptions(dtype="float32").resolved().requested_dtype == "float32"
     pipe = load.load("ditto")
-    assert pipe.describe(__import__("avatar_cli.options", fromlist=["RenderOptions"]).RenderOptions(model="ditto"))[
-        "precision"]["decoder"] == "bfloat16-autocast+channels_last"
-    pinned = LoadOptions(random_weights=True, arch="tiny", device="cpu", dtype="float32").load("ditto")
-    assert set(precision.describe(pinned.precision).values()) == {"float32"}
+    described = pipe.describe(RenderOptions(model="ditto"))["precision"]
+    assert described["decoder"] == "bfloat16-autocast+channels_last" and described["dit"] == "float32"
+    pipe.set_precision(load.resolved().requested_dtype)  # what load() did: idempotent
+    assert pipe.describe(RenderOptions(model="ditto"))["precision"] == described
 
 
 def test_gpu_bench_script_without_a_gpu_says_so_in_one_line():
