@@ -7,7 +7,6 @@ weights, realistic output scales) with ``scripts/bf16_quality.py``; docs/benchma
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
