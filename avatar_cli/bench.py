@@ -145,7 +145,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
           dtype: str = "auto", decoder: str = "vae", compile: bool = False, repeat: int = 3,
           weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
           log=lambda message: None, command: str | None = None, method: str | None = None,
-          evaluate=None, load: "LoadOptions | None" = None) -> dict:
+          evaluate=None, load: "LoadOptions | None" = None, steps: int | None = None) -> dict:
     """Benchmark one model (and sampling method). Returns the report (see module docstring); times
     in seconds.
 
@@ -160,6 +160,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
             Sync-D of ``eval/run.py``); its result is the report's ``"eval"`` (None without).
         load: how to load the model (``load_options.py``); when given it replaces ``weights``, ``arch``,
             ``device``, ``dtype`` and ``compile``.
+        steps: sampling steps (None: the method's; ``scripts/gpu-bench.sh`` runs Ditto at 10 and 5).
     """
     from . import __version__
     from .runtime import dtype_name
@@ -168,7 +169,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
     import transformers
 
     options = RenderOptions(model=model, method=method, size=size, decoder=decoder, overlap=overlap,
-                            face_embedding="none")
+                            face_embedding="none", num_inference_steps=steps)
     label = options.model if options.method is None else f"{options.model}/{options.method_name}"
     load = (load or LoadOptions(weights, weights is None, arch, device, dtype, compile)).resolved()
     dev, dt, weights, arch = load.device, load.dtype, load.weights, load.arch
@@ -239,7 +240,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         "peak_memory_bytes": int(peak), "peak_memory_scope": peak_scope,
         "taesd_psnr_db": checks.get("taesd_psnr_db"), **{k: v for k, v in checks.items() if k != "taesd_psnr_db"},
         "eval": evaluation,
-        "device": device_name, "dtype": dtype_name(dt),
+        "device": device_name, "dtype": dtype_name(dt), "precision": runs[0].precision,
         "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "command": command if command is not None else " ".join(["avatar", *sys.argv[1:]]),

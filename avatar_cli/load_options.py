@@ -28,6 +28,8 @@ class LoadOptions:
         dtype: ``auto``, ``float32``, ``float16``, ``bfloat16`` or a ``torch.dtype``.
         compile: ``torch.compile`` the denoiser and decoder.
         add_cfg_layers: give weights without FADA's CFG-token layers zero-initialised ones.
+        requested_dtype: the ``dtype`` as given before :meth:`resolved` (``"auto"`` lets ``precision.py``
+            choose per network); None: ``dtype``.
     """
 
     weights: Path | None = None
@@ -37,6 +39,7 @@ class LoadOptions:
     dtype: str | torch.dtype = "auto"
     compile: bool = False
     add_cfg_layers: bool = False
+    requested_dtype: str | torch.dtype | None = None
 
     def resolved(self) -> "LoadOptions":
         """A copy with ``device`` and ``dtype`` resolved to torch objects (``runtime.py``'s policy).
@@ -47,7 +50,8 @@ class LoadOptions:
         from .runtime import resolve_device, resolve_dtype
 
         device = resolve_device(self.device)
-        return replace(self, device=device, dtype=resolve_dtype(self.dtype, device))
+        requested = self.dtype if self.requested_dtype is None else self.requested_dtype
+        return replace(self, device=device, dtype=resolve_dtype(self.dtype, device), requested_dtype=requested)
 
     def load(self, model: str, method: str | None = None,
              note: Callable[[str], None] = lambda message: None):
@@ -56,5 +60,8 @@ class LoadOptions:
         from .pipelines import load_pipeline
 
         load = self.resolved()
-        return load_pipeline(model, load.weights, load.random_weights, load.arch, load.device, load.dtype,
+        pipe = load_pipeline(model, load.weights, load.random_weights, load.arch, load.device, load.dtype,
                              compile=load.compile, add_cfg_layers=load.add_cfg_layers, method=method, note=note)
+        if hasattr(pipe, "set_precision"):  # the per-network formats of the --dtype as given (precision.py)
+            pipe.set_precision(load.requested_dtype)
+        return pipe

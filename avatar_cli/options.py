@@ -269,6 +269,7 @@ class RenderResult:
     init: str
     weights: str
     controls: dict | None = None  # --model ditto: the controls in effect (DittoPipeline.describe)
+    precision: dict | None = None  # network -> the format it ran in (precision.py), where the family reports it
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -45,6 +45,8 @@ from ..motion.controls import parse_blink, parse_emotion_option, read_controls
 from ..motion.stitch import ANGLE_KEYS, LIP_KP, MotionStitch, _kp_mask
 from ..motion.windows import offline_motion
 from ..options import RenderJob, RenderOptions
+from ..precision import NetworkPrecision, describe as describe_precision, policy
+from ..render_loop import pipelined, to_host
 from ..runtime import resolve_device, resolve_dtype
 from ..safe_pickle import DittoConfig
 from ..sampling.motion_ddim import draw_noises, sample_motion_ddim
@@ -118,6 +120,9 @@ class DittoPipeline(Pipeline):
             from ``--face-box`` (or, with random weights, a centred box).
         device, dtype: where the networks run; the DiT, keypoints and stitching stay float32.
         render_batch: frames warped and decoded per call.
+        precision: the ``--dtype`` request the per-network policy refines (``precision.py``): ``"auto"``
+            may run some networks in bf16 autocast on a CPU with native bf16; default: ``dtype`` itself
+            (every renderer network in ``dtype``). :meth:`set_precision` changes it later.
     """
 
     family = "ditto"
@@ -126,11 +131,12 @@ class DittoPipeline(Pipeline):
 
     def __init__(self, models: DittoModels, config: DittoConfig, encoder: Callable[[np.ndarray], np.ndarray],
                  aux_dir: str | Path | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, source: str = "", render_batch: int = 4):
+                 dtype: torch.dtype = torch.float32, source: str = "", render_batch: int = 4,
+                 precision: str | torch.dtype | None = None):
         super().__init__(torch.device(device), dtype, source)
         self.models = models.to(self.device).eval()
-        for name in ("appearance", "motion", "warp", "decoder"):  # the renderer in the run dtype
-            getattr(self.models, name).to(dtype=dtype)
+        self.set_precision(dtype if precision is None else precision)
+        self._host_buffers: dict = {}
         self.config, self.encoder = config, encoder
         self.aux_dir = None if aux_dir is None else Path(aux_dir)
         self.render_batch = render_batch
@@ -166,7 +172,7 @@ class DittoPipeline(Pipeline):
         index = root / "avatar_index.json"  # written by 'weights convert --from ditto'; "preset" for tests
         preset = json.loads(index.read_text()).get("preset", "full") if index.is_file() else "full"
         models = DittoModels.from_files(models_dir, preset=preset)
-        pipe = cls(models, config, OnnxHubert(aux / HUBERT_FILE), aux, dev, dt, str(root))
+        pipe = cls(models, config, OnnxHubert(aux / HUBERT_FILE), aux, dev, dt, str(root), precision=dtype)
         if compile:
             pipe.models.warp.compile()
             pipe.models.decoder.compile()
@@ -180,11 +186,30 @@ class DittoPipeline(Pipeline):
         dev = resolve_device(device)
         dt = resolve_dtype("float16" if dtype == "auto" and dev.type == "cuda" else dtype, dev)
         pipe = cls(DittoModels.from_preset(arch, seed=seed), DittoConfig(), RandomHubert(seed), None, dev, dt,
-                   f"random:{arch}")
+                   f"random:{arch}", precision=dtype)
         if compile:
             pipe.models.warp.compile()
             pipe.models.decoder.compile()
         return pipe
+
+    def set_precision(self, requested: str | torch.dtype = "auto", native_bf16: bool | None = None) -> dict:
+        """Apply the per-network number format and layout of ``precision.policy`` for ``requested`` (the
+        ``--dtype`` as given: ``"auto"`` or a dtype / its name); the DiT and stitching stay float32.
+
+        Returns:
+            network -> its :class:`~avatar_cli.precision.NetworkPrecision` (also :attr:`precision`).
+        """
+        self.precision = policy("ditto", self.device, self.dtype, requested, native_bf16)
+        for name, prec in self.precision.items():
+            prec.apply(getattr(self.models, name))
+        self._sources = {}  # features computed in another format
+        return self.precision
+
+    def _run(self, name: str, *args: torch.Tensor):
+        """Network ``name`` on ``args`` in its format (inputs cast, autocast around it)."""
+        prec: NetworkPrecision = self.precision[name]
+        with prec.context(self.device):
+            return getattr(self.models, name)(*(prec.input(a) for a in args))
 
     # ------------------------------------------------------------ once per portrait
     @torch.no_grad()
@@ -209,9 +234,9 @@ class DittoPipeline(Pipeline):
         cfg = self.config
         crop = crop_source(image, self.aux_dir, face_box, warn=self.warn, crop_scale=cfg.crop_scale,
                            crop_vx=cfg.crop_vx_ratio, crop_vy=cfg.crop_vy_ratio)
-        rgb = torch.from_numpy(crop.rgb_256).to(self.device, self.dtype)
-        features = self.models.appearance(rgb)
-        heads = self.models.motion(rgb)
+        rgb = torch.from_numpy(crop.rgb_256).to(self.device)
+        features = self._run("appearance", rgb)
+        heads = self._run("motion", rgb)
         motion = {k: v.float().reshape(1, -1).cpu().numpy() for k, v in zip(MOTION_KEYS, heads)}
         task = None if self.aux_dir is None else self.aux_dir / EYE_TASK_FILE
         eye_open, eye_ball = detect_eye_state(crop.img_crop, task, warn=self.warn)
@@ -247,7 +272,7 @@ class DittoPipeline(Pipeline):
             "controls_file": None if options.controls is None else str(options.controls),
             "controlled_frames": len(ctl.per_frame),
         }
-        return {**super().describe(options), "controls": controls}
+        return {**super().describe(options), "controls": controls, "precision": describe_precision(self.precision)}
 
     PREVIEW_STEPS = 5  # --preview's DiT steps (default 10; the renderer, not the DiT, sets the pace)
 
@@ -397,11 +422,18 @@ class DittoPipeline(Pipeline):
         stitcher = self.stitcher(source, total, opts, ctl)
         paste = PasteBack(source.crop.M_c2o, image.shape[:2])
         chunks = -(-total // self.render_batch)
-        for n in range(chunks):
-            with stats("warp"):
-                rows = range(n * self.render_batch, min((n + 1) * self.render_batch, total))
-                infos = [stitcher(vector_to_motion(motion[i]), **ctl.per_frame.get(i, {})) for i in rows]
-            frames = self.render_infos(infos, source, image, paste, stats)
+
+        def renders() -> Iterator[torch.Tensor]:  # the networks, in this thread
+            for n in range(chunks):
+                with stats("warp"):
+                    rows = range(n * self.render_batch, min((n + 1) * self.render_batch, total))
+                    infos = [stitcher(vector_to_motion(motion[i]), **ctl.per_frame.get(i, {})) for i in rows]
+                yield self.render_crops(infos, source, stats)
+
+        # the paste-back of chunk n in a worker thread while chunk n + 1 is warped and decoded (issue 25);
+        # "paste" then counts only the time the loop waits for it
+        for n, frames in enumerate(pipelined(renders(), lambda r: self.paste_renders(r, image, paste),
+                                             wait=lambda: stats("paste"))):
             if on_progress is not None:
                 on_progress(n + 1, chunks)
             yield frames
@@ -421,16 +453,34 @@ class DittoPipeline(Pipeline):
     def render_infos(self, infos: list[dict], source: SourceState, image: np.ndarray, paste: PasteBack,
                      stats: RenderStats) -> np.ndarray:
         """MotionStitch outputs (one per frame) -> (n, H, W, 3) uint8 frames: keypoints, warp, decode, paste."""
-        models = self.models
+        renders = self.render_crops(infos, source, stats)
+        with stats("paste"):
+            return self.paste_renders(renders, image, paste)
+
+    @torch.no_grad()
+    def render_crops(self, infos: list[dict], source: SourceState, stats: RenderStats) -> torch.Tensor:
+        """MotionStitch outputs (one per frame) -> the renders (n, 512, 512, 3) float32 in [0, 255] on the
+        device: keypoints, warp, decoder, each network in its format (:attr:`precision`)."""
         with stats("warp"):
             x_d = self.driving_keypoints(infos, source)
             x_s = source.keypoints.expand(len(infos), -1, -1)
-            warped = models.warp(source.features.expand(len(infos), -1, -1, -1, -1),
-                                 x_s.to(self.dtype), x_d.to(self.dtype))
+            warped = self._run("warp", source.features.expand(len(infos), -1, -1, -1, -1), x_s, x_d)
         with stats("decode"):
-            renders = models.decoder(warped).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
-        with stats("paste"):
-            return np.stack([paste(image, render.cpu().numpy()) for render in renders])
+            return self._run("decoder", warped).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
+
+    def paste_renders(self, renders: torch.Tensor, image: np.ndarray, paste: PasteBack,
+                      on_device: bool | None = None) -> np.ndarray:
+        """Renders (n, 512, 512, 3) float32 in [0, 255] -> (n, H, W, 3) uint8 frames pasted into ``image``.
+
+        ``on_device`` (default: on CUDA) pastes with ``PasteBack``'s torch path where the renders are
+        (within one 8-bit level of the numpy path) and copies the frames back through a pinned buffer;
+        otherwise the renders come to the host and the paste is numpy."""
+        if renders.device.type == "cuda" if on_device is None else on_device:
+            frame = torch.from_numpy(np.ascontiguousarray(image)).to(renders.device)
+            pasted = torch.stack([paste(frame, render) for render in renders])
+            return to_host(pasted, self._host_buffers).numpy().copy()
+        renders = renders.cpu().numpy()
+        return np.stack([paste(image, render) for render in renders])
 
     # ------------------------------------------------------------ streaming
     @torch.no_grad()
