@@ -172,7 +172,7 @@ def auto_facts(cache: dict) -> dict:
         facts.update(can_run=False, problem=f"--model {model} needs {', '.join(missing)}, which is not installed",
                      fix=f"pip install {install}")
     elif folder is None and _offline():
-        facts.update(can_run=False, problem=f"no model is installed and HF_HUB_OFFLINE is set",
+        facts.update(can_run=False, problem="no model is installed and HF_HUB_OFFLINE is set",
                      fix=f"run 'avatar weights download {model}' ({gb}) where the hub can be reached")
     elif folder is None and cache["enough_space"] is False:
         need = cache["default_download_bytes"] / 1e9
