@@ -170,7 +170,7 @@ class RenderOptions:
         checks = [
             (low <= self.steps <= top, f"--steps for {name} must be {low}..{top} (got {self.steps})"),
             (self.init in INIT_MODES, f"--init must be one of {', '.join(INIT_MODES)} (got {self.init!r})"),
-            (family != "ditto" or self.fps == 25, f"--model ditto renders at 25 fps (got --fps {self.fps:g})"),
+            (family != "ditto" or self.fps == 25, f"--model ditto renders at 25 fps (got --fps {self.fps:g}); leave --fps out"),
             (family != "ditto" or self.init == "gaussian", "--init applies to the U-Net models, not --model ditto"),
             (self.init == "gaussian" or method.supports_rolling,
              f"--init {self.init} cannot start PeRFlow's windows; use it with the LCM or DDIM methods"),

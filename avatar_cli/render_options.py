@@ -131,7 +131,7 @@ RENDER_OPTIONS: tuple[Opt, ...] = (
         show_default="the method's"),
     Opt("window_steps", Optional[str], None, "PeRFlow steps per window, nearest t=1 first, e.g. 2,2,1,1.",
         PANEL_METHOD, parse=numbers(int), show_default=False),
-    Opt("face_box", Optional[str], None, "The face as x,y,w,h in the image's pixels (hallo, ditto)", PANEL_IO,
+    Opt("face_box", Optional[str], None, "The face as x,y,w,h in the image's pixels (hallo, ditto, echomimic)", PANEL_IO,
         parse=numbers(float, "120,80,200,240"), show_default="detected"),
     Opt("lip_box", Optional[str], None, "The lips as x,y,w,h in the image's pixels (hallo)", PANEL_HALLO,
         parse=numbers(float, "150,240,100,40"), show_default="detected"),

@@ -522,7 +522,8 @@ def missing_for(model: str, manifest: dict[str, Component] | None = None,
         return [f"{name}: not in the manifest" for name in absent] + unavailable
     missing = [f"{name}: run 'avatar weights download {name}'" for name in needed
                if installed_path(manifest[name], local_dir) is None]
-    if not missing and spec.converted and not spec.reads_download:
-        missing = [f"{spec.converted}: downloaded but not converted; run 'avatar weights convert --from "
-                   f"{spec.convert_from or spec.converted}'"]
+    if spec.converted and not spec.reads_download:  # rendered from the converted folder: say the last step too
+        convert = f"'avatar weights convert --from {spec.convert_from or spec.converted}'"
+        missing = [*missing, f"then {convert}"] if missing else \
+            [f"{spec.converted}: downloaded but not converted; run {convert}"]
     return missing

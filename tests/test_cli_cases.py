@@ -157,3 +157,78 @@ def test_compile_gives_the_same_frames(test_data):
     assert compiled.shape == eager.shape == (15, 64, 64, 3)
     diff = np.abs(compiled.astype(int) - eager.astype(int))
     assert diff.max() <= 2, diff.max()  # fused kernels round differently, never visibly
+
+
+DITTO_TINY = ["--model", "ditto", "--random-weights", "--arch", "tiny", "--quiet", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--size", "256"], "--size does not apply to --model ditto, which renders at the portrait's own size; leave --size out"),
+    (["--fit", "pad"], "--fit does not apply to --model ditto"),
+    (["--fps", "30"], "--model ditto renders at 25 fps (got --fps 30); leave --fps out"),
+])
+def test_ditto_options_it_would_ignore_fail_naming_the_fix(tmp_path, test_data, speech, capsys, args, words):
+    """Issue 23: --size was silently ignored with --model ditto (it renders at the portrait's size)."""
+    assert main(["render", str(test_data / "astronaut.png"), str(speech), "-o", str(tmp_path / "x.mp4"),
+                 *args, *DITTO_TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_speech_and_image_swapped_say_the_order(tmp_path, test_data, speech, capsys):
+    odd = tmp_path / "speech.bin"  # no audio suffix: the RIFF/WAVE header tells
+    odd.write_bytes(speech.read_bytes())
+    for first in (speech, odd):
+        assert main(["render", str(first), str(test_data / "astronaut.png"), "-o", str(tmp_path / "x.mp4"),
+                     *TINY]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{first} looks like audio, not an image: the order is IMAGE AUDIO" in err[0], err
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert main(["render", str(text), str(speech), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not an image Pillow can read" in err and "IMAGE AUDIO" not in err
+
+
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch):
+    """No weights installed: AVATAR_HOME and the Hugging Face cache in tmp_path, offline."""
+    monkeypatch.setenv("AVATAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("HF_HUB_CACHE", "AVATAR_WEIGHTS_DIR", "AVATAR_MANIFEST"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("model,steps", [
+    ("hallo", ["run 'avatar weights download hallo'", "then 'avatar weights convert --from hallo'"]),
+    ("echomimic-acc", ["run 'avatar weights download echomimic-acc'", "run 'avatar weights download sd-vae-ft-mse'",
+                       "then 'avatar weights convert --from echomimic --acc'"]),
+])
+def test_a_converted_model_not_installed_names_download_and_convert(empty_home, test_data, speech, capsys, model,
+                                                                   steps):
+    assert main(["render", str(test_data / "astronaut.png"), str(speech), "--model", model,
+                 "-o", str(empty_home / "x.mp4"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--model {model} needs weights that are not installed" in err[0]
+    positions = [err[0].index(step) for step in steps]  # every step, in the order to run them
+    assert positions == sorted(positions), err[0]
+
+
+def test_eval_of_a_portrait_or_speech_says_it_is_not_a_video(empty_home, test_data, speech, capsys):
+    """Issue 23: 'avatar eval portrait.png' answered that SyncNet's weights are not installed."""
+    assert main(["eval", str(test_data / "astronaut.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "astronaut.png is an image (PNG), not a video" in err[0] and "SyncNet" not in err[0]
+    assert main(["eval", str(speech)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "speech.wav is not a video ffmpeg can read" in err[0]
+
+
+def test_face_box_help_names_every_family_that_asks_for_it():
+    """EchoMimic's no-face warning asks for --face-box (media/face.py), so its help names echomimic too."""
+    from avatar_cli.render_options import BY_NAME
+
+    assert "(hallo, ditto, echomimic)" in BY_NAME["face_box"].help

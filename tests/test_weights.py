@@ -62,7 +62,7 @@ def test_shipped_manifest_is_complete_and_honest():
     # rendering without --weights says what is missing and why
     assert w.missing_for("osa-lcm", manifest) == [f"osa-lcm: {manifest['osa-lcm'].reason}"]
     assert w.missing_for("hallo", manifest, local_dir="/nonexistent") == \
-        ["hallo: run 'avatar weights download hallo'"]
+        ["hallo: run 'avatar weights download hallo'", "then 'avatar weights convert --from hallo'"]
     assert not manifest["fada"].available
 
 

@@ -6,6 +6,7 @@
 | ``bench.py`` | ``avatar bench`` |
 | ``eval.py`` | ``avatar eval`` |
 | ``info.py`` | ``avatar info`` |
+| ``doctor.py`` | ``avatar doctor`` |
 | ``audio.py`` | ``avatar audio encode`` |
 | ``weights.py`` | ``avatar weights list / download / verify / path / convert`` |
 | ``ui.py`` | ``avatar ui`` (the browser app; ``avatar_cli/ui/``) |
@@ -51,9 +52,9 @@ def _main(
     """Render talking-head videos from one portrait and one speech recording."""
 
 
-from . import audio, bench, eval, info, render, train, ui, weights  # noqa: E402  (each registers its commands on app)
+from . import audio, bench, doctor, eval, info, render, train, ui, weights  # noqa: E402  (each registers its commands on app)
 
-for module in (render, bench, eval, info, audio, weights, train, ui):
+for module in (render, bench, eval, info, doctor, audio, weights, train, ui):
     module.register(app)
 
 

@@ -106,6 +106,22 @@ def choose(values: dict, weights, random_weights, no_download: bool, quiet: bool
     return name == DEFAULT_DOWNLOAD and weights is None and not random_weights and _installed(name) is None
 
 
+def refuse_ignored(options) -> None:
+    """Options given on the command line that the chosen model would ignore fail in one line: Ditto
+    renders at the portrait's own size (its 512-px face crop pasted back), so ``--size`` and ``--fit``
+    do not apply to it.
+
+    Raises:
+        InputError: ``--size`` or ``--fit`` given with a Ditto render.
+    """
+    from ..models.catalog import MODELS
+
+    given = [f"--{name}" for name in ("size", "fit") if name in explicit_fields()]
+    if given and MODELS[options.model].family == "ditto":
+        raise InputError(f"{given[0]} does not apply to --model ditto, which renders at the portrait's own size; "
+                         f"leave {given[0]} out (resize the portrait to change the video's size)")
+
+
 def shorthand_note(values: dict, quiet: bool) -> None:
     """Say once what a former method name given as --model means."""
     from ..models.catalog import SHORTHANDS
@@ -160,6 +176,7 @@ def render(
     **render: object,
 ) -> None:
     """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
+    from ..models.catalog import check_packages
     from ..options import prepare_job
     from ..pipelines import download_default
 
@@ -168,6 +185,8 @@ def render(
     must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
     shorthand_note(render, quiet)
+    if not preview:  # --preview picks the model (and its size) itself
+        refuse_ignored(options)
     if recalibrate and not preview:
         raise InputError("--recalibrate applies to --preview; add --preview")
     if preview and (stream or str(audio) == "-"):
@@ -180,6 +199,7 @@ def render(
     output = output if output is not None else Path(f"{image.stem}.mp4")
     # Inputs are read and checked before the models load, so that bad input fails in a second.
     job = prepare_job(image, audio, output, options, overwrite, audio_features)
+    check_packages(options.model, random_weights)  # before a download or a model load
     if must_download:
         load.resolved()  # a bad --device/--dtype fails before a download
         download_default(lambda m: note(m, False), quiet=quiet)
@@ -202,15 +222,21 @@ def render(
 
 def explicit_fields() -> frozenset[str]:
     """The RenderOptions fields whose options the user gave on this command line (not defaults)."""
-    import click
-    from click.core import ParameterSource
+    import importlib
 
-    ctx = click.get_current_context(silent=True)
+    ctx = None
+    for module in ("typer._click.globals", "click.globals"):  # recent typer runs its own copy of click
+        try:
+            ctx = importlib.import_module(module).get_current_context(silent=True)
+        except (ImportError, AttributeError):
+            continue
+        if ctx is not None:
+            break
     if ctx is None:
         return frozenset()
-    return frozenset(o.target for o in render_options.RENDER_OPTIONS
-                     if ctx.get_parameter_source(o.name) not in (None, ParameterSource.DEFAULT,
-                                                                ParameterSource.DEFAULT_MAP))
+    sources = {o.target: ctx.get_parameter_source(o.name) for o in render_options.RENDER_OPTIONS}
+    return frozenset(t for t, source in sources.items()
+                     if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"))
 
 
 def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quiet: bool):
@@ -339,6 +365,7 @@ def batch(
     import time
 
     from .. import batch as batchmod
+    from ..models.catalog import check_packages
     from ..pipelines import download_default
     from .common import ARGV
 
@@ -346,12 +373,14 @@ def batch(
     load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers)
     options = render_options.build(render)
     options.validate()
+    refuse_ignored(options)
     if devices:
         raise typer.Exit(batchmod.run_on_devices(jobs, devices, shard, ARGV, lambda m: note(m, quiet)))
     job_list = batchmod.select_shard(batchmod.read_jobs(jobs, options), shard)
     batchmod.check_outputs(job_list, overwrite, resume)
     ledger_path = ledger or batchmod.default_ledger(jobs)
     book = batchmod.Ledger(ledger_path)
+    check_packages(options.model, random_weights)  # before a download or a model load
     if must_download:
         load.resolved()  # a bad --device/--dtype fails before a download
         download_default(lambda m: note(m, False), quiet=quiet)

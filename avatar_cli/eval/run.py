@@ -308,6 +308,40 @@ def distribution_metrics(generated: list[np.ndarray], reference: str | Path | No
     return out
 
 
+def check_video(video: str | Path) -> None:
+    """Fail in one line unless ``video`` is a file ffmpeg reads as a video (an image, e.g. the portrait
+    given by mistake, is named as such).
+
+    Raises:
+        InputError: missing, an image, or not a video ffmpeg can read.
+    """
+    video = Path(video)
+    if not video.is_file():
+        raise InputError(f"video {video} does not exist; check the path")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(video) as opened:
+            kind = opened.format
+    except (UnidentifiedImageError, OSError):
+        kind = None
+    if kind is not None and kind != "GIF":
+        raise InputError(f"{video} is an image ({kind}), not a video; give a rendered video "
+                         f"('avatar eval talk.mp4'), the portrait goes to --portrait")
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(video))
+    try:
+        meta = next(reader)
+    except (RuntimeError, OSError, StopIteration):
+        meta = {}
+    finally:
+        reader.close()
+    if not meta.get("size") or not meta.get("fps"):
+        raise InputError(f"{video} is not a video ffmpeg can read; give a rendered mp4 (an image or speech "
+                         f"file is not a video)")
+
+
 def evaluate_video(video: str | Path, audio: str | Path | None = None, reference: str | Path | None = None,
                    portrait: str | Path | None = None, face: str = "auto", face_box: Sequence[float] | None = None,
                    syncnet: str | Path | None = None, weights_dir: str | Path | None = None, device: str = "cpu",
@@ -316,8 +350,7 @@ def evaluate_video(video: str | Path, audio: str | Path | None = None, reference
     "sync_windows", "face", "vshift"} plus "fid" / "fvd" (with ``reference``) and "identity" (with
     ``portrait``). Errors as :func:`sync_metrics`."""
     video = Path(video)
-    if not video.is_file():
-        raise InputError(f"video {video} does not exist; check the path")
+    check_video(video)  # before SyncNet's weights are looked for
     row: dict = {"video": str(video)}
     row.update(sync_metrics(video, audio, face, face_box, syncnet, weights_dir, device, vshift, net, note))
     frames = None

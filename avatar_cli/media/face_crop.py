@@ -472,7 +472,7 @@ def _onnxruntime():
         import onnxruntime
     except ImportError:
         raise InputError("Ditto's face crop needs onnxruntime: pip install onnxruntime "
-                         "(or 'avatar-cli[ditto]'), or pass --face-box x,y,w,h") from None
+                         "(a dependency of avatar-cli), or pass --face-box x,y,w,h") from None
     return onnxruntime
 
 

@@ -53,6 +53,25 @@ class Geometry:
         return ((x + self.offset[0]) * self.scale, (y + self.offset[1]) * self.scale, w * self.scale, h * self.scale)
 
 
+AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma", ".aiff", ".aif"})
+
+
+def looks_like_audio(path: str | Path) -> bool:
+    """Whether ``path`` is speech by its suffix or its first bytes (RIFF/WAVE, ID3 or an MPEG audio frame,
+    fLaC, OggS, FORM/AIFF): used to say "the order is IMAGE AUDIO" when the two are swapped."""
+    path = Path(path)
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return (head[:4] == b"RIFF" and head[8:12] == b"WAVE") or head[:3] == b"ID3" or head[:4] in (b"fLaC", b"OggS") \
+        or (head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC")) or (len(head) > 1 and head[0] == 0xFF
+                                                                          and head[1] & 0xE0 == 0xE0)
+
+
 def _decode(path: str | Path, draft: int) -> tuple[Image.Image, float]:
     """Open an image file: EXIF orientation applied, JPEGs decoded at a reduced scale of at least
     ``draft`` pixels a side; returns (8-bit RGB image, full width / decoded width).
@@ -78,6 +97,9 @@ def _decode(path: str | Path, draft: int) -> tuple[Image.Image, float]:
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError:
+        if looks_like_audio(path):
+            raise InputError(f"{path} looks like audio, not an image: the order is IMAGE AUDIO "
+                             f"(avatar render portrait.png speech.wav)") from None
         raise InputError(f"{path} is not an image Pillow can read; give a PNG, JPEG, WebP, ... portrait") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(f"image {path} has over {MAX_PIXELS // 1_000_000} million pixels, too many to decode "

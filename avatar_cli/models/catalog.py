@@ -42,6 +42,9 @@ class ModelSpec:
             needed; Ditto).
         convert_from: the ``--from`` arguments of the conversion when they are not ``converted``
             (``"echomimic --acc"``).
+        requires: import names of the packages it cannot render real weights without (keys of
+            :data:`PACKAGES`); checked by :func:`check_packages` before any download or model load.
+            Optional helpers with a fallback (MediaPipe, InsightFace, MTCNN) are not listed.
     """
 
     name: str
@@ -54,6 +57,7 @@ class ModelSpec:
     converted: str | None = None
     reads_download: bool = False
     convert_from: str | None = None
+    requires: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (
@@ -65,7 +69,7 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("hallo", "unet", "hallo", "Hallo's public checkpoint (DDIM 40, CFG 3.5)", preset_family="hallo",
               components=("hallo",), converted="hallo"),
     ModelSpec("ditto", "ditto", "ditto", "Ditto: motion-space DiT + LivePortrait renderer", preset_family="ditto",
-              components=("ditto",), converted="ditto", reads_download=True),
+              components=("ditto",), converted="ditto", reads_download=True, requires=("onnxruntime",)),
     # EchoMimic's methods ("echomimic": DDIM 30 + CFG 2.5; "echomimic-acc": its 6-step pseudo-velocity
     # step) are sampling/methods.py entries; its VAE is the sd-vae-ft-mse component.
     ModelSpec("echomimic", "unet", "echomimic", "EchoMimic's public checkpoint (DDIM 30, CFG 2.5)",
@@ -84,6 +88,45 @@ DEFAULT_DOWNLOAD = "ditto"
 SHORTHANDS: dict[str, tuple[str, str]] = {"adv-lcm": ("osa-lcm", "adv-lcm"), "fada-balanced": ("fada", "fada-balanced")}
 
 MODEL_CHOICES = ("auto", *MODELS, *SHORTHANDS)
+
+# Import name -> the pip requirement that installs it (pyproject.toml's core dependencies).
+# Ditto's HuBERT audio encoder and its face crop (InsightFace det_10g / 2d106det, landmark203) are ONNX
+# files run by onnxruntime (onnxruntime-gpu provides the same module).
+PACKAGES: dict[str, str] = {"onnxruntime": "onnxruntime>=1.16"}
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` can be imported here (found on the path; not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_packages(model: str) -> list[str]:
+    """The import names in ``MODELS[model].requires`` that are not importable here."""
+    spec = MODELS.get(model)
+    return [m for m in (spec.requires if spec else ()) if not importable(m)]
+
+
+def check_packages(model: str, random_weights: bool = False) -> None:
+    """Fail before any download or model load when ``model`` needs a package that is not installed.
+
+    Random weights need none of them (a seeded stand-in replaces Ditto's HuBERT; the face box is given
+    or centred).
+
+    Raises:
+        AvatarError: one line naming the package and the ``pip install`` command.
+    """
+    from ..errors import AvatarError
+
+    missing = [] if random_weights else missing_packages(model)
+    if missing:
+        install = " ".join(f"'{PACKAGES.get(m, m)}'" for m in missing)
+        raise AvatarError(f"--model {model} needs {', '.join(missing)}, which is not installed; "
+                          f"install it with: pip install {install}")
 
 
 def resolve_model(name: str, method: str | None = None) -> tuple[str, str | None, bool]:

@@ -90,10 +90,9 @@ def choose_model(weights: str | Path | None = None, random_weights: bool = False
     component = load_manifest()[MODELS[DEFAULT_DOWNLOAD].components[0]]
     size = f"{component.size / 1e9:.1f} GB" if component.size else "size unknown"
     command = f"avatar weights download {component.name}"
-    if not download or _offline():
+    if not download or _offline():  # one line, one remedy (docs/usage.md lists --weights / --random-weights)
         why = "--no-download was given" if not download else "HF_HUB_OFFLINE is set"
-        raise InputError(f"no model is installed and {why}; run '{command}' ({size}) where the hub can be "
-                         f"reached, or pass --weights DIR or --random-weights")
+        raise InputError(f"no model is installed and {why}; run '{command}' ({size}) where the hub can be reached")
     return DEFAULT_DOWNLOAD
 
 
@@ -136,7 +135,9 @@ def load_pipeline(model: str = "osa-lcm", weights: str | Path | None = None, ran
     Raises:
         InputError: conflicting choices, or no weights installed for ``model`` (the message names
             the download or conversion to run).
+        AvatarError: a package the model needs is not installed (``catalog.check_packages``).
     """
+    from ..models.catalog import check_packages
     from ..sampling.methods import METHODS
     from ..weights import converted_folder, downloaded_folder, missing_for
 
@@ -145,6 +146,7 @@ def load_pipeline(model: str = "osa-lcm", weights: str | Path | None = None, ran
     klass = pipeline_class(spec.family)
     if weights is not None and random_weights:
         raise InputError("--weights and --random-weights exclude each other; pick one")
+    check_packages(model, random_weights)
     if random_weights:
         note(f"note: RANDOM weights ({arch} architecture): the video shows noise, not a face")
         cfg_tokens = 4 if spec.cfg_tokens or sampling.guidance == "cfg-tokens" else 0

@@ -71,5 +71,9 @@ def sample_motion_ddim(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Ten
         a, a_next = ac[t], ac[t_next]
         eps = x * torch.sqrt(1 / (1 - a)) - x0 / torch.sqrt(1 / a - 1)  # noise implied by x0
         sigma = ((1 - a / a_next) * (1 - a_next) / (1 - a)).sqrt()  # eta = 1
-        x = x0 * a_next.sqrt() + (1 - a_next - sigma ** 2).sqrt() * eps + sigma * noises[i].to(x)
+        # 1 - a_next - sigma^2 = (1 - a_next) * (1 - (1 - a/a_next)/(1 - a)) >= 0 in exact arithmetic, but
+        # float32 rounding takes it to -6e-8 on some (t, t_next) pairs (999 -> 665 for S = 3 here, 999 -> 799
+        # for S = 5 on other CPUs), whose sqrt is NaN: the motion, then the face, would be NaN (black).
+        c_eps = (1 - a_next - sigma ** 2).clamp_min(0).sqrt()
+        x = x0 * a_next.sqrt() + c_eps * eps + sigma * noises[i].to(x)
     return x

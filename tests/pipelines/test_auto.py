@@ -14,7 +14,7 @@ import pytest
 import avatar_cli.pipelines as pipelines
 from avatar_cli.bench import synthetic_portrait, synthetic_speech
 from avatar_cli.cli import main
-from avatar_cli.errors import InputError
+from avatar_cli.errors import AvatarError, InputError
 from avatar_cli.models.bundle import AvatarModels
 from avatar_cli.models.ditto import DittoModels
 from tests.conftest import probe
@@ -79,6 +79,8 @@ def test_offline_or_no_download_fails_in_one_line_naming_the_command(hub_with_di
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "HF_HUB_OFFLINE" in err[0] and "avatar weights download ditto" in err[0]
+    # issue 23: one line of at most 200 characters with one remedy (the README's promise)
+    assert len(err[0]) <= 200 and "--random-weights" not in err[0] and "--weights" not in err[0], err[0]
     assert not (tmp / "x.mp4").exists() and not (tmp / "hf").exists()  # nothing downloaded, nothing written
 
 
@@ -106,3 +108,28 @@ def test_auto_with_a_weights_folder_takes_the_model_it_holds(tmp_path):
     (tmp_path / "ditto" / "avatar_index.json").write_text(json.dumps({"family": "ditto"}))
     got = {name: pipelines.choose_model(tmp_path / name) for name in ("student", "hallo", "fada", "ditto")}
     assert got == {"student": "osa-lcm", "hallo": "hallo", "fada": "fada", "ditto": "ditto"}
+
+
+def test_a_missing_package_fails_in_one_line_before_any_download(hub_with_ditto, monkeypatch, capsys):
+    """Issue 23: the default model needs onnxruntime (HuBERT, the face crop); a render must say so, with the
+    install command, before downloading 2.3 GB, and before any model loads."""
+    from avatar_cli.models import catalog
+
+    tmp = hub_with_ditto
+    synthetic_portrait(tmp / "face.png", 64)
+    synthetic_speech(tmp / "speech.wav", 0.2)
+    real = catalog.importable
+    monkeypatch.setattr(catalog, "importable", lambda module: module != "onnxruntime" and real(module))
+    loads = []
+    monkeypatch.setattr(pipelines, "pipeline_class", lambda family: loads.append(family))
+    for args in ([], ["--model", "ditto"]):
+        code = main(["render", str(tmp / "face.png"), str(tmp / "speech.wav"), "-o", str(tmp / "x.mp4"), *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1, err
+        assert "--model ditto needs onnxruntime, which is not installed; install it with: pip install " \
+               "'onnxruntime>=1.16'" in err[0]
+    assert loads == [] and not (tmp / "x.mp4").exists() and not (tmp / "hf").exists()
+    # random weights need none of it (a seeded HuBERT stand-in), and the check is the same for the API
+    catalog.check_packages("ditto", random_weights=True)
+    with pytest.raises(AvatarError, match="pip install 'onnxruntime>=1.16'"):
+        catalog.check_packages("ditto")

@@ -141,3 +141,30 @@ def test_without_weights_the_downloaded_snapshot_is_used_as_it_is(release, tmp_p
     monkeypatch.setattr(weights, "downloaded_folder", lambda spec: root if spec is MODELS["ditto"] else None)
     pipe = load_pipeline("ditto", device="cpu", dtype="float32")
     assert isinstance(pipe, DittoPipeline) and pipe.source == str(root) and pipe.config.overlap_v2 == 30
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return DittoPipeline.from_preset("tiny", device="cpu", dtype="float32", seed=1)
+
+
+@pytest.mark.parametrize("steps", [3, 5])
+def test_the_face_is_rendered_at_few_steps(media, tiny_pipe, steps):
+    """Issue 23: at --steps 5 (--preview's count; 3 on this project's CPU) float32 rounding made DDIM's
+    noise coefficient sqrt(-6e-8) = NaN on the first step: NaN motion, a black (constant) face region and
+    numpy's "invalid value encountered in cast". The motion must be finite and the face region vary."""
+    import warnings
+
+    pipe = tiny_pipe
+    image = np.asarray(Image.open(media / "portrait.png").convert("RGB"))
+    t = np.arange(1600) / 16000  # 0.1 s: 3 frames
+    waveform = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    source = pipe.source_state(image, (100, 60, 120, 140))
+    options = RenderOptions(model="ditto", num_inference_steps=steps, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the cast of NaN to uint8 warns
+        frames = np.concatenate(list(pipe.generate(image, waveform, options, source=source)))
+    assert frames.shape == (3, 240, 320, 3)
+    face = frames[:, 70:190, 110:210].astype(np.float64)  # inside the face box (100, 60, 120, 140)
+    assert face.std(axis=(1, 2, 3)).min() > 5, "the face region is constant (NaN motion renders black)"
+    assert (face.reshape(3, -1).max(axis=1) > 0).all()
