@@ -14,7 +14,8 @@ from ..errors import InputError
 from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
 
 PANEL_STREAM = "Streaming (--stream)"
-from .common import Arch, ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, note, progress, signals_interrupt
+from .common import Arch, ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, library_warnings, note, \
+    progress, signals_interrupt
 
 RENDER_EPILOG = """\
 [bold]Models[/bold] (--model: which weights, and the method each uses by default)
@@ -160,8 +161,11 @@ def render(
     **render: object,
 ) -> None:
     """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
+    import time
+
     from ..options import prepare_job
     from ..pipelines import download_default
+    from . import common
 
     auto = render["model"].value == "auto"
     load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers)
@@ -178,26 +182,59 @@ def render(
         return render_streaming(image, audio, output, overwrite, options, realtime, format, input_format,
                                 audio_features, load, as_json, quiet)
     output = output if output is not None else Path(f"{image.stem}.mp4")
-    # Inputs are read and checked before the models load, so that bad input fails in a second.
-    job = prepare_job(image, audio, output, options, overwrite, audio_features)
-    if must_download:
-        load.resolved()  # a bad --device/--dtype fails before a download
-        download_default(lambda m: note(m, False), quiet=quiet)
-    plan = None
-    if preview:
-        plan = preview_plan(options, auto and weights is None and not random_weights, job,
-                            (image, audio, output, overwrite, audio_features), load, recalibrate, quiet)
-        pipe, job, options = plan.pipeline, plan.job, plan.job.options
-    else:
-        pipe = pipeline_for(options, load, quiet)
-    with progress(quiet) as on_progress, signals_interrupt():  # SIGTERM cleans up like Ctrl-C
-        result = pipe.render_job(job, on_progress=on_progress)
+    display = progress(quiet)
+    with library_warnings(quiet), display as tracker:
+        tracker.stage("inputs")
+        # Inputs are read and checked before the models load, so that bad input fails in a second.
+        job = prepare_job(image, audio, output, options, overwrite, audio_features)
+        if must_download:
+            load.resolved()  # a bad --device/--dtype fails before a download
+            with display.paused():  # the download shows its own bar
+                download_default(lambda m: note(m, False), quiet=quiet)
+        tracker.stage("models")
+        loading = [0.0]  # seconds building models (preview: every candidate it loads)
+
+        def timed_load(options):
+            start = time.perf_counter()
+            try:
+                return pipeline_for(options, load, quiet)
+            finally:
+                loading[0] += time.perf_counter() - start
+
+        plan = None
+        if preview:
+            plan = preview_plan(options, auto and weights is None and not random_weights, job,
+                                (image, audio, output, overwrite, audio_features), load, recalibrate, quiet,
+                                timed_load)
+            pipe, job, options = plan.pipeline, plan.job, plan.job.options
+            tracker.expect_seconds(plan.expected_wall_s())
+        else:
+            pipe = timed_load(options)
+            expected = kept_estimate(pipe, options, load, job)
+            if expected is not None:
+                tracker.expect_seconds(expected)
+        with signals_interrupt():  # SIGTERM cleans up like Ctrl-C
+            result = pipe.render_job(job, progress=tracker)
+    result.load_s = round(loading[0], 4)
+    result.total_s = round(time.perf_counter() - (common.STARTED or 0.0), 4)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), **({"preview": plan.to_dict()} if plan else {})}))
     else:
         note(f"wrote {result.output}: {result.frames} frames, {result.duration_s:.2f} s at {result.fps:g} fps, "
-             f"{result.model} ({result.method}, NFE {result.nfe}), {result.wall_s:.1f} s wall "
-             f"(RTF {result.rtf:.2f}) on {result.device}", quiet)
+             f"{result.model} ({result.method}, NFE {result.nfe}), render {result.wall_s:.1f} s (RTF "
+             f"{result.rtf:.2f}) + models {result.load_s:.1f} s, {result.total_s:.1f} s in all, on {result.device}",
+             quiet)
+
+
+def kept_estimate(pipe, options, load, job) -> float | None:
+    """The expected render seconds of this job from a calibration ``--preview`` kept for exactly
+    these settings, weights and device (``preview.py``), else None."""
+    from ..preview import kept_calibration
+
+    entry = kept_calibration(options.model, pipe.source, options, str(pipe.device), pipe.dtype)
+    if entry is None:
+        return None
+    return entry["once_s"] + entry["seconds_per_video_second"] * job.waveform.shape[0] / 16000
 
 
 def explicit_fields() -> frozenset[str]:
@@ -213,7 +250,7 @@ def explicit_fields() -> frozenset[str]:
                                                                 ParameterSource.DEFAULT_MAP))
 
 
-def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quiet: bool):
+def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quiet: bool, load_pipeline=None):
     """``--preview``: calibrate the candidates (every installed model with ``--model auto``, else
     the one chosen) at their preview settings and return the fastest's plan (``preview.py``)."""
     from dataclasses import replace
@@ -229,6 +266,8 @@ def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quie
     resolved = load.resolved()
 
     def load_model(model: str):
+        if load_pipeline is not None:
+            return load_pipeline(replace(options, model=model))
         return pipeline_for(replace(options, model=model), load, quiet)
 
     def weights_of(model: str):

@@ -337,6 +337,8 @@ class DittoPipeline(Pipeline):
         window, as Ditto does) and then each window's x_T; ``stats.evaluations`` counts 2 S per window."""
         dit, steps = self.models.dit, options.steps
         scale = options.scales[0]
+        progress = stats.progress if stats is not None else None
+
         generator = torch.Generator(self.device).manual_seed(options.seed)
         shape = (1, dit.null_cond_embed.shape[1], 265)  # the DiT's window, 80 frames
         noises = draw_noises(steps, shape, generator, self.device)
@@ -346,7 +348,14 @@ class DittoPipeline(Pipeline):
             c = torch.from_numpy(np.ascontiguousarray(cond))[None].to(self.device)
             frame = torch.from_numpy(np.ascontiguousarray(kp_cond))[None].to(self.device)
             x_t = torch.randn(shape, generator=generator, device=self.device)
-            x0 = sample_motion_ddim(lambda x, t: dit.guided(x, frame, c, t, scale), x_t, noises, steps)
+
+            def denoise(x, t):
+                x0 = dit.guided(x, frame, c, t, scale)
+                if progress is not None:
+                    progress.advance(2)  # the conditional and the unconditional pass (progress.py)
+                return x0
+
+            x0 = sample_motion_ddim(denoise, x_t, noises, steps)
             if stats is not None:
                 stats.evaluations += 2 * steps
             return x0[0].float().cpu().numpy()
@@ -388,11 +397,19 @@ class DittoPipeline(Pipeline):
         if source is None:
             with stats("crop"):
                 source = self.source_state(image)
+        progress = stats.progress
+        progress.stage("audio features")
         with stats("audio"):
             features = offline_features(waveform, self.encoder)
         total = num_frames(waveform.shape[0])
+        progress.set_frames_total(total)
+        seq = self.models.dit.null_cond_embed.shape[1]
+        windows = -(-total // (seq - self.controls(opts, quiet=True).overlap))
+        progress.expect("frames", total, "frames")
+        progress.stage("motion", windows * 2 * opts.steps, "evaluations")  # 2: CFG's two passes per step
         with stats("motion"):
             motion = self.motion(features[:total], source, opts, stats)
+        progress.stage("frames")
         ctl = self.controls(opts)
         stitcher = self.stitcher(source, total, opts, ctl)
         paste = PasteBack(source.crop.M_c2o, image.shape[:2])
@@ -402,6 +419,7 @@ class DittoPipeline(Pipeline):
                 rows = range(n * self.render_batch, min((n + 1) * self.render_batch, total))
                 infos = [stitcher(vector_to_motion(motion[i]), **ctl.per_frame.get(i, {})) for i in rows]
             frames = self.render_infos(infos, source, image, paste, stats)
+            progress.advance(len(frames))
             if on_progress is not None:
                 on_progress(n + 1, chunks)
             yield frames
