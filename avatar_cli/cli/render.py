@@ -156,6 +156,10 @@ def render(
     recalibrate: Annotated[bool, typer.Option(
         "--recalibrate", help="With --preview: measure again instead of using the calibration kept from before.",
         rich_help_panel=render_options.PANEL_METHOD)] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check everything and render nothing: writes <output stem>.dry-run.png (the portrait "
+        "with the face box, the crop, the model/method/size/steps) and says the expected time; takes seconds.",
+        rich_help_panel=PANEL_SCRIPT)] = False,
     as_json: Json = False,
     quiet: Quiet = False,
     **render: object,
@@ -176,12 +180,17 @@ def render(
         raise InputError("--recalibrate applies to --preview; add --preview")
     if preview and (stream or str(audio) == "-"):
         raise InputError("--preview does not apply to --stream; pick one")
+    if dry_run and (stream or str(audio) == "-"):
+        raise InputError("--dry-run does not apply to --stream; check the portrait with a speech file")
     if stream or str(audio) == "-":
         if not stream:
             raise InputError("speech from standard input (-) needs --stream")
         return render_streaming(image, audio, output, overwrite, options, realtime, format, input_format,
                                 audio_features, load, as_json, quiet)
     output = output if output is not None else Path(f"{image.stem}.mp4")
+    if dry_run:
+        return render_dry_run(image, audio, output, overwrite, audio_features, options, load, must_download, preview,
+                              as_json, quiet)
     display = progress(quiet)
     with library_warnings(quiet), display as tracker:
         tracker.stage("inputs")
@@ -235,6 +244,91 @@ def kept_estimate(pipe, options, load, job) -> float | None:
     if entry is None:
         return None
     return entry["once_s"] + entry["seconds_per_video_second"] * job.waveform.shape[0] / 16000
+
+
+def render_dry_run(image, audio, output, overwrite, audio_features, options, load, must_download: bool,
+                   preview: bool, as_json: bool, quiet: bool) -> None:
+    """``avatar render --dry-run``: check the inputs, options, weights and packages, draw the portrait
+    with the face box, the crop and the settings (``dry_run.py``), say the expected time; no model
+    is built, nothing rendered."""
+    import importlib.util
+
+    import numpy as np
+
+    from ..dry_run import DryRun, default_image_path, ditto_face, draw, unet_face
+    from ..media.audio import num_video_frames
+    from ..media.image import load_portrait, load_source
+    from ..models.catalog import MODELS
+    from ..motion.hubert_windows import num_frames
+    from ..options import prepare_job
+    from ..pipelines import _installed, pipeline_class
+    from ..preview import kept_calibration
+    from ..weights import load_manifest, missing_for
+
+    spec = MODELS[options.model]
+    resolved = load.resolved()  # a bad --device / --dtype fails here
+    if load.weights is not None and load.random_weights:
+        raise InputError("--weights and --random-weights exclude each other; pick one")
+    folder = None if load.random_weights else (load.weights or _installed(options.model))
+    if load.random_weights:
+        weights = f"random:{load.arch}"
+    elif folder is not None:
+        weights = str(folder)
+    elif must_download:
+        component = load_manifest()[spec.components[0]]
+        weights = f"download: avatar weights download {component.name} ({component.size / 1e9:.1f} GB, on first use)"
+    else:
+        raise InputError(f"--model {options.model} needs weights that are not installed: "
+                         f"{'; '.join(missing_for(options.model))}. Or pass --weights DIR or --random-weights")
+    if spec.family == "ditto" and not load.random_weights and importlib.util.find_spec("onnxruntime") is None:
+        raise InputError("--model ditto needs onnxruntime (its audio encoder and face crop): "
+                         "pip install 'avatar-cli[ditto]'")
+    if preview:
+        options, _ = pipeline_class(spec.family).preview_options(options, explicit_fields(), folder)
+    job = prepare_job(image, audio, output, options, overwrite, audio_features)
+    notes: list[str] = []
+    seconds = job.waveform.shape[0] / 16000
+    if spec.family == "ditto":
+        _, geometry = load_source(image, with_geometry=True)
+        box, source, c2o = ditto_face(job, None if load.random_weights else folder, notes)
+        corners = (c2o @ np.array([[0, 0, 1], [512, 0, 1], [512, 512, 1], [0, 512, 1]], float).T).T[:, :2]
+        size = f"{job.image.shape[1]}x{job.image.shape[0]}"
+        frames = num_frames(job.waveform.shape[0])
+    else:
+        _, geometry = load_portrait(image, options.size, options.fit, with_geometry=True)
+        box, source = unet_face(job, options, notes)
+        side = options.size
+        corners = np.array([[0, 0], [side, 0], [side, side], [0, side]], float)
+        size = str(side)
+        frames = num_video_frames(job.waveform.shape[0], options.fps)
+
+    def to_image(x: float, y: float) -> tuple[float, float]:  # frame pixels -> the portrait file's pixels
+        return x / geometry.scale - geometry.offset[0], y / geometry.scale - geometry.offset[1]
+
+    crop = [to_image(x, y) for x, y in corners]
+    if box is not None:
+        (x0, y0), (x1, y1) = to_image(box[0], box[1]), to_image(box[0] + box[2], box[1] + box[3])
+        box = (x0, y0, x1 - x0, y1 - y0)
+    entry = kept_calibration(options.model, "random" if load.random_weights else str(folder), options,
+                             str(resolved.device), resolved.dtype)
+    expected_s = None if entry is None else entry["once_s"] + entry["seconds_per_video_second"] * seconds
+    expected = (f"about {expected_s:.0f} s on {resolved.device} (a kept --preview calibration)" if expected_s is not None
+                else f"unknown on {resolved.device} (run --preview once to measure it)")
+    method = options.method_name
+    nfe = options.sampling.nfe(options.steps)
+    lines = [f"{options.model} / {method}", f"size {size}, {options.steps} steps (NFE {nfe})",
+             f"{frames} frames ({seconds:.1f} s)", "expected: " + (f"{expected_s:.0f} s" if expected_s is not None
+                                                                   else "unknown (--preview)"), f"face: {source}"]
+    png = draw(image, default_image_path(output), box, crop, lines)
+    report = DryRun(str(png), options.model, method, size, options.steps, nfe, frames, seconds, box, source, crop,
+                    weights, expected_s, expected, notes)
+    for line in notes:
+        note(line if line.startswith(("note:", "warning:")) else f"note: {line}", quiet)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    note(f"dry run: would render {frames} frames ({seconds:.1f} s) with {options.model} ({method}, size {size}, "
+         f"{options.steps} steps) from {weights}; face {source}; expected {expected}; wrote {png}; nothing rendered",
+         quiet)
 
 
 def explicit_fields() -> frozenset[str]:

@@ -154,12 +154,8 @@ class DittoPipeline(Pipeline):
         if models_dir is None:
             raise WeightsError(f"{root} holds no Ditto weights (no models/ or ditto_pytorch/models/); run "
                                f"'avatar weights download ditto' or pass the folder 'weights convert --from ditto' wrote")
-        if (root / "ditto_cfg.json").is_file():
-            config = DittoConfig.load(root)
-        else:
-            pickles = sorted((root / "ditto_cfg").glob("*pytorch*.pkl")) if (root / "ditto_cfg").is_dir() else []
-            config = DittoConfig.from_pickle(pickles[0]) if pickles else DittoConfig()
-        aux = _folder(root, "aux_models", "ditto_pytorch/aux_models")
+        config = cls.config_of(root)
+        aux = cls.aux_folder(root)
         if aux is None or not (aux / HUBERT_FILE).is_file():
             raise WeightsError(f"Ditto's audio encoder {HUBERT_FILE} is not in {root}; run "
                                f"'avatar weights download ditto'")
@@ -171,6 +167,23 @@ class DittoPipeline(Pipeline):
             pipe.models.warp.compile()
             pipe.models.decoder.compile()
         return pipe
+
+    @staticmethod
+    def config_of(root: str | Path | None) -> DittoConfig:
+        """The run options of a weights folder: ``ditto_cfg.json`` (converted), else the hub's
+        ``ditto_cfg/*pytorch*.pkl``, else the code defaults (also for None: random weights)."""
+        if root is None:
+            return DittoConfig()
+        root = Path(root)
+        if (root / "ditto_cfg.json").is_file():
+            return DittoConfig.load(root)
+        pickles = sorted((root / "ditto_cfg").glob("*pytorch*.pkl")) if (root / "ditto_cfg").is_dir() else []
+        return DittoConfig.from_pickle(pickles[0]) if pickles else DittoConfig()
+
+    @staticmethod
+    def aux_folder(root: str | Path) -> Path | None:
+        """The folder of the face-crop ONNX models and HuBERT in a weights folder, or None."""
+        return _folder(Path(root), "aux_models", "ditto_pytorch/aux_models")
 
     @classmethod
     def from_preset(cls, arch: str = "full", device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
