@@ -54,6 +54,7 @@ fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2, echom
 
   avatar render portrait.png speech.wav                                    [dim]# real face (downloads Ditto once)[/dim]
   avatar render portrait.png speech.wav --preview                          [dim]# fastest installed; says the time[/dim]
+  avatar render portrait.png speech.wav --model ditto --dry-run            [dim]# face box, crop, time: no render[/dim]
   avatar render portrait.png speech.wav --model ditto -o talk.mp4          [dim]# real face (Ditto's weights)[/dim]
   avatar render portrait.png speech.wav --model hallo -o talk.mp4          [dim]# real face (converted Hallo weights)[/dim]
   cat speech.wav | avatar render portrait.png - --model ditto --stream -o - | ffplay -   [dim]# live[/dim]
@@ -510,7 +511,7 @@ def batch(
         typer.echo(line, err=True)
 
     start = time.perf_counter()
-    with signals_interrupt():
+    with library_warnings(quiet), signals_interrupt():
         results = batchmod.run(pipe, job_list, options, book, resume=resume, fail_fast=fail_fast, report=report)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
     note(f"batch: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
