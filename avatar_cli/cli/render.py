@@ -172,6 +172,7 @@ def render(
     from ..pipelines import download_default
     from . import common
 
+    started = common.STARTED if common.STARTED is not None else time.perf_counter()  # total_s counts from here
     auto = render["model"].value == "auto"
     load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers)
     must_download = choose(render, weights, random_weights, no_download, quiet)
@@ -226,7 +227,7 @@ def render(
         with signals_interrupt():  # SIGTERM cleans up like Ctrl-C
             result = pipe.render_job(job, progress=tracker)
     result.load_s = round(loading[0], 4)
-    result.total_s = round(time.perf_counter() - (common.STARTED or 0.0), 4)
+    result.total_s = round(time.perf_counter() - started, 4)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), **({"preview": plan.to_dict()} if plan else {})}))
     else:

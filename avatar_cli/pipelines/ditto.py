@@ -40,7 +40,7 @@ from ..models.ditto import DittoModels
 from ..models.liveportrait.keypoints import transform_keypoint
 from ..models.liveportrait.stitching import stitch
 from ..motion.condition import AudioConditions, motion_to_vector, vector_to_motion
-from ..motion.hubert_windows import FPS, OnnxHubert, RandomHubert, num_frames, offline_features
+from ..motion.hubert_windows import FPS, OnnxHubert, RandomHubert, num_frames, offline_features, offline_window_starts
 from ..motion.controls import parse_blink, parse_emotion_option, read_controls
 from ..motion.stitch import ANGLE_KEYS, LIP_KP, MotionStitch, _kp_mask
 from ..motion.windows import offline_motion
@@ -411,15 +411,22 @@ class DittoPipeline(Pipeline):
             with stats("crop"):
                 source = self.source_state(image)
         progress = stats.progress
-        progress.stage("audio features")
-        with stats("audio"):
-            features = offline_features(waveform, self.encoder)
         total = num_frames(waveform.shape[0])
-        progress.set_frames_total(total)
         seq = self.models.dit.null_cond_embed.shape[1]
         windows = -(-total // (seq - self.controls(opts, quiet=True).overlap))
+        progress.set_frames_total(total)
+        progress.expect("motion", windows * 2 * opts.steps, "evaluations")  # 2: CFG's two passes per step
         progress.expect("frames", total, "frames")
-        progress.stage("motion", windows * 2 * opts.steps, "evaluations")  # 2: CFG's two passes per step
+        progress.stage("audio features", len(offline_window_starts(total)), "windows")  # HuBERT windows
+
+        def encode(window: np.ndarray) -> np.ndarray:
+            out = self.encoder(window)
+            progress.advance(1)
+            return out
+
+        with stats("audio"):
+            features = offline_features(waveform, encode)
+        progress.stage("motion")
         with stats("motion"):
             motion = self.motion(features[:total], source, opts, stats)
         progress.stage("frames")
