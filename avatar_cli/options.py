@@ -245,7 +245,10 @@ class RenderResult:
     denoiser evaluations per clip (the method's table value); ``evaluations`` = the denoiser
     evaluations counted over the whole video (U-Net, or Ditto's DiT); ``guidance`` = {"rule",
     "audio", "ref"}, {"rule", "scale"} or None; ``first_frame_delay_s`` = start of sampling to the
-    first frames handed to the video encoder; ``stages``: seconds per stage of the family."""
+    first frames handed to the video encoder; ``stages``: seconds per stage of the family.
+    ``wall_s`` is the render alone (reading the inputs, the per-portrait work, sampling, frames,
+    writing), and ``rtf`` is defined on it; ``load_s`` (building the models) and ``total_s`` (the
+    whole process, as a user times it) are filled in by the CLI, None from the library."""
 
     output: str
     frames: int
@@ -270,6 +273,8 @@ class RenderResult:
     weights: str
     controls: dict | None = None  # --model ditto: the controls in effect (DittoPipeline.describe)
     precision: dict | None = None  # network -> the format it ran in (precision.py), where the family reports it
+    load_s: float | None = None  # the CLI: seconds building the models (downloads not included)
+    total_s: float | None = None  # the CLI: seconds from the process start to the result
 
     def to_dict(self) -> dict:
         return asdict(self)

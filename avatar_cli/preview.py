@@ -99,6 +99,16 @@ def cache_key(model: str, source: str, options: RenderOptions, device: str, dtyp
     return "|".join(str(f) for f in fields)
 
 
+def kept_calibration(model: str, source: str, options: RenderOptions, device: str,
+                     dtype: torch.dtype) -> dict | None:
+    """The calibration kept for exactly these settings (``cache_key``), or None: what a render's
+    progress display uses for its time left before anything is measured. ``source``: the
+    pipeline's (``random:<arch>`` counts as "random", as :func:`plan_preview` keys it)."""
+    source = "random" if source.startswith("random") else source
+    entry = _read_cache().get(cache_key(model, source, options, device, dtype_name(dtype)))
+    return entry if isinstance(entry, dict) and "seconds_per_video_second" in entry else None
+
+
 def plan_preview(models: list[str], job_for: Callable[[RenderOptions], RenderJob],
                  load: Callable[[str], Pipeline], base: RenderOptions, explicit: frozenset[str] = frozenset(),
                  weights_of: Callable[[str], str | Path | None] = lambda model: None,

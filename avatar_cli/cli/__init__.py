@@ -19,6 +19,9 @@ Errors are one line on stderr: ``avatar: error: <problem>; <fix>``.
 from __future__ import annotations
 
 import sys
+import time
+
+_IMPORTED = time.perf_counter()  # the process start as near as Python code sees it (total_s counts from here)
 from typing import Annotated
 
 import typer
@@ -61,6 +64,8 @@ for module in (render, bench, eval, info, doctor, audio, weights, train, ui):
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     common.ARGV[:] = list(sys.argv[1:] if argv is None else argv)
+    # total_s: from the process start for the first command, from this call for later ones (tests, the API)
+    common.STARTED = _IMPORTED if common.STARTED is None else time.perf_counter()
     try:
         result = app(args=argv, standalone_mode=False, prog_name="avatar")
         return result if isinstance(result, int) else 0

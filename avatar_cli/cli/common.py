@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 ARGV: list[str] = []  # the command line of this process (``main`` sets it; bench records it)
+STARTED: float | None = None  # time.perf_counter() at the process start (``main`` sets it; total_s)
 
 from ..render_options import PANEL_IO, PANEL_METHOD, PANEL_PERF, PANEL_SCRIPT  # noqa: F401 (re-exported)
 
@@ -41,37 +43,139 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.", rich_help_panel=PANEL_SCRIPT)]
 
 
-class progress:
-    """A rich progress bar over chunks (clips) on stderr; silent with --quiet or when stderr is not
-    a TTY. ``with progress(quiet) as on_progress:`` gives the ``on_progress(done, total)`` callback."""
+STAGE_NAMES = {"motion": "motion (DiT)", "sampling": "sampling (denoiser)"}
 
-    def __init__(self, quiet: bool, label: str = "rendering clips"):
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class progress:
+    """The render's progress display on stderr: one rich line with the stages done (and their
+    seconds), the stage running, its units (denoiser evaluations, frames) done / total, the frames
+    written, the time elapsed and the time left (``avatar_cli/progress.py``'s estimate, counted
+    down between events, so that it moves even when one step takes minutes). Silent with --quiet or
+    when stderr is not a TTY (the events are still collected).
+
+    ``with progress(quiet) as tracker:`` gives an :class:`avatar_cli.progress.Progress`: the CLI
+    calls ``tracker.stage("inputs")`` / ``("models")``, then passes it to ``render_job``.
+    ``expected_s``: the render's expected seconds (a kept ``--preview`` calibration), if any."""
+
+    def __init__(self, quiet: bool, label: str = "rendering", expected_s: float | None = None):
         self.enabled = not quiet and sys.stderr.isatty()
         self.label = label
+        self.expected_s = expected_s
         self.bar = None
         self.task = None
+        self.tracker = None
 
     def __enter__(self):
+        from ..progress import Progress
+
         if not self.enabled:
-            return None
+            self.tracker = Progress(expected_s=self.expected_s)
+            return self.tracker
+        import time
+
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import BarColumn, Progress as Bar, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.text import Text
 
-        self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        outer = self
+
+        class TimeLeft(ProgressColumn):
+            """The last estimate minus the seconds since it was made; '+' marks a lower bound."""
+
+            def render(self, task) -> Text:
+                event, at = task.fields.get("event"), task.fields.get("at")
+                if event is None or event.seconds_left is None:
+                    return Text("left -:--:--", style="progress.remaining")
+                left = max(event.seconds_left - (time.perf_counter() - at), 0.0)
+                return Text(f"left {_clock(left)}{'+' if event.partial else ''}", style="progress.remaining")
+
+        self.bar = Bar(TextColumn("{task.description}"), BarColumn(bar_width=24), TextColumn("{task.fields[units]}"),
+                       TextColumn("{task.fields[frames]}"), TimeElapsedColumn(), TimeLeft(),
+                       console=Console(stderr=True), transient=True, redirect_stdout=False, refresh_per_second=4)
         self.bar.__enter__()
+        self.task = self.bar.add_task(self.label, total=None, units="", frames="", event=None, at=None)
+        stages: dict[str, float] = {}  # stage -> elapsed when it began
 
-        def on_progress(done: int, total: int) -> None:
-            if self.task is None:
-                self.task = self.bar.add_task("clips", total=total)
-            self.bar.update(self.task, completed=done)
+        def on_event(event) -> None:
+            if event.stage not in stages:
+                stages[event.stage] = event.elapsed_s
+            names = list(stages)
+            done = " ".join(f"[dim]{n} {stages[names[i + 1]] - stages[n]:.1f}s[/dim]" for i, n in enumerate(names[:-1]))
+            description = f"{done} [bold]{STAGE_NAMES.get(event.stage, event.stage)}[/bold]".strip()
+            units = f"{event.done}/{event.total} {event.unit}" if event.total else ""
+            frames = f"frames {event.frames_done}/{event.frames_total}" if event.frames_total else ""
+            outer.bar.update(outer.task, description=description, total=event.total or None,
+                             completed=event.done if event.total else 0, units=units, frames=frames, event=event,
+                             at=time.perf_counter())
 
-        return on_progress
+        self.tracker = Progress(on_event, expected_s=self.expected_s)
+        return self.tracker
 
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.__exit__(*exc)
+        return False
+
+    @contextmanager
+    def paused(self):
+        """The display off while something else draws on the terminal (a download's bar)."""
+        if self.bar is None:
+            yield
+            return
+        self.bar.stop()
+        try:
+            yield
+        finally:
+            self.bar.start()
+
+
+class library_warnings:
+    """Warnings of the libraries that a user cannot act on (numpy's RuntimeWarning, transformers'
+    and diffusers' logged warnings and deprecation notes) during a command: with --quiet none is
+    printed; without it Python warnings become one-line notes (``avatar: note: ...``). The CLI's
+    business, not the library's: the library warns as libraries do."""
+
+    LOGGERS = (("transformers", "TRANSFORMERS_VERBOSITY"), ("diffusers", "DIFFUSERS_VERBOSITY"))
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __enter__(self):
+        import logging
+        import warnings
+
+        self.catch = warnings.catch_warnings()
+        self.catch.__enter__()
+        if self.quiet:
+            warnings.simplefilter("ignore")
+        else:
+            def show(message, category, filename, lineno, file=None, line=None):
+                note(f"note: {category.__name__}: {' '.join(str(message).split())}")
+
+            warnings.showwarning = show
+        self.saved = []
+        if self.quiet:  # their loggers read these on import; set the level too where already imported
+            for name, variable in self.LOGGERS:
+                self.saved.append((name, variable, os.environ.get(variable), logging.getLogger(name).level))
+                os.environ[variable] = "error"
+                logging.getLogger(name).setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        for name, variable, value, level in self.saved:
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
+            logging.getLogger(name).setLevel(level or logging.WARNING)
+        self.catch.__exit__(*exc)
         return False
 
 

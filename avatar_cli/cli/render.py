@@ -14,7 +14,8 @@ from ..errors import InputError
 from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
 
 PANEL_STREAM = "Streaming (--stream)"
-from .common import Arch, ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, note, progress, signals_interrupt
+from .common import Arch, ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, library_warnings, note, \
+    progress, signals_interrupt
 
 RENDER_EPILOG = """\
 [bold]Models[/bold] (--model: which weights, and the method each uses by default)
@@ -53,6 +54,7 @@ fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2, echom
 
   avatar render portrait.png speech.wav                                    [dim]# real face (downloads Ditto once)[/dim]
   avatar render portrait.png speech.wav --preview                          [dim]# fastest installed; says the time[/dim]
+  avatar render portrait.png speech.wav --model ditto --dry-run            [dim]# face box, crop, time: no render[/dim]
   avatar render portrait.png speech.wav --model ditto -o talk.mp4          [dim]# real face (Ditto's weights)[/dim]
   avatar render portrait.png speech.wav --model hallo -o talk.mp4          [dim]# real face (converted Hallo weights)[/dim]
   cat speech.wav | avatar render portrait.png - --model ditto --stream -o - | ffplay -   [dim]# live[/dim]
@@ -171,15 +173,23 @@ def render(
     recalibrate: Annotated[bool, typer.Option(
         "--recalibrate", help="With --preview: measure again instead of using the calibration kept from before.",
         rich_help_panel=render_options.PANEL_METHOD)] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check everything and render nothing: writes <output stem>.dry-run.png (the portrait "
+        "with the face box, the crop, the model/method/size/steps) and says the expected time; takes seconds.",
+        rich_help_panel=PANEL_SCRIPT)] = False,
     as_json: Json = False,
     quiet: Quiet = False,
     **render: object,
 ) -> None:
     """Render IMAGE speaking AUDIO to an mp4 with the speech muxed in."""
+    import time
+
     from ..models.catalog import check_packages
     from ..options import prepare_job
     from ..pipelines import download_default
+    from . import common
 
+    started = common.STARTED if common.STARTED is not None else time.perf_counter()  # total_s counts from here
     auto = render["model"].value == "auto"
     load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers)
     must_download = choose(render, weights, random_weights, no_download, quiet)
@@ -191,33 +201,156 @@ def render(
         raise InputError("--recalibrate applies to --preview; add --preview")
     if preview and (stream or str(audio) == "-"):
         raise InputError("--preview does not apply to --stream; pick one")
+    if dry_run and (stream or str(audio) == "-"):
+        raise InputError("--dry-run does not apply to --stream; check the portrait with a speech file")
     if stream or str(audio) == "-":
         if not stream:
             raise InputError("speech from standard input (-) needs --stream")
         return render_streaming(image, audio, output, overwrite, options, realtime, format, input_format,
                                 audio_features, load, as_json, quiet)
     output = output if output is not None else Path(f"{image.stem}.mp4")
-    # Inputs are read and checked before the models load, so that bad input fails in a second.
-    job = prepare_job(image, audio, output, options, overwrite, audio_features)
-    check_packages(options.model, random_weights)  # before a download or a model load
-    if must_download:
-        load.resolved()  # a bad --device/--dtype fails before a download
-        download_default(lambda m: note(m, False), quiet=quiet)
-    plan = None
-    if preview:
-        plan = preview_plan(options, auto and weights is None and not random_weights, job,
-                            (image, audio, output, overwrite, audio_features), load, recalibrate, quiet)
-        pipe, job, options = plan.pipeline, plan.job, plan.job.options
-    else:
-        pipe = pipeline_for(options, load, quiet)
-    with progress(quiet) as on_progress, signals_interrupt():  # SIGTERM cleans up like Ctrl-C
-        result = pipe.render_job(job, on_progress=on_progress)
+    if dry_run:
+        return render_dry_run(image, audio, output, overwrite, audio_features, options, load, must_download, preview,
+                              as_json, quiet)
+    display = progress(quiet)
+    with library_warnings(quiet), display as tracker:
+        tracker.stage("inputs")
+        # Inputs are read and checked before the models load, so that bad input fails in a second.
+        job = prepare_job(image, audio, output, options, overwrite, audio_features)
+        check_packages(options.model, random_weights)  # before a download or a model load
+        if must_download:
+            load.resolved()  # a bad --device/--dtype fails before a download
+            with display.paused():  # the download shows its own bar
+                download_default(lambda m: note(m, False), quiet=quiet)
+        tracker.stage("models")
+        loading = [0.0]  # seconds building models (preview: every candidate it loads)
+
+        def timed_load(options):
+            start = time.perf_counter()
+            try:
+                return pipeline_for(options, load, quiet)
+            finally:
+                loading[0] += time.perf_counter() - start
+
+        plan = None
+        if preview:
+            plan = preview_plan(options, auto and weights is None and not random_weights, job,
+                                (image, audio, output, overwrite, audio_features), load, recalibrate, quiet,
+                                timed_load)
+            pipe, job, options = plan.pipeline, plan.job, plan.job.options
+            tracker.expect_seconds(plan.expected_wall_s())
+        else:
+            pipe = timed_load(options)
+            expected = kept_estimate(pipe, options, load, job)
+            if expected is not None:
+                tracker.expect_seconds(expected)
+        with signals_interrupt():  # SIGTERM cleans up like Ctrl-C
+            result = pipe.render_job(job, progress=tracker)
+    result.load_s = round(loading[0], 4)
+    result.total_s = round(time.perf_counter() - started, 4)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), **({"preview": plan.to_dict()} if plan else {})}))
     else:
         note(f"wrote {result.output}: {result.frames} frames, {result.duration_s:.2f} s at {result.fps:g} fps, "
-             f"{result.model} ({result.method}, NFE {result.nfe}), {result.wall_s:.1f} s wall "
-             f"(RTF {result.rtf:.2f}) on {result.device}", quiet)
+             f"{result.model} ({result.method}, NFE {result.nfe}), render {result.wall_s:.1f} s (RTF "
+             f"{result.rtf:.2f}) + models {result.load_s:.1f} s, {result.total_s:.1f} s in all, on {result.device}",
+             quiet)
+
+
+def kept_estimate(pipe, options, load, job) -> float | None:
+    """The expected render seconds of this job from a calibration ``--preview`` kept for exactly
+    these settings, weights and device (``preview.py``), else None."""
+    from ..preview import kept_calibration
+
+    entry = kept_calibration(options.model, pipe.source, options, str(pipe.device), pipe.dtype)
+    if entry is None:
+        return None
+    return entry["once_s"] + entry["seconds_per_video_second"] * job.waveform.shape[0] / 16000
+
+
+def render_dry_run(image, audio, output, overwrite, audio_features, options, load, must_download: bool,
+                   preview: bool, as_json: bool, quiet: bool) -> None:
+    """``avatar render --dry-run``: check the inputs, options, weights and packages, draw the portrait
+    with the face box, the crop and the settings (``dry_run.py``), say the expected time; no model
+    is built, nothing rendered."""
+    import importlib.util
+
+    import numpy as np
+
+    from ..dry_run import DryRun, default_image_path, ditto_face, draw, unet_face
+    from ..media.audio import num_video_frames
+    from ..media.image import load_portrait, load_source
+    from ..models.catalog import MODELS
+    from ..motion.hubert_windows import num_frames
+    from ..options import prepare_job
+    from ..pipelines import _installed, pipeline_class
+    from ..preview import kept_calibration
+    from ..weights import load_manifest, missing_for
+
+    spec = MODELS[options.model]
+    resolved = load.resolved()  # a bad --device / --dtype fails here
+    if load.weights is not None and load.random_weights:
+        raise InputError("--weights and --random-weights exclude each other; pick one")
+    folder = None if load.random_weights else (load.weights or _installed(options.model))
+    if load.random_weights:
+        weights = f"random:{load.arch}"
+    elif folder is not None:
+        weights = str(folder)
+    elif must_download:
+        component = load_manifest()[spec.components[0]]
+        weights = f"download: avatar weights download {component.name} ({component.size / 1e9:.1f} GB, on first use)"
+    else:
+        raise InputError(f"--model {options.model} needs weights that are not installed: "
+                         f"{'; '.join(missing_for(options.model))}. Or pass --weights DIR or --random-weights")
+    if spec.family == "ditto" and not load.random_weights and importlib.util.find_spec("onnxruntime") is None:
+        raise InputError("--model ditto needs onnxruntime (its audio encoder and face crop): "
+                         "pip install 'avatar-cli[ditto]'")
+    if preview:
+        options, _ = pipeline_class(spec.family).preview_options(options, explicit_fields(), folder)
+    job = prepare_job(image, audio, output, options, overwrite, audio_features)
+    notes: list[str] = []
+    seconds = job.waveform.shape[0] / 16000
+    if spec.family == "ditto":
+        _, geometry = load_source(image, with_geometry=True)
+        box, source, c2o = ditto_face(job, None if load.random_weights else folder, notes)
+        corners = (c2o @ np.array([[0, 0, 1], [512, 0, 1], [512, 512, 1], [0, 512, 1]], float).T).T[:, :2]
+        size = f"{job.image.shape[1]}x{job.image.shape[0]}"
+        frames = num_frames(job.waveform.shape[0])
+    else:
+        _, geometry = load_portrait(image, options.size, options.fit, with_geometry=True)
+        box, source = unet_face(job, options, notes)
+        side = options.size
+        corners = np.array([[0, 0], [side, 0], [side, side], [0, side]], float)
+        size = str(side)
+        frames = num_video_frames(job.waveform.shape[0], options.fps)
+
+    def to_image(x: float, y: float) -> tuple[float, float]:  # frame pixels -> the portrait file's pixels
+        return x / geometry.scale - geometry.offset[0], y / geometry.scale - geometry.offset[1]
+
+    crop = [to_image(x, y) for x, y in corners]
+    if box is not None:
+        (x0, y0), (x1, y1) = to_image(box[0], box[1]), to_image(box[0] + box[2], box[1] + box[3])
+        box = (x0, y0, x1 - x0, y1 - y0)
+    entry = kept_calibration(options.model, "random" if load.random_weights else str(folder), options,
+                             str(resolved.device), resolved.dtype)
+    expected_s = None if entry is None else entry["once_s"] + entry["seconds_per_video_second"] * seconds
+    expected = (f"about {expected_s:.0f} s on {resolved.device} (a kept --preview calibration)" if expected_s is not None
+                else f"unknown on {resolved.device} (run --preview once to measure it)")
+    method = options.method_name
+    nfe = options.sampling.nfe(options.steps)
+    lines = [f"{options.model} / {method}", f"size {size}, {options.steps} steps (NFE {nfe})",
+             f"{frames} frames ({seconds:.1f} s)", "expected: " + (f"{expected_s:.0f} s" if expected_s is not None
+                                                                   else "unknown (--preview)"), f"face: {source}"]
+    png = draw(image, default_image_path(output), box, crop, lines)
+    report = DryRun(str(png), options.model, method, size, options.steps, nfe, frames, seconds, box, source, crop,
+                    weights, expected_s, expected, notes)
+    for line in notes:
+        note(line if line.startswith(("note:", "warning:")) else f"note: {line}", quiet)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    note(f"dry run: would render {frames} frames ({seconds:.1f} s) with {options.model} ({method}, size {size}, "
+         f"{options.steps} steps) from {weights}; face {source}; expected {expected}; wrote {png}; nothing rendered",
+         quiet)
 
 
 def explicit_fields() -> frozenset[str]:
@@ -239,7 +372,7 @@ def explicit_fields() -> frozenset[str]:
                      if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"))
 
 
-def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quiet: bool):
+def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quiet: bool, load_pipeline=None):
     """``--preview``: calibrate the candidates (every installed model with ``--model auto``, else
     the one chosen) at their preview settings and return the fastest's plan (``preview.py``)."""
     from dataclasses import replace
@@ -255,6 +388,8 @@ def preview_plan(options, auto: bool, job, inputs, load, recalibrate: bool, quie
     resolved = load.resolved()
 
     def load_model(model: str):
+        if load_pipeline is not None:
+            return load_pipeline(replace(options, model=model))
         return pipeline_for(replace(options, model=model), load, quiet)
 
     def weights_of(model: str):
@@ -402,7 +537,7 @@ def batch(
         typer.echo(line, err=True)
 
     start = time.perf_counter()
-    with signals_interrupt():
+    with library_warnings(quiet), signals_interrupt():
         results = batchmod.run(pipe, job_list, options, book, resume=resume, fail_fast=fail_fast, report=report)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
     note(f"batch: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "

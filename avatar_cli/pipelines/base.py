@@ -22,6 +22,7 @@ import torch
 from .. import interrupt
 from ..media.video import BackgroundWriter, VideoWriter
 from ..options import RenderJob, RenderOptions, RenderResult, prepare_job
+from ..progress import Progress
 from ..runtime import dtype_name
 
 
@@ -33,6 +34,8 @@ class RenderStats:
     Attributes:
         stages: stage name -> seconds; the family's stages plus "write".
         evaluations: denoiser evaluations over the video (U-Net or DiT), counted per batch element.
+        progress: where the family reports its stages, denoiser evaluations and frames
+            (``progress.py``; a silent one unless ``render_job`` is given one).
     """
 
     device: torch.device
@@ -41,6 +44,7 @@ class RenderStats:
     sampling_started: float | None = None
     first_frame_at: float | None = None
     sampling_stage: str = "sampling"
+    progress: Progress = field(default_factory=Progress)
 
     @classmethod
     def of(cls, pipeline: "Pipeline") -> "RenderStats":
@@ -219,25 +223,37 @@ class Pipeline:
     # ------------------------------------------------------------ shared: files in, file out
     def render(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path,
                options: RenderOptions | None = None, overwrite: bool = False,
-               on_progress: Callable[[int, int], None] | None = None) -> RenderResult:
+               on_progress: Callable[[int, int], None] | None = None,
+               progress: Progress | None = None) -> RenderResult:
         """Render a video file: read the inputs, run :meth:`generate`, write and mux the mp4.
+        ``on_progress(chunks_done, chunks_total)`` after each chunk; ``progress`` gets every stage,
+        denoiser evaluation and frame (:class:`~avatar_cli.progress.Progress`).
 
         Raises:
             InputError: bad image, audio, output path or options (nothing is written).
             AvatarError: ffmpeg failed.
         """
-        return self.render_job(prepare_job(image_path, audio_path, output_path, options, overwrite), on_progress)
+        return self.render_job(prepare_job(image_path, audio_path, output_path, options, overwrite), on_progress,
+                               progress)
 
-    def render_job(self, job: RenderJob, on_progress: Callable[[int, int], None] | None = None) -> RenderResult:
+    def render_job(self, job: RenderJob, on_progress: Callable[[int, int], None] | None = None,
+                   progress: Progress | None = None) -> RenderResult:
         """Render a job whose inputs :func:`prepare_job` has read and checked: frames from
         :meth:`generate` go to the video writer (in a background thread with ``options.overlap``),
-        the speech is muxed, and the temporary file is renamed when complete (removed on error)."""
+        the speech is muxed, and the temporary file is renamed when complete (removed on error).
+
+        ``on_progress(chunks_done, chunks_total)`` is called after each chunk; ``progress`` receives
+        the stages ("portrait", "audio features", "motion" / "sampling", "frames", "writing"), each
+        denoiser evaluation and the frames written, with the time left (``progress.py``)."""
         opts = job.options
         self.check(opts)
         start = time.perf_counter()
         stats = RenderStats.of(self)
+        if progress is not None:
+            stats.progress = progress
         stats.stages[self.stages[0]] += job.image_s  # reading the portrait: the first stage's input
         stats.stages["audio"] += job.decode_s  # decoding the speech
+        stats.progress.stage("portrait")
         inputs = self.prepare(job, stats)
         written = 0
         height, width = job.image.shape[:2]
@@ -255,6 +271,8 @@ class Pipeline:
                         else:
                             writer.write(frames)
                     written += len(frames)
+                    stats.progress.frames(written)
+                stats.progress.stage("writing")
                 with stats("write"):
                     if sink:
                         sink.close()

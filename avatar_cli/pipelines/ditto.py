@@ -40,7 +40,7 @@ from ..models.ditto import DittoModels
 from ..models.liveportrait.keypoints import transform_keypoint
 from ..models.liveportrait.stitching import stitch
 from ..motion.condition import AudioConditions, motion_to_vector, vector_to_motion
-from ..motion.hubert_windows import FPS, OnnxHubert, RandomHubert, num_frames, offline_features
+from ..motion.hubert_windows import FPS, OnnxHubert, RandomHubert, num_frames, offline_features, offline_window_starts
 from ..motion.controls import parse_blink, parse_emotion_option, read_controls
 from ..motion.stitch import ANGLE_KEYS, LIP_KP, MotionStitch, _kp_mask
 from ..motion.windows import offline_motion
@@ -160,12 +160,8 @@ class DittoPipeline(Pipeline):
         if models_dir is None:
             raise WeightsError(f"{root} holds no Ditto weights (no models/ or ditto_pytorch/models/); run "
                                f"'avatar weights download ditto' or pass the folder 'weights convert --from ditto' wrote")
-        if (root / "ditto_cfg.json").is_file():
-            config = DittoConfig.load(root)
-        else:
-            pickles = sorted((root / "ditto_cfg").glob("*pytorch*.pkl")) if (root / "ditto_cfg").is_dir() else []
-            config = DittoConfig.from_pickle(pickles[0]) if pickles else DittoConfig()
-        aux = _folder(root, "aux_models", "ditto_pytorch/aux_models")
+        config = cls.config_of(root)
+        aux = cls.aux_folder(root)
         if aux is None or not (aux / HUBERT_FILE).is_file():
             raise WeightsError(f"Ditto's audio encoder {HUBERT_FILE} is not in {root}; run "
                                f"'avatar weights download ditto'")
@@ -177,6 +173,23 @@ class DittoPipeline(Pipeline):
             pipe.models.warp.compile()
             pipe.models.decoder.compile()
         return pipe
+
+    @staticmethod
+    def config_of(root: str | Path | None) -> DittoConfig:
+        """The run options of a weights folder: ``ditto_cfg.json`` (converted), else the hub's
+        ``ditto_cfg/*pytorch*.pkl``, else the code defaults (also for None: random weights)."""
+        if root is None:
+            return DittoConfig()
+        root = Path(root)
+        if (root / "ditto_cfg.json").is_file():
+            return DittoConfig.load(root)
+        pickles = sorted((root / "ditto_cfg").glob("*pytorch*.pkl")) if (root / "ditto_cfg").is_dir() else []
+        return DittoConfig.from_pickle(pickles[0]) if pickles else DittoConfig()
+
+    @staticmethod
+    def aux_folder(root: str | Path) -> Path | None:
+        """The folder of the face-crop ONNX models and HuBERT in a weights folder, or None."""
+        return _folder(Path(root), "aux_models", "ditto_pytorch/aux_models")
 
     @classmethod
     def from_preset(cls, arch: str = "full", device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
@@ -362,6 +375,8 @@ class DittoPipeline(Pipeline):
         window, as Ditto does) and then each window's x_T; ``stats.evaluations`` counts 2 S per window."""
         dit, steps = self.models.dit, options.steps
         scale = options.scales[0]
+        progress = stats.progress if stats is not None else None
+
         generator = torch.Generator(self.device).manual_seed(options.seed)
         shape = (1, dit.null_cond_embed.shape[1], 265)  # the DiT's window, 80 frames
         noises = draw_noises(steps, shape, generator, self.device)
@@ -371,7 +386,14 @@ class DittoPipeline(Pipeline):
             c = torch.from_numpy(np.ascontiguousarray(cond))[None].to(self.device)
             frame = torch.from_numpy(np.ascontiguousarray(kp_cond))[None].to(self.device)
             x_t = torch.randn(shape, generator=generator, device=self.device)
-            x0 = sample_motion_ddim(lambda x, t: dit.guided(x, frame, c, t, scale), x_t, noises, steps)
+
+            def denoise(x, t):
+                x0 = dit.guided(x, frame, c, t, scale)
+                if progress is not None:
+                    progress.advance(2)  # the conditional and the unconditional pass (progress.py)
+                return x0
+
+            x0 = sample_motion_ddim(denoise, x_t, noises, steps)
             if stats is not None:
                 stats.evaluations += 2 * steps
             return x0[0].float().cpu().numpy()
@@ -413,11 +435,26 @@ class DittoPipeline(Pipeline):
         if source is None:
             with stats("crop"):
                 source = self.source_state(image)
-        with stats("audio"):
-            features = offline_features(waveform, self.encoder)
+        progress = stats.progress
         total = num_frames(waveform.shape[0])
+        seq = self.models.dit.null_cond_embed.shape[1]
+        windows = -(-total // (seq - self.controls(opts, quiet=True).overlap))
+        progress.set_frames_total(total)
+        progress.expect("motion", windows * 2 * opts.steps, "evaluations")  # 2: CFG's two passes per step
+        progress.expect("frames", total, "frames")
+        progress.stage("audio features", len(offline_window_starts(total)), "windows")  # HuBERT windows
+
+        def encode(window: np.ndarray) -> np.ndarray:
+            out = self.encoder(window)
+            progress.advance(1)
+            return out
+
+        with stats("audio"):
+            features = offline_features(waveform, encode)
+        progress.stage("motion")
         with stats("motion"):
             motion = self.motion(features[:total], source, opts, stats)
+        progress.stage("frames")
         ctl = self.controls(opts)
         stitcher = self.stitcher(source, total, opts, ctl)
         paste = PasteBack(source.crop.M_c2o, image.shape[:2])
@@ -434,6 +471,7 @@ class DittoPipeline(Pipeline):
         # "paste" then counts only the time the loop waits for it
         for n, frames in enumerate(pipelined(renders(), lambda r: self.paste_renders(r, image, paste),
                                              wait=lambda: stats("paste"))):
+            progress.advance(len(frames))
             if on_progress is not None:
                 on_progress(n + 1, chunks)
             yield frames

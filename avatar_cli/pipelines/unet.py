@@ -44,6 +44,7 @@ from ..models.audio_encoder import encode_audio, encode_audio_windowed, frame_wi
 from ..models.bundle import AvatarModels, quiet_libraries
 from ..models.conditioning import ConditionBuilder
 from ..options import RenderJob, RenderOptions
+from ..progress import CountedDenoiser
 from ..runtime import resolve_device, resolve_dtype
 from ..sampling.clip_init import initial_latents
 from ..sampling.guidance import Conditions
@@ -414,6 +415,8 @@ class UNetPipeline(Pipeline):
         alphas = scheduler.alphas_cumprod  # the training schedule's (rolling starts use it)
 
         whisper = settings.audio_encoder == "whisper"
+        progress = stats.progress
+        progress.stage("audio features")
         with stats("audio"):
             total = num_video_frames(waveform.shape[0], opts.fps)
             if audio_features is None:
@@ -421,6 +424,7 @@ class UNetPipeline(Pipeline):
             frame_tokens = self.frame_audio_tokens(audio_features, total, opts.fps) if whisper else None
         frames_per_clip = opts.clip_frames
         clips = -(-total // frames_per_clip)
+        progress.set_frames_total(total)
 
         latent = opts.size // self.vae_scale
         if face is None and settings.face_condition == "mask":  # EchoMimic without a face: all face
@@ -449,6 +453,7 @@ class UNetPipeline(Pipeline):
             motion = torch.zeros(motion_count, z_ref.shape[1], latent, latent, device=self.device, dtype=self.dtype)
         previous = None
         z_ref32 = z_ref.float()  # the sampler's arithmetic runs in float32; the networks in self.dtype
+        progress.stage("sampling", self.clip_evaluations(opts, scheduler, clips), "evaluations")
 
         for n in range(clips):
             with stats("audio"):
@@ -471,7 +476,7 @@ class UNetPipeline(Pipeline):
                 conditions = Conditions(face_tokens, audio_tokens, reference, motion_features, locator, masks)
                 null = build.null(conditions, null_reference, null_motion) if method.guided else None
                 denoiser = method.denoiser(unet, conditions, null, scales, opts.audio_weights)
-                latents = sample(denoiser, latents, scheduler, generator)
+                latents = sample(CountedDenoiser(denoiser, progress), latents, scheduler, generator)
                 stats.evaluations += denoiser.evaluations
             previous = latents
             if keep_latents is not None:
@@ -488,6 +493,21 @@ class UNetPipeline(Pipeline):
             if on_progress is not None:
                 on_progress(n + 1, clips)
             yield frames[: min(frames_per_clip, total - n * frames_per_clip)]
+
+    def clip_evaluations(self, opts: RenderOptions, scheduler, clips: int) -> int:
+        """Denoiser evaluations of the clip loop over ``clips`` clips (per batch element, as
+        ``GuidedDenoiser.evaluations`` counts them): each clip's timesteps (fewer for a rolling
+        start) times the method's branches; the progress display's total. Runs ``set_timesteps``
+        on a copy of ``scheduler``."""
+        import copy
+
+        method, probe = opts.sampling, copy.deepcopy(scheduler)
+        counts = {}
+        for rolling in {opts.init == "rolling" or (opts.init == "combined-rolling" and n > 0) for n in range(clips)}:
+            counts[rolling] = len(method.set_timesteps(probe, opts.steps, opts.start_timestep if rolling else None,
+                                                       list(opts.window_steps) if opts.window_steps else None))
+        return method.branches * sum(counts[opts.init == "rolling" or (opts.init == "combined-rolling" and n > 0)]
+                                     for n in range(clips))
 
     # ------------------------------------------------------------ EchoMimic: context windows
     def frame_audio_tokens(self, features: torch.Tensor, frames: int, fps: float) -> torch.Tensor:
@@ -519,8 +539,12 @@ class UNetPipeline(Pipeline):
         and then averaging equals EchoMimic's averaging of both branches first."""
         settings, build, unet, method = self.models.settings, self.conditions, self.models.denoising_unet, opts.sampling
         latent = opts.size // self.vae_scale
+        progress = stats.progress
         with stats("sampling"):
             method.set_timesteps(scheduler, opts.steps, None, list(opts.window_steps) if opts.window_steps else None)
+            windows = sum(len(self.context_windows(k, total, settings)) for k in range(len(scheduler.timesteps)))
+            progress.stage("sampling", method.branches * windows, "evaluations")
+            progress.expect("frames", total, "frames")
             noise = torch.randn((1, z_ref.shape[1], total, latent, latent), generator=generator, device=self.device,
                                 dtype=torch.float32)
             if settings.noise_clamp:  # EchoMimic's prepare_latents: clamp(-1.5, 1.5) * init_noise_sigma
@@ -536,7 +560,8 @@ class UNetPipeline(Pipeline):
                 features = None if locator is None else locator[:, :, :1].expand(-1, -1, len(index), -1, -1)
                 conditions = Conditions(face_tokens, tokens, reference, None, features, None)
                 null = build.null(conditions, null_reference) if method.guided else None
-                return method.denoiser(unet, conditions, null, opts.scales, opts.audio_weights)
+                return CountedDenoiser(method.denoiser(unet, conditions, null, opts.scales, opts.audio_weights),
+                                       progress)
 
             denoiser = WindowedDenoiser(window_denoiser, lambda step: self.context_windows(step, total, settings))
             latents = sample(denoiser, latents, scheduler, generator)
@@ -544,10 +569,12 @@ class UNetPipeline(Pipeline):
         if keep_latents is not None:
             keep_latents.append(latents)
         chunks = -(-total // opts.clip_frames)
+        progress.stage("frames")
         for n in range(chunks):
             with stats("decode"):
                 part = latents[:, :, n * opts.clip_frames:(n + 1) * opts.clip_frames]
                 frames = self.to_uint8(self.decode_latents(part, opts.decode_batch_size, opts.decoder))
+            progress.advance(len(frames))
             if on_progress is not None:
                 on_progress(n + 1, chunks)
             yield frames
