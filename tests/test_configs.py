@@ -260,3 +260,16 @@ def test_random_weights_of_a_config_file(tmp_path):
     ditto = DittoModels.from_preset(str(tmp_path / "d.json"), seed=1)
     assert ditto.config["dit"]["latent_dim"] == 48 and ditto.config["motion"]["dims"] == (8, 16, 24, 40)
     assert ditto.dit.input_projection.out_features == ditto.dit.cond_projection.out_features == 48
+
+
+def test_load_options_build_random_weights_of_a_config_file(tmp_path):
+    from avatar_cli.load_options import LoadOptions
+
+    path = tmp_path / "student.json"
+    path.write_text(json.dumps({"base": "tiny", "reference_net": {"block_out_channels": [16, 48]},
+                                "denoising_unet": {"block_out_channels": [16, 48], "motion_norm_num_groups": 8}}))
+    notes = []
+    pipe = LoadOptions(random_weights=True, arch=str(path), device="cpu", dtype="float32").load("osa-lcm",
+                                                                                               note=notes.append)
+    assert list(pipe.models.denoising_unet.config.block_out_channels) == [16, 48]
+    assert pipe.models.face_locator is None and "RANDOM weights" in notes[0]
