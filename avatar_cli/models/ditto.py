@@ -162,7 +162,7 @@ class DittoModels(nn.Module):
     def from_pretrained(cls, folder: str | Path) -> DittoModels:
         """The networks of a folder ``avatar weights convert --from ditto`` wrote (``models/*.pth``), at the
         sizes its ``avatar_index.json`` records: ``"config"`` (any width), else ``"preset"`` (folders of
-        earlier versions), else the released ``full``. ``models_dir`` defaults to ``folder/models``.
+        earlier versions), else the released ``full``.
 
         Raises:
             WeightsError: as :meth:`from_files`, or an unreadable index.
