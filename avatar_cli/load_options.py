@@ -23,7 +23,8 @@ class LoadOptions:
         weights: a weights folder (as ``save_pretrained`` / ``avatar weights convert`` write it); None =
             the installed weights of the model, or random ones with ``random_weights``.
         random_weights: build the real architecture with seeded random weights (tests, demos, speed).
-        arch: the architecture of random weights: a preset name (``full``, ``tiny``).
+        arch: the architecture of random weights: a preset name (``full``, ``tiny``), or a path to a JSON
+            config of any width (``models/configs.py``; e.g. ``{"base": "tiny", "dit": {"latent_dim": 48}}``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``.
         dtype: ``auto``, ``float32``, ``float16``, ``bfloat16`` or a ``torch.dtype``.
         compile: ``torch.compile`` the denoiser and decoder.

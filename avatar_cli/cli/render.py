@@ -273,14 +273,13 @@ def render_dry_run(image, audio, output, overwrite, audio_features, options, loa
     """``avatar render --dry-run``: check the inputs, options, weights and packages, draw the portrait
     with the face box, the crop and the settings (``dry_run.py``), say the expected time; no model
     is built, nothing rendered."""
-    import importlib.util
 
     import numpy as np
 
     from ..dry_run import DryRun, default_image_path, ditto_face, draw, unet_face
     from ..media.audio import num_video_frames
     from ..media.image import load_portrait, load_source
-    from ..models.catalog import MODELS
+    from ..models.catalog import MODELS, check_packages
     from ..motion.hubert_windows import num_frames
     from ..options import prepare_job
     from ..pipelines import _installed, pipeline_class
@@ -302,9 +301,7 @@ def render_dry_run(image, audio, output, overwrite, audio_features, options, loa
     else:
         raise InputError(f"--model {options.model} needs weights that are not installed: "
                          f"{'; '.join(missing_for(options.model))}. Or pass --weights DIR or --random-weights")
-    if spec.family == "ditto" and not load.random_weights and importlib.util.find_spec("onnxruntime") is None:
-        raise InputError("--model ditto needs onnxruntime (its audio encoder and face crop): "
-                         "pip install 'avatar-cli[ditto]'")
+    check_packages(options.model, load.random_weights)  # the same check as a render's
     if preview:
         options, _ = pipeline_class(spec.family).preview_options(options, explicit_fields(), folder)
     job = prepare_job(image, audio, output, options, overwrite, audio_features)

@@ -21,35 +21,17 @@ distill_app = typer.Typer(help="Distil a one-step (OSA-LCM) or six-step (FADA) s
                           no_args_is_help=True, rich_markup_mode="rich")
 
 
-class Quality(str, Enum):
-    high = "high"
-    moderate = "moderate"
+def _choices(name: str, *values: str) -> type[Enum]:
+    """A ``str`` Enum of option values (members named by the value, ``-`` as ``_``) for a typer option."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
 
 
-class Stage(str, Enum):
-    adv_lcm = "adv-lcm"
-    eft = "eft"
-
-
-class GanLoss(str, Enum):
-    hinge = "hinge"
-    non_saturating = "non-saturating"
-
-
-class Trainable(str, Enum):
-    temporal = "temporal"
-    all = "all"
-
-
-class Precision(str, Enum):
-    no = "no"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Optim(str, Enum):
-    adamw = "adamw"
-    adamw8bit = "adamw8bit"
+Quality = _choices("Quality", "high", "moderate")
+Stage = _choices("Stage", "adv-lcm", "eft")
+GanLoss = _choices("GanLoss", "hinge", "non-saturating")
+Trainable = _choices("Trainable", "temporal", "all")
+Precision = _choices("Precision", "no", "bf16", "fp16")
+Optim = _choices("Optim", "adamw", "adamw8bit")
 
 
 def _echo(result: dict, as_json: bool, text: str, quiet: bool) -> None:

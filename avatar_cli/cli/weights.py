@@ -279,6 +279,10 @@ def weights_convert(
     wav2vec2: Annotated[Optional[Path], typer.Option(help="hallo: its wav2vec2-base-960h folder.",
                                                      show_default=False)] = None,
     arch: Annotated[Arch, typer.Option(help="Architecture the checkpoint has.")] = Arch.full,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="A checkpoint of another width: JSON of network -> constructor arguments, complete or "
+        "{\"base\": \"tiny\", \"denoising_unet\": {...}} (without \"base\" it starts from --arch); see docs/weights.md.",
+        show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     manifest: ManifestOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the key report as JSON.")] = False,
@@ -304,12 +308,18 @@ def weights_convert(
     zero missing and zero unexpected keys. Without DIR it reads the installed 'echomimic' / 'echomimic-acc'
     and 'sd-vae-ft-mse' components.
 
+    [bold]--config FILE[/bold]: the checkpoint's sizes when they are no preset's (a distilled student,
+    a pruned model), as JSON: the same strict key checks, and the folder records them (render needs
+    no flag).
+
     Fails on any key that fits nowhere.
     """
     from ..convert import convert_ditto, convert_echomimic, convert_hallo, convert_sd15
 
     if acc and source is not Source.echomimic:
         raise InputError("--acc applies to --from echomimic only")
+    if config is not None and not config.is_file():
+        raise InputError(f"config file {config} does not exist; give a JSON file of network -> constructor arguments")
     if source is Source.ditto:
         from .. import weights as w
 
@@ -321,7 +331,7 @@ def weights_convert(
                                  "first ('avatar weights download ditto')")
         output = output or w.converted_dir("ditto")
         output.parent.mkdir(parents=True, exist_ok=True)
-        report = convert_ditto(checkpoint, output, arch=arch.value, overwrite=overwrite)
+        report = convert_ditto(checkpoint, output, arch=arch.value, overwrite=overwrite, config=config)
         if as_json:
             typer.echo(json.dumps(report.to_dict()))
             return
@@ -338,7 +348,8 @@ def weights_convert(
     if source is Source.sd15:
         if checkpoint is None or output is None:
             raise InputError("--from sd15 needs the checkpoint file and -o DIR")
-        report = convert_sd15(checkpoint, output, motion_module=motion_module, arch=arch.value, overwrite=overwrite)
+        report = convert_sd15(checkpoint, output, motion_module=motion_module, arch=arch.value, overwrite=overwrite,
+                              config=config)
         hint = "for renders it still needs audio_encoder/, audio_projector/, image_projector/"
     elif source is Source.echomimic:
         from .. import weights as w
@@ -359,7 +370,8 @@ def weights_convert(
                                  "('avatar weights download sd-vae-ft-mse')")
         output = output or w.converted_dir(name)
         output.parent.mkdir(parents=True, exist_ok=True)
-        report = convert_echomimic(checkpoint, output, vae=vae, acc=acc, arch=arch.value, overwrite=overwrite)
+        report = convert_echomimic(checkpoint, output, vae=vae, acc=acc, arch=arch.value, overwrite=overwrite,
+                                   config=config)
         hint = f"render with --model {name} --weights {output}"
     else:
         from .. import weights as w
@@ -375,7 +387,8 @@ def weights_convert(
             wav2vec2 = wav2vec2 or root / "wav2vec" / "wav2vec2-base-960h"
         output = output or w.converted_dir("hallo")
         output.parent.mkdir(parents=True, exist_ok=True)
-        report = convert_hallo(checkpoint, output, vae=vae, wav2vec2=wav2vec2, arch=arch.value, overwrite=overwrite)
+        report = convert_hallo(checkpoint, output, vae=vae, wav2vec2=wav2vec2, arch=arch.value, overwrite=overwrite,
+                               config=config)
         hint = "render with --model hallo --weights " + str(output)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))

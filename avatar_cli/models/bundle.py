@@ -30,7 +30,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 from ..errors import WeightsError
 from .denoising_unet import DenoisingUNet3D
 from .face_locator import FaceLocator
-from .presets import SETTINGS, preset
+from .presets import SETTINGS, resolve
 from .projectors import AudioProjector, ImageProjector
 from .reference_net import ReferenceNet
 
@@ -208,20 +208,52 @@ class AvatarModels:
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def from_preset(cls, arch: str = "tiny", seed: int = 0, device: str | torch.device = "cpu",
+    def from_preset(cls, arch: "str | Path | dict" = "tiny", seed: int = 0, device: str | torch.device = "cpu",
                     cfg_tokens: int = 0, family: str = "osa-lcm") -> "AvatarModels":
         """The preset's architecture with random weights (seeded, so reproducible).
 
+        ``arch``: a preset name (``full``, ``tiny``), or a config of any width: a JSON file or a dict
+        (:func:`models.presets.resolve`; ``{"base": "tiny", "denoising_unet": {...}}``).
         ``device="meta"`` builds shapes only (no memory), e.g. to count parameters.
         ``cfg_tokens`` > 0 gives the denoising U-Net FADA's CFG-token layers.
         ``family="hallo"``: Hallo's variant (face locator, 2 motion frames, its scheduler).
         ``family="echomimic"``: EchoMimic's (Whisper tokens into ``attn2``, no projectors, a
         1-channel face locator; ``models/presets.py``); the Whisper encoder is built after the
         networks, from its own generator, so the networks' weights do not depend on it.
+
+        Raises:
+            InputError: an unknown preset or family, an unreadable config file, a network or an
+                argument the classes do not take.
         """
-        cfg = preset(arch, family)
+        named = isinstance(arch, str) and not arch.endswith(".json")
+        cfg = resolve(arch, family)
         if cfg_tokens:
-            cfg["denoising_unet"]["cfg_tokens"] = cfg_tokens
+            cfg = {**cfg, "denoising_unet": {**cfg["denoising_unet"], "cfg_tokens": cfg_tokens}}
+        source = f"random:{arch}" + ("" if family == "osa-lcm" else f":{family}") if named else f"random:config:{family}"
+        return cls.from_config(cfg, seed=seed, device=device, source=source)
+
+    @classmethod
+    def from_config(cls, cfg: dict, seed: int = 0, device: str | torch.device = "cpu",
+                    source: str = "random:config") -> "AvatarModels":
+        """Random weights (seeded; the global RNG is left as it was) for a complete per-network config
+        (what :func:`models.presets.preset` / :func:`models.presets.resolve` return; ``settings``
+        entry: :class:`ModelSettings`; an ``audio_encoder`` with Whisper's ``n_audio_state`` when
+        ``settings.audio_encoder == "whisper"``, else a transformers ``Wav2Vec2Config``).
+
+        Raises:
+            InputError: a network's constructor refuses its arguments (the message names the network).
+        """
+        cfg = dict(cfg)
+        try:
+            return cls._build(cfg, seed, device, source)
+        except (TypeError, ValueError, KeyError) as err:  # an argument a class does not take, a size missing
+            from ..errors import InputError
+
+            raise InputError(f"the model config does not build: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}") from None
+
+    @classmethod
+    def _build(cls, cfg: dict, seed: int, device: str | torch.device, source: str) -> "AvatarModels":
         settings = ModelSettings(**cfg["settings"])
         whisper = settings.audio_encoder == "whisper"
         with torch.random.fork_rng(devices=[]), torch.device(device):
@@ -245,8 +277,7 @@ class AvatarModels:
         if whisper:
             checkpoint = random_whisper_checkpoint(cfg["audio_encoder"], seed)
             parts["audio_encoder"] = None if str(device) == "meta" else load_whisper(checkpoint)
-        models = cls(**parts, scheduler_config=dict(cfg["scheduler"]), settings=settings,
-                     source=f"random:{arch}" + ("" if family == "osa-lcm" else f":{family}"),
+        models = cls(**parts, scheduler_config=dict(cfg["scheduler"]), settings=settings, source=source,
                      audio_checkpoint=checkpoint)
         return models.eval()
 

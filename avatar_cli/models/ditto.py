@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import InputError, WeightsError
+from .configs import merge_config, resolve_config
 from .liveportrait import (AppearanceFeatureExtractor, MotionExtractor, SPADEDecoder, StitchingNetwork,
                            WarpingNetwork)
 from .motion_dit import MotionDecoder
@@ -57,22 +58,35 @@ PRESETS: dict[str, dict[str, dict]] = {
         "dit": dict(nfeats=265, seq_len=80, latent_dim=512, ff_size=1024, num_layers=8, num_heads=8,
                     dropout=0.1, cond_feature_dim=1103),
     },
-    # Same interfaces (256x256 crop in, 512x512 frame out, 21 keypoints, 66 bins, 80x265 motion from
-    # 1103-wide conditions) at small widths: for tests and demos on a CPU.
-    "tiny": {
-        "appearance": dict(image_channel=3, block_expansion=8, num_down_blocks=2, max_features=16,
-                           reshape_channel=8, reshape_depth=2, num_resblocks=1),
-        "motion": dict(num_kp=21, depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_bins=66),
-        "warp": dict(num_kp=21, block_expansion=4, max_features=16, num_down_blocks=2, reshape_channel=8,
-                     reshape_depth=2, dense_block_expansion=4, dense_max_features=8, dense_num_blocks=3,
-                     compress=1),
-        "decoder": dict(upscale=2, max_features=16, block_expansion=4, out_channels=4, num_down_blocks=2,
-                        spade_hidden=8),
-        "stitch": dict(input_size=126, hidden_sizes=(128, 128, 64), output_size=65),
-        "dit": dict(nfeats=265, seq_len=80, latent_dim=32, ff_size=64, num_layers=2, num_heads=4,
-                    dropout=0.1, cond_feature_dim=1103),
-    },
 }
+# Same interfaces (256x256 crop in, 512x512 frame out, 21 keypoints, 66 bins, 80x265 motion from
+# 1103-wide conditions) at small widths: for tests and demos on a CPU. The stitching network keeps its sizes.
+PRESETS["tiny"] = merge_config(PRESETS["full"], {
+    "appearance": dict(block_expansion=8, max_features=16, reshape_channel=8, reshape_depth=2, num_resblocks=1),
+    "motion": dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)),
+    "warp": dict(block_expansion=4, max_features=16, reshape_channel=8, reshape_depth=2, dense_block_expansion=4,
+                 dense_max_features=8, dense_num_blocks=3, compress=1),
+    "decoder": dict(max_features=16, block_expansion=4, out_channels=4, spade_hidden=8),
+    "dit": dict(latent_dim=32, ff_size=64, num_layers=2, num_heads=4),
+})
+
+
+def ditto_config(spec: "str | Path | dict" = "full", base: str | None = None) -> dict[str, dict]:
+    """The complete per-network config that ``spec`` names: a preset name (a deep copy of
+    :data:`PRESETS`), a JSON config file or a dict (``models/configs.py``: ``{"base": "tiny", "dit":
+    {"latent_dim": 48}}``; without ``"base"`` it starts from ``base``'s preset, and with neither it
+    must be complete). Lists are turned into the tuples the presets use.
+
+    Raises:
+        InputError: an unknown preset name, an unreadable file, a network name not in :data:`CLASSES`.
+    """
+    def named(name: str) -> dict:
+        if name not in PRESETS:
+            raise KeyError(f"unknown Ditto preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return copy.deepcopy(PRESETS[name])
+
+    cfg = resolve_config(spec, named, tuple(CLASSES), default_base=base, what="Ditto config")
+    return {name: {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()} for name, args in cfg.items()}
 
 
 class DittoModels(nn.Module):
@@ -96,39 +110,88 @@ class DittoModels(nn.Module):
     dit: MotionDecoder
 
     @classmethod
-    def from_preset(cls, name: str = "full", seed: int = 0) -> DittoModels:
+    def from_preset(cls, name: "str | Path | dict" = "full", seed: int = 0) -> DittoModels:
         """Random weights (torch's default initialisation, seeded; the global RNG is left as it was).
+
+        ``name``: a preset name, or a config of any width (a JSON file or a dict; :func:`ditto_config`).
 
         Raises:
             ValueError: unknown preset name.
+            InputError: an unreadable config file, or a config the networks do not build from.
         """
-        if name not in PRESETS:
+        if isinstance(name, str) and not name.endswith(".json") and name not in PRESETS:
             raise ValueError(f"unknown Ditto preset {name!r}; choose one of {', '.join(PRESETS)}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return cls(PRESETS[name])
+        return cls.from_config(ditto_config(name), seed=seed)
 
     @classmethod
-    def from_files(cls, directory: str | Path, preset: str = "full") -> DittoModels:
-        """Load the six released ``.pth`` files from ``directory`` (see the module docstring).
+    def from_config(cls, config: dict[str, dict], seed: int = 0, device: str | torch.device = "cpu") -> DittoModels:
+        """Random weights for a complete config (network -> constructor arguments), seeded; ``device="meta"``
+        builds shapes only.
+
+        Raises:
+            InputError: a network's constructor refuses its arguments (one line naming the network).
+        """
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(seed)
+            try:
+                return cls(config)
+            except (TypeError, ValueError, KeyError, RuntimeError) as err:
+                raise InputError(f"the Ditto config does not build: {type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''}") from None
+
+    @classmethod
+    def from_files(cls, directory: str | Path, preset: "str | Path | dict" = "full") -> DittoModels:
+        """Load the six released ``.pth`` files from ``directory`` (see the module docstring) into networks
+        of ``preset``'s sizes (a preset name, or a config of any width: :func:`ditto_config`).
 
         Modules are built on the meta device and take the file's tensors (no double allocation).
 
         Raises:
             WeightsError: a file is missing or unreadable, lacks its entry, or has a missing key, an
                 extra key or a tensor of the wrong shape (one line naming the file and the key).
+            InputError: an unknown preset name or an unusable config.
         """
         directory = Path(directory)
-        with torch.device("meta"):
-            models = cls(PRESETS[preset])
+        models = cls.from_config(ditto_config(preset), device="meta")
         for name, filename in FILES.items():
             state = _read_state_dict(directory / filename, ENTRIES.get(name))
             _load_strict(getattr(models, name), state, directory / filename, WHAT[name])
         return models.eval()
 
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> DittoModels:
+        """The networks of a folder ``avatar weights convert --from ditto`` wrote (``models/*.pth``), at the
+        sizes its ``avatar_index.json`` records: ``"config"`` (any width), else ``"preset"`` (folders of
+        earlier versions), else the released ``full``.
+
+        Raises:
+            WeightsError: as :meth:`from_files`, or an unreadable index.
+        """
+        folder = Path(folder)
+        return cls.from_files(folder / "models", index_config(folder))
+
     def parameter_counts(self) -> dict[str, int]:
         """Network name -> number of parameters (buffers excluded), e.g. ``{"appearance": 836224, ...}``."""
         return {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in CLASSES}
+
+
+def index_config(folder: str | Path) -> "str | dict":
+    """The sizes a converted Ditto folder's ``avatar_index.json`` records: its ``"config"`` (complete, any
+    width), else its ``"preset"`` name (folders written before configs), else ``"full"``.
+
+    Raises:
+        WeightsError: the index is not readable JSON.
+    """
+    import json
+
+    index = Path(folder) / "avatar_index.json"
+    if not index.is_file():
+        return "full"
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{index}: not readable JSON ({str(err).splitlines()[0]})") from None
+    return data.get("config") or data.get("preset", "full")
 
 
 def _read_state_dict(path: Path, entry: str | None) -> dict[str, torch.Tensor]:

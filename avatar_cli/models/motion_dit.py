@@ -73,6 +73,22 @@ def _film(x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor]) -> to
     return (scale + 1) * x + shift
 
 
+def _pre_norm_layer(layer: nn.Module, dim: int, heads: int, ff_size: int, dropout: float, cross: bool) -> None:
+    """The parts of Ditto's encoder (``cross=False``) and decoder (``cross=True``: cross-attention
+    ``multihead_attn`` and a third norm) layers, under PyTorch's ``nn.Transformer*Layer`` names (the
+    checkpoint's keys), created in their order (so seeded random weights stay the same)."""
+    layer.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+    if cross:
+        layer.multihead_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+    layer.linear1 = nn.Linear(dim, ff_size)
+    layer.linear2 = nn.Linear(ff_size, dim)
+    layer.norm1 = nn.LayerNorm(dim)
+    layer.norm2 = nn.LayerNorm(dim)
+    if cross:
+        layer.norm3 = nn.LayerNorm(dim)
+    layer.dropout = nn.Dropout(dropout)
+
+
 class CondEncoderLayer(nn.Module):
     """Pre-norm transformer encoder layer with rotary q/k (v unrotated): ``x + SA(LN1 x)``, ``x + FF(LN2 x)``.
 
@@ -81,12 +97,7 @@ class CondEncoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ff_size: int, dropout: float, rotary: RotaryEmbedding):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.linear1 = nn.Linear(dim, ff_size)
-        self.linear2 = nn.Linear(ff_size, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        _pre_norm_layer(self, dim, heads, ff_size, dropout, cross=False)
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,14 +114,7 @@ class FiLMDecoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ff_size: int, dropout: float, rotary: RotaryEmbedding):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.multihead_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.linear1 = nn.Linear(dim, ff_size)
-        self.linear2 = nn.Linear(ff_size, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        _pre_norm_layer(self, dim, heads, ff_size, dropout, cross=True)
         self.film1 = DenseFiLM(dim)
         self.film2 = DenseFiLM(dim)
         self.film3 = DenseFiLM(dim)

@@ -10,12 +10,32 @@ structure with a few million parameters, so that the whole pipeline runs on a CP
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+
+from .configs import merge_config
 
 SD15_SCHEDULER = {  # SD1.5's scheduler_config.json, plus LCM's boundary-condition settings
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
     "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False,
     "set_alpha_to_one": False, "steps_offset": 1,
     "original_inference_steps": 50, "timestep_scaling": 10.0,
+}
+
+# The 2D U-Net both U-Nets share (the reference net is it; the denoising U-Net adds audio and temporal
+# attention): SD1.5's unet/config.json, and a tiny one of the same structure.
+_SD15_UNET = {
+    "sample_size": 64, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+    "norm_num_groups": 32, "cross_attention_dim": 768, "attention_head_dim": 8,
+}
+_TINY_UNET = {
+    "sample_size": 8, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64], "layers_per_block": 1,
+    "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
 }
 
 _FULL = {
@@ -25,20 +45,9 @@ _FULL = {
         "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
         "sample_size": 256, "scaling_factor": 0.18215,
     },
-    "reference_net": {  # SD1.5 unet/config.json
-        "sample_size": 64, "in_channels": 4, "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-        "norm_num_groups": 32, "cross_attention_dim": 768, "attention_head_dim": 8,
-    },
+    "reference_net": _SD15_UNET,
     "denoising_unet": {
-        "sample_size": 64, "in_channels": 4, "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-        "norm_num_groups": 32, "cross_attention_dim": 768, "attention_head_dim": 8,
-        "audio_attention_dim": 768, "motion_num_attention_heads": 8, "motion_max_seq_length": 32,
+        **_SD15_UNET, "audio_attention_dim": 768, "motion_num_attention_heads": 8, "motion_max_seq_length": 32,
         "num_motion_frames": 4, "temporal_in_plain_blocks": False,
     },
     "audio_encoder": {  # facebook/wav2vec2-base-960h (transformers Wav2Vec2Config fields)
@@ -54,42 +63,19 @@ _FULL = {
     "scheduler": SD15_SCHEDULER,
 }
 
-_TINY = {
-    "vae": {
-        "in_channels": 3, "out_channels": 3, "latent_channels": 4,
-        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 4,
-        "sample_size": 64, "scaling_factor": 0.18215,
-    },
-    "reference_net": {
-        "sample_size": 8, "in_channels": 4, "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [32, 64], "layers_per_block": 1,
-        "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
-    },
-    "denoising_unet": {
-        "sample_size": 8, "in_channels": 4, "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [32, 64], "layers_per_block": 1,
-        "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
-        "audio_attention_dim": 32, "motion_num_attention_heads": 4, "motion_max_seq_length": 32,
-        "num_motion_frames": 4, "temporal_in_plain_blocks": False,
-    },
-    "audio_encoder": {
-        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "feat_extract_norm": "group", "do_stable_layer_norm": False,
-        "conv_dim": [32] * 7, "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
-        "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "vocab_size": 32,
-    },
-    "audio_projector": {"window": 5, "num_layers": 2, "hidden_size": 32, "intermediate_dim": 64,
-                        "context_tokens": 4, "output_dim": 32},
-    "image_projector": {"embedding_dim": 512, "cross_attention_dim": 32, "tokens": 4},
+# Same structure as full, a few million parameters; the 2D U-Nets are _TINY_UNET.
+_TINY = merge_config(_FULL, {
+    "vae": {"block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 64},
+    "reference_net": _TINY_UNET,
+    "denoising_unet": {**_TINY_UNET, "audio_attention_dim": 32, "motion_num_attention_heads": 4},
+    "audio_encoder": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                      "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2},
+    "audio_projector": {"num_layers": 2, "hidden_size": 32, "intermediate_dim": 64, "context_tokens": 4,
+                        "output_dim": 32},
+    "image_projector": {"cross_attention_dim": 32},
     "taesd": {"encoder_block_out_channels": [8, 8, 8, 8], "decoder_block_out_channels": [8, 8, 8, 8],
               "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [1, 1, 1, 1]},
-    "scheduler": SD15_SCHEDULER,
-}
+})
 
 PRESETS = {"full": _FULL, "tiny": _TINY}
 FAMILIES = ("osa-lcm", "hallo", "echomimic")
@@ -174,4 +160,30 @@ def preset(arch: str, family: str = "osa-lcm") -> dict:
         cfg["audio_encoder"] = whisper
         for name in ("audio_projector", "image_projector"):
             del cfg[name]
+    return cfg
+
+
+#: The networks (and other entries) of a U-Net family bundle config, as :func:`preset` returns them.
+NETWORKS = ("vae", "reference_net", "denoising_unet", "audio_encoder", "audio_projector", "image_projector",
+            "face_locator", "taesd", "scheduler")
+
+
+def resolve(spec: "str | Path | dict", family: str = "osa-lcm", base: str | None = None) -> dict:
+    """The complete per-network config of the U-Net family that ``spec`` names: a preset name
+    (:func:`preset`), a JSON config file, or a dict (``models/configs.py``: ``{"base": "tiny",
+    "denoising_unet": {"block_out_channels": [48, 96]}, ...}``; without ``"base"``, ``base``'s preset
+    is the start, and with neither the config must be complete). A file's or dict's ``settings`` entry
+    overrides the family's :data:`SETTINGS`.
+
+    Raises:
+        InputError: an unknown preset or family, an unreadable file, an unknown network name.
+    """
+    from .configs import resolve_config
+
+    if family not in FAMILIES:
+        from ..errors import InputError
+
+        raise InputError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    cfg = resolve_config(spec, lambda name: preset(name, family), NETWORKS, default_base=base)
+    cfg["settings"] = {**SETTINGS[family], **cfg.get("settings", {})}
     return cfg

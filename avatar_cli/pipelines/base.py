@@ -210,8 +210,8 @@ class Pipeline:
 
     def count_flops(self, image: np.ndarray, options: RenderOptions, seconds: float) -> int:
         """Model FLOPs of rendering ``seconds`` of silence after the portrait's once-per-video work
-        (warm caches), counted by ``torch.utils.flop_counter`` (see ``bench.py``)."""
-        from ..bench import flop_counter_mode
+        (warm caches), counted by ``torch.utils.flop_counter`` (see ``flops.py``)."""
+        from ..flops import flop_counter_mode
 
         silence = np.zeros(int(round(seconds * 16000)), np.float32)
         counter = flop_counter_mode()

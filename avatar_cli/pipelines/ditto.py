@@ -25,7 +25,6 @@ Weights folder (``from_pretrained``): the Hugging Face snapshot of ``digital-ava
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from ..errors import InputError, WeightsError
 from ..media.face_crop import SourceCrop, crop_source, detect_eye_state
 from ..media.paste import PasteBack
-from ..models.ditto import DittoModels
+from ..models.ditto import DittoModels, index_config
 from ..models.liveportrait.keypoints import transform_keypoint
 from ..models.liveportrait.stitching import stitch
 from ..motion.condition import AudioConditions, motion_to_vector, vector_to_motion
@@ -165,9 +164,8 @@ class DittoPipeline(Pipeline):
         if aux is None or not (aux / HUBERT_FILE).is_file():
             raise WeightsError(f"Ditto's audio encoder {HUBERT_FILE} is not in {root}; run "
                                f"'avatar weights download ditto'")
-        index = root / "avatar_index.json"  # written by 'weights convert --from ditto'; "preset" for tests
-        preset = json.loads(index.read_text()).get("preset", "full") if index.is_file() else "full"
-        models = DittoModels.from_files(models_dir, preset=preset)
+        # sizes: avatar_index.json's "config" ('weights convert --from ditto'), or its "preset" (older folders)
+        models = DittoModels.from_files(models_dir, preset=index_config(root))
         pipe = cls(models, config, OnnxHubert(aux / HUBERT_FILE), aux, dev, dt, str(root), precision=dtype)
         if compile:
             pipe.models.warp.compile()
