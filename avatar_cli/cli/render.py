@@ -286,6 +286,9 @@ def render_streaming(image, audio, output, overwrite, options, realtime, fmt, in
     except ReaderGone as gone:  # a player closed, `| head`: the shell's status for SIGPIPE, one line unless -q
         note(str(gone), quiet)
         raise typer.Exit(gone.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (typer would turn it into a silent exit 130)
+        typer.echo("avatar: interrupted", err=True)
+        raise typer.Exit(130) from None
     finally:
         stop.close()
     result.update(model=options.model, method=options.method_name, device=str(pipe.device), seed=options.seed,

@@ -108,10 +108,12 @@ class StreamStop:
         """Stop the render from any thread (a signal handler too): its next wait raises StreamCancelled."""
         if self.reason is None:
             self.reason = reason
+        if self._w < 0:
+            return  # closed: the render is over
         try:
             os.write(self._w, b"x")
         except (BlockingIOError, OSError):
-            pass  # already woken, or closed
+            pass  # already woken
 
     def _gone(self) -> ReaderGone:
         return ReaderGone(f"the reader of standard output went away after {self.frames} frames; the render stopped")
@@ -170,12 +172,11 @@ class StreamStop:
         return False
 
     def close(self) -> None:
-        """Release the cancel pipe."""
-        for fd in (self._r, self._w):
-            try:
+        """Release the cancel pipe (once: a second call closes nothing, its numbers may be reused by then)."""
+        fds, self._r, self._w = (self._r, self._w), -1, -1
+        for fd in fds:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def _ffmpeg() -> str:

@@ -66,17 +66,19 @@ DRIVER = textwrap.dedent("""
     import json, os, sys, threading, time
     from avatar_cli.cli import main
     image, wav, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    args = [image, "-", "-o", "-", *sys.argv[4:]]
+    args = ["render", image, "-", "-o", "-", *sys.argv[4:]]
     report = os.fdopen(os.dup(1), "w")
     def reader(fd, limit, closed):
         got = 0
-        while got < limit:
-            data = os.read(fd, limit - got)
-            if not data:
-                break
-            got += len(data)
-        os.close(fd)  # the reader goes away
-        closed.append((time.perf_counter(), got))
+        try:
+            while got < limit:
+                data = os.read(fd, limit - got)
+                if not data:
+                    break
+                got += len(data)
+        finally:
+            os.close(fd)  # the reader goes away
+            closed.append((time.perf_counter(), got))
     for run in range(runs + 1):  # run 0: the whole stream, read to its end
         r, w = os.pipe()
         os.dup2(w, 1); os.close(w)
