@@ -68,6 +68,7 @@ DRIVER = textwrap.dedent("""
     image, wav, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     args = ["render", image, "-", "-o", "-", *sys.argv[4:]]
     report = os.fdopen(os.dup(1), "w")
+    null = os.open(os.devnull, os.O_WRONLY)
     def reader(fd, limit, closed):
         got = 0
         try:
@@ -89,7 +90,7 @@ DRIVER = textwrap.dedent("""
         start = time.perf_counter()
         rc = main(args)
         end = time.perf_counter()
-        os.close(1)
+        os.dup2(null, 1)  # closes this run's pipe (the reader sees its end) and keeps fd 1 taken
         t.join()
         children = [p for p in os.listdir("/proc") if p.isdigit() and p != str(os.getpid()) and
                     open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[2] == str(os.getpid())]
