@@ -277,7 +277,7 @@ def render_streaming(image, audio, output, overwrite, options, realtime, fmt, in
     if not ditto:
         note(f"note: --model {options.model} is not incremental: the video starts when the speech has ended", quiet)
     # One stop for both ends: waiting for speech and writing video both end at once when the reader of
-    # standard output goes away (docs/usage.md, "When the reader goes away").
+    # standard output goes away (docs/usage.md, "When a live stream's reader goes away").
     stop = StreamStop.for_output(out)
     chunks = pcm_chunks(audio, input_format, realtime=realtime, stop=stop)
     try:
