@@ -64,7 +64,8 @@ fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2, echom
   avatar render face.png voice.m4a --weights ./w --init rolling --json
   avatar batch jobs.csv --weights ./w --json > results.jsonl                [dim]# many videos, models loaded once[/dim]
 
-[bold]Exit codes[/bold]: 0 ok, 1 failed, 2 bad input or option, 130 interrupted.
+[bold]Exit codes[/bold]: 0 ok, 1 failed, 2 bad input or option, 130 interrupted, 141 with --stream -o -:
+the reader of standard output went away (docs/usage.md).
 """
 
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser and decoder.",
@@ -403,7 +404,7 @@ def render_streaming(image, audio, output, overwrite, options, realtime, fmt, in
                      as_json, quiet) -> None:
     """``avatar render ... --stream``: speech in chunks (a file or standard input) -> a live video."""
     from ..media.image import load_portrait, load_source
-    from ..media.stream import FORMATS, pcm_chunks, render_stream
+    from ..media.stream import FORMATS, ReaderGone, StreamStop, pcm_chunks, render_stream
     from ..media.video import check_output_path
     from ..models.catalog import MODELS
     from ..options import portrait_boxes
@@ -429,9 +430,21 @@ def render_streaming(image, audio, output, overwrite, options, realtime, fmt, in
     pipe = pipeline_for(options, load, quiet)
     if not ditto:
         note(f"note: --model {options.model} is not incremental: the video starts when the speech has ended", quiet)
-    chunks = pcm_chunks(audio, input_format, realtime=realtime)
-    with signals_interrupt():
-        result = render_stream(pipe, picture, chunks, out, options, fmt=fmt, **boxes)
+    # One stop for both ends: waiting for speech and writing video both end at once when the reader of
+    # standard output goes away (docs/usage.md, "When a live stream's reader goes away").
+    stop = StreamStop.for_output(out)
+    chunks = pcm_chunks(audio, input_format, realtime=realtime, stop=stop)
+    try:
+        with signals_interrupt():
+            result = render_stream(pipe, picture, chunks, out, options, fmt=fmt, stop=stop, **boxes)
+    except ReaderGone as gone:  # a player closed, `| head`: the shell's status for SIGPIPE, one line unless -q
+        note(str(gone), quiet)
+        raise typer.Exit(gone.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (typer would turn it into a silent exit 130)
+        typer.echo("avatar: interrupted", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        stop.close()
     result.update(model=options.model, method=options.method_name, device=str(pipe.device), seed=options.seed,
                   weights=pipe.source)
     if ditto:

@@ -4,18 +4,32 @@
   any format decoded incrementally by the bundled ffmpeg (``imageio_ffmpeg.get_ffmpeg_exe()``) as a pipe;
   optionally paced at speech speed (``--realtime``).
 - :class:`StreamWriter`: one ffmpeg process that takes RGB frames on its standard input and the same PCM
-  on a second pipe, and writes fragmented MP4 (``-movflags frag_keyframe+empty_moov``) or MPEG-TS to a file
+  on a second pipe, and writes fragmented MP4 (``-movflags frag_keyframe+delay_moov``) or MPEG-TS to a file
   or to standard output. Audio and video start at 0 and the audio is the input's samples, so they stay
   in sync; the audio written runs with the frames (the samples of the frames handed in so far).
+- :class:`StreamStop`: how a live render ends early. Every wait of a stream (reading the speech, writing
+  frames and samples to ffmpeg, waiting for ffmpeg to finish) is one ``poll`` that also watches the
+  output's reader (standard output as a pipe or socket: ``POLLERR``/``POLLHUP`` once the reader is gone)
+  and a cancel pipe (:meth:`StreamStop.cancel`, callable from any thread: a UI whose client disconnected).
+  No wait depends on a thread or a timeout: the stream runs on the calling thread alone.
+
+Why a wait cannot block forever (issue 29; before, a reader closing the pipe could hang the render):
+the old writer fed the audio pipe from a thread while the main thread wrote video. When the reader went
+away, ffmpeg's muxer failed, its video demuxer stopped reading while its audio demuxer stayed blocked in
+``read()`` on the audio pipe, and ffmpeg waited for that demuxer: the main thread blocked writing video
+to an ffmpeg that no longer read it, the audio thread blocked on its queue waiting for the main thread,
+ffmpeg on the audio thread. Now both pipes are non-blocking and written by one ``poll`` loop: a pipe whose
+reader (ffmpeg) is gone reports ``POLLERR`` and the stream stops, killing ffmpeg.
 """
 
 from __future__ import annotations
 
 import os
-import queue
+import select
+import stat
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +41,142 @@ from ..errors import AvatarError, InputError
 
 SAMPLE_RATE = 16000
 FORMATS = ("mp4", "mpegts")
-#: Samples of silence the AAC encoder puts before the speech. MPEG-TS timestamps account for them; a
-#: fragmented MP4 (no edit list) does not, so there the video starts this much later to stay in sync.
+#: Samples of silence the AAC encoder puts before the speech. MPEG-TS timestamps account for them; the
+#: fragmented MP4 skips them with an edit list (``delay_moov``: the moov, with the edit list, is written
+#: with the first fragment, once the encoder's delay is known), so both streams start at 0.
 AAC_PRIMING = 1024
+#: Exit code when the reader of standard output went away: a shell pipeline's status for SIGPIPE (128 + 13).
+READER_GONE_EXIT = 141
 _clock = time.perf_counter  # render_stream's clock (a test replaces it)
+
+
+class ReaderGone(AvatarError):
+    """The output can no longer be written: the reader of standard output (a pipe or socket) went away.
+
+    ``exit_code`` 141, a shell pipeline's status for SIGPIPE."""
+
+    exit_code = READER_GONE_EXIT
+
+
+class StreamCancelled(AvatarError):
+    """:meth:`StreamStop.cancel` was called (a UI whose live client disconnected); the message is its reason."""
+
+
+def _is_pipe_or_socket(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+class StreamStop:
+    """Ends a live render early and promptly: its reader gone or :meth:`cancel` called.
+
+    Args:
+        watch: file descriptors of the output (standard output when the video goes there); one that is a
+            pipe or a socket is watched: ``poll`` reports ``POLLERR`` (a pipe with no reader left) or
+            ``POLLHUP`` (a socket whose peer closed) at once, even while ffmpeg is the one writing to it.
+            Regular files and terminals cannot lose their reader and are not watched.
+
+    :meth:`wait` is the only blocking call of a stream: it returns when one of the given descriptors is
+    ready, and raises :class:`ReaderGone` or :class:`StreamCancelled` instead as soon as the reader goes or
+    :meth:`cancel` is called. A signal (Ctrl-C, SIGTERM) interrupts it like any system call (the CLI's
+    handler raises KeyboardInterrupt). Linux and macOS (``select.poll``).
+    """
+
+    def __init__(self, watch: tuple[int, ...] | list[int] = ()):
+        self.watch = [fd for fd in watch if _is_pipe_or_socket(fd)]
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self.reason: str | None = None
+        self.frames = 0  # frames handed to ffmpeg so far (for the message)
+
+    @classmethod
+    def for_output(cls, output: str | Path, stdout: BinaryIO | None = None) -> "StreamStop":
+        """A stop that watches standard output's reader when ``output`` is ``"-"``."""
+        if str(output) != "-":
+            return cls()
+        stream = stdout if stdout is not None else sys.stdout.buffer
+        try:
+            return cls((stream.fileno(),))
+        except (AttributeError, OSError, ValueError):
+            return cls()
+
+    def cancel(self, reason: str = "the live client disconnected") -> None:
+        """Stop the render from any thread (a signal handler too): its next wait raises StreamCancelled."""
+        if self.reason is None:
+            self.reason = reason
+        if self._w < 0:
+            return  # closed: the render is over
+        try:
+            os.write(self._w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # already woken
+
+    def _gone(self) -> ReaderGone:
+        return ReaderGone(f"the reader of standard output went away after {self.frames} frames; the render stopped")
+
+    def wait(self, fds: dict[int, int]) -> dict[int, int]:
+        """Block until one of ``fds`` (descriptor -> ``select.POLLIN``/``POLLOUT``) is ready.
+
+        Returns:
+            descriptor -> the events ``poll`` reported (``POLLERR``/``POLLHUP`` too: a pipe's other end closed).
+
+        Raises:
+            ReaderGone: the watched output's reader went away.
+            StreamCancelled: :meth:`cancel` was called.
+        """
+        poller = select.poll()
+        for fd, events in fds.items():
+            poller.register(fd, events)
+        poller.register(self._r, select.POLLIN)
+        for fd in self.watch:
+            if fd not in fds:
+                poller.register(fd, 0)  # POLLERR/POLLHUP are always reported
+        while True:
+            # No timeout: every party this can wait for is one of the registered descriptors (ffmpeg's
+            # pipes report POLLERR/POLLHUP when ffmpeg exits), and a signal interrupts poll.
+            ready = dict(poller.poll())
+            self.check(ready)
+            hits = {fd: ev for fd, ev in ready.items() if fd in fds}
+            if hits:
+                return hits
+
+    def check(self, ready: dict[int, int] | None = None) -> None:
+        """Raise if the render must stop (a non-blocking look when ``ready`` is None).
+
+        Raises:
+            ReaderGone, StreamCancelled: as :meth:`wait`.
+        """
+        if ready is None:
+            poller = select.poll()
+            poller.register(self._r, select.POLLIN)
+            for fd in self.watch:
+                poller.register(fd, 0)
+            ready = dict(poller.poll(0))
+        if self._r in ready or self.reason is not None:
+            raise StreamCancelled(self.reason or "cancelled")
+        if any(ready.get(fd, 0) & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for fd in self.watch):
+            raise self._gone()
+
+    def reader_gone(self) -> bool:
+        """Whether the watched output's reader went away (a non-blocking look)."""
+        try:
+            self.check()
+        except ReaderGone:
+            return True
+        except StreamCancelled:
+            return False
+        return False
+
+    def close(self) -> None:
+        """Release the cancel pipe (once: a second call closes nothing, its numbers may be reused by then)."""
+        fds, self._r, self._w = (self._r, self._w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 def _ffmpeg() -> str:
@@ -44,10 +190,38 @@ def _last_line(data: bytes) -> str:
     return lines[-1] if lines else "no audio decoded"
 
 
+def _read_log(log) -> bytes:
+    log.seek(0)
+    return log.read()
+
+
+def _read(reader, size: int, stop: StreamStop | None) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end (``BufferedReader.read`` semantics); with ``stop``, each wait
+    is :meth:`StreamStop.wait`, so that a reader gone or a cancel is noticed while the speech is awaited.
+    The descriptor is read directly (``os.read``): nothing else reads it, so no bytes wait in a buffer."""
+    try:
+        fd = reader.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if stop is None or fd is None:
+        return reader.read(size)
+    out = bytearray()
+    while len(out) < size:
+        stop.wait({fd: select.POLLIN})
+        data = os.read(fd, size - len(out))
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
 def pcm_chunks(source: str | Path, input_format: str | None = None, chunk_samples: int = 1280,
                realtime: bool = False, stdin: BinaryIO | None = None,
-               clock=time.perf_counter, sleep=time.sleep) -> Iterator[np.ndarray]:
+               clock=time.perf_counter, sleep=time.sleep, stop: StreamStop | None = None) -> Iterator[np.ndarray]:
     """Speech as (n,) float32 chunks at 16 kHz mono (values in [-1, 1)), read as it arrives.
+
+    The input ending early (standard input closed mid-stream, a truncated file) is the end of the speech: the
+    chunks end there. Closing the generator (or its end) kills the ffmpeg decoder and waits for it.
 
     Args:
         source: a file, or ``"-"`` for standard input.
@@ -57,12 +231,16 @@ def pcm_chunks(source: str | Path, input_format: str | None = None, chunk_sample
         realtime: pace the chunks at speech speed: a chunk is yielded no earlier than its last sample's
             time after the first read (a file then behaves like a live source).
         stdin: the byte stream for ``"-"`` (default ``sys.stdin.buffer``).
+        stop: a :class:`StreamStop`: waiting for the speech then ends as soon as the output's reader goes
+            or the render is cancelled.
 
     Raises:
         InputError: the input cannot be read or decoded, or holds no samples (one line, ffmpeg's last line).
+        ReaderGone, StreamCancelled: from ``stop``.
     """
     stream = stdin if stdin is not None else sys.stdin.buffer
     proc = None
+    log = None
     if input_format == "s16le":
         reader = stream if str(source) == "-" else open(source, "rb")
     else:
@@ -73,15 +251,18 @@ def pcm_chunks(source: str | Path, input_format: str | None = None, chunk_sample
             cmd += ["-f", input_format]
         cmd += ["-i", "pipe:0" if str(source) == "-" else str(source), "-vn", "-f", "s16le", "-ac", "1",
                 "-ar", str(SAMPLE_RATE), "pipe:1"]
+        # ffmpeg's messages go to a file, not a pipe: a pipe nobody reads while we read its output would
+        # block the decoder once 64 KiB of messages (a long corrupt input) filled it.
+        log = tempfile.TemporaryFile()
         proc = subprocess.Popen(cmd, stdin=stream if str(source) == "-" else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=log)
         reader = proc.stdout
     start = None
     total = 0
     leftover = b""
     try:
         while True:
-            data = reader.read(chunk_samples * 2)
+            data = _read(reader, chunk_samples * 2, stop)
             if not data:
                 break
             data = leftover + data
@@ -98,16 +279,19 @@ def pcm_chunks(source: str | Path, input_format: str | None = None, chunk_sample
                     sleep(wait)
             yield chunk
         if proc is not None:
-            err = proc.stderr.read()
+            # its output ended: ffmpeg is exiting, the wait is short
             if proc.wait() != 0:
                 raise InputError(f"cannot decode the speech from {'standard input' if str(source) == '-' else source}:"
-                                 f" {_last_line(err)}")
+                                 f" {_last_line(_read_log(log))}")
         if total == 0:
             raise InputError(f"no speech samples in {'standard input' if str(source) == '-' else source}")
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()  # SIGKILL: the wait below ends at once
             proc.wait()
+            proc.stdout.close()
+            log.close()
         if reader is not stream and proc is None:
             reader.close()
 
@@ -116,107 +300,172 @@ class StreamWriter:
     """One ffmpeg process: RGB frames (stdin) + 16 kHz s16le mono audio (a second pipe) -> a live video.
 
     Video: libx264 (veryfast, zerolatency, yuv420p, keyframe every second) at 25 fps; audio: AAC.
-    ``fmt="mp4"``: fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``: playable while written,
-    also from a pipe), its video starting 64 ms late (:data:`AAC_PRIMING`) so that lips and speech stay in
-    sync; ``"mpegts"``: MPEG-TS. ``output`` ``"-"`` writes to standard output.
+    ``fmt="mp4"``: fragmented MP4 (``frag_keyframe+delay_moov+default_base_moof``: playable while written,
+    also from a pipe; the moov goes out with the first fragment, carrying an edit list that skips the AAC
+    encoder's :data:`AAC_PRIMING` samples: video and speech both start at 0, the video lasts
+    ``ceil(samples / 640)`` frames and the decoded speech its samples rounded up to a whole 1024-sample AAC
+    frame; docs/ditto.md "A/V sync"); ``"mpegts"``: MPEG-TS. ``output`` ``"-"`` writes to standard output.
 
     Use :meth:`write` (frames and the samples they cover, in order), then :meth:`close`; on an error,
-    :meth:`abort` kills ffmpeg and removes a partly written file.
+    :meth:`abort` kills ffmpeg and removes a partly written file. Both pipes to ffmpeg are non-blocking and
+    written by one ``poll`` loop on the calling thread (:meth:`StreamStop.wait`): no thread, and no write
+    that can wait on a reader that is gone.
+
+    Args:
+        stop: the :class:`StreamStop` every wait honours (a new one watching standard output when None).
 
     Raises:
         AvatarError: ffmpeg failed (its last line).
+        ReaderGone: the reader of standard output went away (ffmpeg is killed).
+        StreamCancelled: ``stop.cancel()`` was called.
     """
 
     def __init__(self, output: str | Path, size: tuple[int, int], fps: float = 25.0, fmt: str = "mp4",
-                 crf: int = 18, stdout: BinaryIO | None = None):
+                 crf: int = 18, stdout: BinaryIO | None = None, stop: StreamStop | None = None):
         if fmt not in FORMATS:
             raise InputError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
         self.output = str(output)
         self.to_stdout = self.output == "-"
+        self.stop = stop if stop is not None else StreamStop.for_output(output, stdout)
         width, height = size
         read_fd, self._audio_fd = os.pipe()
-        muxer = (["-f", "mp4", "-movflags", "frag_keyframe+empty_moov+default_base_moof"] if fmt == "mp4"
+        muxer = (["-f", "mp4", "-movflags", "frag_keyframe+delay_moov+default_base_moof"] if fmt == "mp4"
                  else ["-f", "mpegts"])
         cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
-               *(["-itsoffset", f"{AAC_PRIMING / SAMPLE_RATE:g}"] if fmt == "mp4" else []),
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "pipe:0",
                "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", f"pipe:{read_fd}",
                "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
                "-pix_fmt", "yuv420p", "-crf", str(crf), "-g", str(int(round(fps))),
                "-c:a", "aac", "-b:a", "128k", *muxer, "pipe:1" if self.to_stdout else self.output]
         out = (stdout if stdout is not None else sys.stdout.buffer) if self.to_stdout else subprocess.DEVNULL
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE,
-                                      pass_fds=(read_fd,))
-        os.close(read_fd)
-        self._audio: queue.Queue = queue.Queue()
-        self._audio_thread = threading.Thread(target=self._feed_audio, daemon=True)
-        self._audio_thread.start()
-        self._err = b""
-        self._err_thread = threading.Thread(target=self._read_err, daemon=True)
-        self._err_thread.start()
+        self._log = tempfile.TemporaryFile()  # ffmpeg's messages: a file cannot fill up and block ffmpeg
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=self._log,
+                                          pass_fds=(read_fd,))
+        finally:
+            os.close(read_fd)
+        self._video_fd = self._proc.stdin.fileno()
+        os.set_blocking(self._video_fd, False)
+        os.set_blocking(self._audio_fd, False)
+        try:  # ffmpeg's exit as a descriptor (Linux >= 5.3): close() waits on it and on the stop together
+            self._pidfd = os.pidfd_open(self._proc.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        self._pending = bytearray()  # samples not yet taken by ffmpeg
+        if not self.to_stdout:
+            from .video import PARTIAL_FILES
+
+            PARTIAL_FILES.add(Path(self.output))  # a second Ctrl-C's hard exit removes it
         self.frames = 0
         self.samples = 0
 
-    def _read_err(self) -> None:
-        self._err = self._proc.stderr.read()
-
-    def _feed_audio(self) -> None:
-        with os.fdopen(self._audio_fd, "wb") as pipe:
-            while True:
-                block = self._audio.get()
-                if block is None:
-                    return
+    def _pump(self, video: memoryview | None) -> None:
+        """Write ``video`` entirely (and as much pending audio as ffmpeg takes meanwhile); with ``video``
+        None, write all pending audio. Each wait is :meth:`StreamStop.wait` on both pipes."""
+        while (video is not None and len(video)) or (video is None and self._pending):
+            fds = {}
+            if video is not None and len(video):
+                fds[self._video_fd] = select.POLLOUT
+            if self._pending and self._audio_fd is not None:
+                fds[self._audio_fd] = select.POLLOUT
+            ready = self.stop.wait(fds)
+            for fd, events in ready.items():
+                if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    self._fail()  # ffmpeg closed the pipe: it exited
                 try:
-                    pipe.write(block)
-                    pipe.flush()
-                except (BrokenPipeError, OSError):
-                    return
+                    if fd == self._video_fd:
+                        video = video[os.write(fd, video[: 1 << 20]):]
+                    else:
+                        del self._pending[: os.write(fd, self._pending[: 1 << 16])]
+                except BlockingIOError:
+                    pass
+                except OSError:  # EPIPE: ffmpeg exited
+                    self._fail()
 
     def write(self, frames: np.ndarray, audio: np.ndarray) -> None:
-        """Frames (n, H, W, 3) uint8 and the float32 samples [-1, 1] that come with them (any count)."""
+        """Frames (n, H, W, 3) uint8 and the float32 samples [-1, 1] that come with them (any count).
+
+        Returns once ffmpeg has taken the frames; samples ffmpeg does not take yet stay pending (ffmpeg may
+        want the next frames first) and go with the next call or :meth:`close`.
+        """
+        self.stop.check()
         if len(audio):
             pcm = (np.clip(np.asarray(audio, np.float32), -1, 32767 / 32768) * 32768).astype("<i2")
-            self._audio.put(pcm.tobytes())
+            self._pending += pcm.tobytes()
             self.samples += len(pcm)
         if len(frames):
-            try:
-                self._proc.stdin.write(np.ascontiguousarray(frames, dtype=np.uint8).tobytes())
-                self._proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                self._fail()
+            self._pump(memoryview(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()))
             self.frames += len(frames)
+            self.stop.frames = self.frames
+        elif self._pending:
+            try:
+                del self._pending[: os.write(self._audio_fd, self._pending[: 1 << 16])]
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._fail()
 
     def _fail(self) -> None:
-        self._audio.put(None)
-        self._proc.wait()
-        self._err_thread.join(5)
-        raise AvatarError(f"ffmpeg failed writing {self.output}: {_last_line(self._err)}")
-
-    def close(self) -> None:
-        """Finish: close both pipes, wait for ffmpeg.
-
-        Raises:
-            AvatarError: ffmpeg exited with an error.
-        """
-        self._audio.put(None)
-        try:
-            self._proc.stdin.close()  # first: ffmpeg may wait for video before it reads the last audio
-        except (BrokenPipeError, OSError):
-            pass
-        self._audio_thread.join()
-        code = self._proc.wait()
-        self._err_thread.join(5)
-        if code != 0:
-            raise AvatarError(f"ffmpeg failed writing {self.output}: {_last_line(self._err)}")
-
-    def abort(self) -> None:
-        """Kill ffmpeg and remove the partly written file (not standard output)."""
-        self._audio.put(None)
+        """ffmpeg exited early: the reader gone (ReaderGone) or ffmpeg's own error (AvatarError)."""
+        if self.stop.reader_gone():
+            raise self.stop._gone()
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        self._audio_thread.join(5)  # it closes the audio pipe (a write to the killed ffmpeg fails at once)
+        if self.stop.reader_gone():
+            raise self.stop._gone()
+        raise AvatarError(f"ffmpeg failed writing {self.output}: {_last_line(_read_log(self._log))}")
+
+    def close(self) -> None:
+        """Finish: close the video pipe, hand over the last samples, close the audio pipe, wait for ffmpeg.
+
+        Raises:
+            AvatarError: ffmpeg exited with an error.
+            ReaderGone, StreamCancelled: from the stop, while ffmpeg writes its last fragments.
+        """
+        self._close_pipe("_video_fd")  # first: ffmpeg may wait for the end of the video before the last audio
+        self._pump(None)
+        self._close_pipe("_audio_fd")
+        # ffmpeg now only encodes what it holds and writes it out; it can block on its output only while a
+        # reader is there and slow (a paused player): the pidfd wait also watches that reader and the cancel.
+        if self._pidfd is not None:
+            self.stop.wait({self._pidfd: select.POLLIN})
+        code = self._proc.wait()
+        self._release()
+        if code != 0:
+            self._fail()
+
+    def _close_pipe(self, name: str) -> None:
+        fd = getattr(self, name)
+        if fd is None:
+            return
+        setattr(self, name, None)
+        try:
+            if name == "_video_fd":
+                self._proc.stdin.close()
+            else:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def _release(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         if not self.to_stdout:
+            from .video import PARTIAL_FILES
+
+            PARTIAL_FILES.discard(Path(self.output))
+
+    def abort(self) -> None:
+        """Kill ffmpeg and remove the partly written file (not standard output, nor a named pipe)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()  # after SIGKILL: at once
+        self._close_pipe("_video_fd")
+        self._close_pipe("_audio_fd")
+        self._release()
+        if not self.to_stdout and Path(self.output).is_file():
             Path(self.output).unlink(missing_ok=True)
 
 
@@ -253,14 +502,23 @@ class AudioTap:
 
 
 def render_stream(pipe, image: np.ndarray, chunks, output: str | Path, options, *, fmt: str = "mp4",
-                  face_box=None, stdout: BinaryIO | None = None, stats=None, lip_box=None, side=None) -> dict:
+                  face_box=None, stdout: BinaryIO | None = None, stats=None, lip_box=None, side=None,
+                  stop: StreamStop | None = None) -> dict:
     """Stream ``chunks`` (float32 16 kHz) through ``pipe.stream`` into a :class:`StreamWriter`
-    (``face_box``, ``lip_box``, ``side``: as :class:`RenderJob` holds them).
+    (``face_box``, ``lip_box``, ``side``: as :class:`RenderJob` holds them; the latter two are passed on
+    only when given, for the U-Net family's masks).
 
     Timing (seconds, ``time.perf_counter``): ``first_frame_delay_s`` = first audio chunk received to the
     first frames handed to ffmpeg; a frame's delay = its audio complete (the chunk that brought sample
     ``(i + 1) * 640``, or the last) to the frame handed to ffmpeg; a frame is late when handed over after
     ``first frame out + i / fps`` (a player that starts with the first frame would stall on it).
+
+    Stopping early: ``stop`` (a :class:`StreamStop`; one watching standard output when None) is looked at
+    with every audio chunk and every frame batch and honoured by every wait of the writer, so the render
+    stops within one chunk of computation once the reader of standard output is gone, or once
+    ``stop.cancel(reason)`` is called from another thread (the hook for a UI whose live client
+    disconnected). Then, as on any error or KeyboardInterrupt: ffmpeg is killed, the speech decoder of
+    :func:`pcm_chunks` is closed (killed), a partly written file is removed, and the error propagates.
 
     Returns:
         dict: output, frames, fps, duration_s, samples, width, height, wall_s, rtf, first_frame_delay_s,
@@ -268,17 +526,24 @@ def render_stream(pipe, image: np.ndarray, chunks, output: str | Path, options, 
 
     Raises:
         InputError, AvatarError: bad input (the partial file is removed) or ffmpeg failing.
+        ReaderGone: the reader of standard output went away (exit code 141 in the CLI).
+        StreamCancelled: ``stop.cancel()`` was called.
     """
     from collections import deque
 
+    from .. import interrupt
+
     height, width = image.shape[:2]
     fps = options.fps
+    own_stop = stop is None
+    stop = StreamStop.for_output(output, stdout) if own_stop else stop
     tap = AudioTap(chunks)
     arrivals: deque = deque()  # (samples received, time), popped as frames pass them
 
     def tapped():
         for chunk in tap:
             arrivals.append((tap.received, _clock()))
+            stop.check()  # a reader gone or a cancel, noticed with every chunk of speech
             yield chunk
 
     writer = None
@@ -286,11 +551,13 @@ def render_stream(pipe, image: np.ndarray, chunks, output: str | Path, options, 
     first_out = None
     late = 0
     start = _clock()
+    boxes = {k: v for k, v in (("lip_box", lip_box), ("side", side)) if v is not None}
+    frames_out = pipe.stream(image, tapped(), options, face_box=face_box, stats=stats, **boxes)
     try:
-        for frames, times in pipe.stream(image, tapped(), options, face_box=face_box, stats=stats,
-                                                 lip_box=lip_box, side=side):
+        for frames, times in frames_out:
+            interrupt.check()  # a Ctrl-C/SIGTERM whose KeyboardInterrupt was swallowed (in a __del__)
             if writer is None:
-                writer = StreamWriter(output, (width, height), fps, fmt, options.crf, stdout=stdout)
+                writer = StreamWriter(output, (width, height), fps, fmt, options.crf, stdout=stdout, stop=stop)
             writer.write(frames, tap.take(len(frames)))
             now = _clock()
             first_out = now if first_out is None else first_out
@@ -308,6 +575,15 @@ def render_stream(pipe, image: np.ndarray, chunks, output: str | Path, options, 
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        # Close the generators now, not when the traceback is dropped: pcm_chunks kills its ffmpeg decoder
+        # (which may still be reading standard input) in its finally.
+        for gen in (frames_out, chunks):
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+        if own_stop:
+            stop.close()
     wall = _clock() - start
     duration = tap.received / SAMPLE_RATE
     ffd = None if first_out is None or tap.first_at is None else first_out - tap.first_at
