@@ -278,9 +278,9 @@ def test_face_box_reaches_the_hallo_face_conditions_in_frame_pixels(render, monk
     seen = []
     face_conditions = UNetPipeline.face_conditions
 
-    def spy(pipe, image, opts, face_box=None):
-        seen.append(face_box)
-        return face_conditions(pipe, image, opts, face_box)
+    def spy(pipe, image, opts, face_box=None, lip_box=None, side=None):
+        seen.append((face_box, side))
+        return face_conditions(pipe, image, opts, face_box, lip_box, side)
 
     monkeypatch.setattr(UNetPipeline, "face_conditions", spy)
     Spy(monkeypatch, stub=True)
@@ -288,7 +288,8 @@ def test_face_box_reaches_the_hallo_face_conditions_in_frame_pixels(render, monk
     # 320x240 -> --fit crop: the centre 240x240 (40 px off the left), then x 64/240 to --size 64
     x, y, w, h = FACE_BOX
     s = 64 / 240
-    assert seen == [pytest.approx(((x - 40) * s, y * s, w * s, h * s))]
+    assert len(seen) == 1 and seen[0][0] == pytest.approx(((x - 40) * s, y * s, w * s, h * s))
+    assert seen[0][1] == 240  # the masks are drawn on the 240 px square in the file's pixels (docs/hallo.md)
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +363,7 @@ def test_ditto_cfg_scale_reaches_the_window_sampler(ditto, media, monkeypatch, v
 def test_eval_face_box_sets_syncnet_python_crop_window(tmp_path, monkeypatch, capsys, test_data):
     """--face-box x,y,w,h: every frame is cut at syncnet_python's window for that box, computed here
     from crop_video's rule (s = max(w, h) / 2, pad = int(s (1 + 2 cs)), cs = 0.4)."""
-    import avatar_cli.eval.run as run_module
+    import avatar_cli.eval.face_track as face_track
     from avatar_cli.eval.syncnet import SyncNetV2
     from avatar_cli.media.video import VideoWriter
     from tests.eval.syncnet_inputs import random_state
@@ -375,8 +376,8 @@ def test_eval_face_box_sets_syncnet_python_crop_window(tmp_path, monkeypatch, ca
     with VideoWriter(video, (96, 64), 25, audio_path=test_data / "speech_espeak.wav") as writer:
         writer.write(frames)
     windows = []
-    crop = run_module.crop_bgr
-    monkeypatch.setattr(run_module, "crop_bgr", lambda frame, window: (windows.append(np.asarray(window)),
+    crop = face_track.crop_bgr
+    monkeypatch.setattr(face_track, "crop_bgr", lambda frame, window: (windows.append(np.asarray(window)),
                                                                         crop(frame, window))[1])
     for var in ("AVATAR_HOME", "AVATAR_WEIGHTS_DIR", "HF_HUB_CACHE"):
         monkeypatch.setenv(var, str(tmp_path / var))
