@@ -1,10 +1,11 @@
 """What the ``avatar ui`` tabs share: the device queue, errors as one line in the page, and the
-signature wrapper that names each API argument.
+signature wrapper that names each API argument, the layout of an upload tab.
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 from . import widgets
 
@@ -74,16 +75,27 @@ def with_request(fn):
     return fn
 
 
-def upload_inputs(file_label: str, file_id: str, audio_label: str, audio_id: str, sources: list[str],
-                  button: str, button_id: str):
-    """A tab's inputs, made in the current Gradio column: a file box (checked by content on the
-    server, not by Gradio's decoders), a speech box (a file path) and the primary button.
+@contextmanager
+def upload_tab(title: str, tab_id: str, intro: str, file_label: str, file_id: str, audio_label: str, audio_id: str,
+               sources: list[str], button: str, button_id: str, more=None):
+    """A tab of uploads in, results out: ``title`` (``id=tab_id``), ``intro`` (Markdown), then a row of
+    two columns. The left holds a file box (checked by content on the server, not by Gradio's
+    decoders), a speech box (a file path), the primary button and what ``more()`` makes; the body of
+    the ``with`` fills the right one.
 
-    Returns:
-        (gradio.File, gradio.Audio, gradio.Button).
+    Yields:
+        (gradio.File, gradio.Audio, gradio.Button, what ``more()`` returned or None).
     """
     import gradio as gr
 
-    upload = gr.File(label=file_label, file_count="single", elem_id=file_id)
-    speech = gr.Audio(label=audio_label, type="filepath", format=None, sources=sources, elem_id=audio_id)
-    return upload, speech, gr.Button(button, variant="primary", elem_id=button_id)
+    with gr.Tab(title, id=tab_id):
+        gr.Markdown(intro)
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label=file_label, file_count="single", elem_id=file_id)
+                speech = gr.Audio(label=audio_label, type="filepath", format=None, sources=sources,
+                                  elem_id=audio_id)
+                go = gr.Button(button, variant="primary", elem_id=button_id)
+                extra = more() if more is not None else None
+            with gr.Column():
+                yield upload, speech, go, extra

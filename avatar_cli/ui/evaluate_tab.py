@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AvatarError
-from .common import DEVICE_QUEUE, _error, upload_inputs, with_request
+from .common import DEVICE_QUEUE, _error, upload_tab, with_request
 
 
 class EvaluateTab:
@@ -50,17 +50,12 @@ class EvaluateTab:
         import gradio as gr
 
         app = self
-        with gr.Tab("Evaluate", id="evaluate"):
-            gr.Markdown("Sync-C / Sync-D (SyncNet; `avatar weights download syncnet`) of a video, as "
-                        "`avatar eval` computes them.")
-            with gr.Row():
-                with gr.Column():
-                    eval_video, eval_speech, eval_go = upload_inputs(
-                        "Video (mp4)", "eval-video", "Speech (default: the video's own)", "eval-speech",
-                        ["upload"], "Evaluate", "eval-button")
-                with gr.Column():
-                    metrics = gr.JSON(label="Metrics", elem_id="metrics")
-                    plot = gr.Image(label="Sync-C against Sync-D", elem_id="plot", interactive=False)
+        intro = ("Sync-C / Sync-D (SyncNet; `avatar weights download syncnet`) of a video, as `avatar eval` "
+                 "computes them.")
+        with upload_tab("Evaluate", "evaluate", intro, "Video (mp4)", "eval-video", "Speech (default: the video's own)",
+                        "eval-speech", ["upload"], "Evaluate", "eval-button") as (eval_video, eval_speech, eval_go, _):
+            metrics = gr.JSON(label="Metrics", elem_id="metrics")
+            plot = gr.Image(label="Sync-C against Sync-D", elem_id="plot", interactive=False)
 
         @with_request
         def evaluate(video, speech, request):

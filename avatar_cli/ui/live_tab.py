@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import AvatarError
 from . import widgets
-from .common import DEVICE_QUEUE, _error, unexpected, upload_inputs, with_request, with_signature
+from .common import DEVICE_QUEUE, _error, unexpected, upload_tab, with_request, with_signature
 
 
 class Talk:
@@ -229,20 +229,19 @@ class LiveTab:
         import gradio as gr
 
         app = self
-        with gr.Tab("Live", id="live"):
-            gr.Markdown("Ditto (`--model ditto`) streams: the speech is read at speech speed and frames "
-                        "appear as they are made. The Render tab's Ditto options apply.")
-            with gr.Row():
-                with gr.Column():
-                    live_portrait, live_speech, live_go = upload_inputs(
-                        "Portrait", "live-portrait", "Speech (record or upload)", "live-speech",
-                        ["microphone", "upload"], "Start", "live-button")
-                    talk = gr.Audio(label="Or talk: frames follow while you speak", sources=["microphone"],
-                                    streaming=True, type="numpy", elem_id="live-talk")
-                with gr.Column():
-                    live_frame = gr.Image(label="Live", elem_id="live-frame", interactive=False)
-                    live_status = gr.Markdown(elem_id="live-status")
-                    live_video = gr.Video(label="Recorded stream", elem_id="live-video", interactive=False)
+        intro = ("Ditto (`--model ditto`) streams: the speech is read at speech speed and frames appear as they "
+                 "are made. The Render tab's Ditto options apply.")
+
+        def microphone():
+            return gr.Audio(label="Or talk: frames follow while you speak", sources=["microphone"], streaming=True,
+                            type="numpy", elem_id="live-talk")
+
+        with upload_tab("Live", "live", intro, "Portrait", "live-portrait", "Speech (record or upload)",
+                        "live-speech", ["microphone", "upload"], "Start", "live-button", more=microphone) as (
+                live_portrait, live_speech, live_go, talk):
+            live_frame = gr.Image(label="Live", elem_id="live-frame", interactive=False)
+            live_status = gr.Markdown(elem_id="live-status")
+            live_video = gr.Video(label="Recorded stream", elem_id="live-video", interactive=False)
         live_go.click(with_signature(app.live, names, generator=True),
                       [live_portrait, live_speech, *option_inputs], [live_frame, live_status, live_video],
                       api_name="live", concurrency_limit=1, concurrency_id=DEVICE_QUEUE)
