@@ -242,7 +242,7 @@ def test_random_echomimic_models_save_and_load(tmp_path):
 
 def test_face_detectors_in_order(monkeypatch):
     """--face-box, else EchoMimic's MTCNN (mtcnn extra), else MediaPipe (face extra), else the whole frame."""
-    from avatar_cli.media import face as face_mod
+    from avatar_cli.media import echomimic_face as face_mod  # echomimic_face looks both detectors up there
 
     image = np.zeros((64, 64, 3), np.uint8)
 

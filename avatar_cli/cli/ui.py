@@ -1,4 +1,5 @@
-"""``avatar ui``: the renderer in a browser (Gradio; the ``ui`` extra). The app is ``avatar_cli/ui/app.py``."""
+"""``avatar ui``: the renderer in a browser (Gradio; the ``ui`` extra). The app is ``avatar_cli/ui/app.py``
+(one module per tab beside it)."""
 
 from __future__ import annotations
 
