@@ -93,7 +93,7 @@ class LiveTab:
         ``avatar render --stream``); yields (newest frame, status, None) as frames are made, then
         (last frame, status, the streamed mp4)."""
         from ..media.image import load_source
-        from ..media.stream import pcm_chunks, render_stream
+        from ..media.stream import StreamStop, pcm_chunks, render_stream
 
         folder = self.sessions.folder(self._session(request))
         output = folder / f"live-{next(self._count)}.mp4"
@@ -111,7 +111,9 @@ class LiveTab:
                 path.unlink(missing_ok=True)
             raise _error(err) from None
         frames: queue.Queue = queue.Queue()
-        stop = threading.Event()
+        # the page gone (Gradio closes this generator): the stream stops at its next wait, as it does when
+        # the reader of `avatar render - -o - --stream` goes away (issue 29)
+        cancel = StreamStop()
         outcome: dict = {}
 
         class Tee:  # pipe.stream, with each batch's newest frame handed to the page too
@@ -120,16 +122,10 @@ class LiveTab:
                     frames.put((time.perf_counter(), len(batch), batch[-1]))
                     yield batch, times
 
-        def chunks():
-            for chunk in pcm_chunks(audio, realtime=True):
-                if stop.is_set():
-                    return
-                yield chunk
-
         def run():
             try:
-                outcome["result"] = render_stream(Tee(), picture, chunks(), output, options, fmt="mp4",
-                                                  face_box=face_box)
+                outcome["result"] = render_stream(Tee(), picture, pcm_chunks(audio, realtime=True, stop=cancel),
+                                                  output, options, fmt="mp4", face_box=face_box, stop=cancel)
             except BaseException as err:  # noqa: BLE001  (reported in the page)
                 outcome["error"] = err
             finally:
@@ -159,8 +155,10 @@ class LiveTab:
                 fps = shown / max(at - start - first, 1e-6) if shown > count else 0.0
                 yield last, f"first frame after {first:.2f} s; {shown} frames, {fps:.1f} fps", None
         finally:
-            stop.set()
+            if worker.is_alive():  # closed before the end: the client disconnected
+                cancel.cancel("the live client disconnected")
             worker.join()
+            cancel.close()
             for path in made:
                 path.unlink(missing_ok=True)
         if "error" in outcome:

@@ -1,5 +1,6 @@
 """``avatar ui`` from Python with ``gradio_client`` (no browser): two clients at once get their own
-videos in queue order; Ctrl-C stops the server and removes its session folders."""
+videos in queue order; a live client that disconnects stops its stream; Ctrl-C stops the server and removes
+its session folders."""
 
 from __future__ import annotations
 
@@ -78,3 +79,26 @@ def test_ctrl_c_stops_the_server_and_removes_its_folders(server):
     assert not [r for r in roots if r.exists()]
     # Gradio's cached uploads and results go too (its upload route leaves empty placeholder files)
     assert not [p for p in server.files() if p.stat().st_size], server.files()
+
+
+def test_a_live_client_that_disconnects_stops_its_stream(server, portrait_64, tmp_path):
+    """/live cancelled by its client after the first frame (as a closed tab does): the stream stops at once
+    (StreamStop.cancel, issue 29) and its partial mp4 is removed, long before the 6 s of speech would end."""
+    client_mod = pytest.importorskip("gradio_client")
+    speech = tmp_path / "speech6s.wav"
+    ffmpeg("-stream_loop", "-1", "-i", str(ROOT / "tests" / "data" / "speech_espeak.wav"), "-t", "6", "-ac", "1",
+           "-ar", "16000", str(speech))
+    client = client_mod.Client(server.url, verbose=False)
+    job = client.submit(portrait=client_mod.handle_file(str(portrait_64)), speech=client_mod.handle_file(str(speech)),
+                        steps=1, api_name="/live")
+    deadline = time.monotonic() + 300
+    while not job.outputs():  # the first frame reached the client
+        assert not job.done() and time.monotonic() < deadline, job.status()
+        time.sleep(0.2)
+    live = lambda: [p for p in server.files() if p.name.startswith("live-") and p.suffix == ".mp4"]  # noqa: E731
+    assert live()  # being written
+    cancelled = time.monotonic()
+    job.cancel()
+    while live():
+        assert time.monotonic() - cancelled < 5.0, live()  # the speech (paced at its own speed) has > 3 s left
+        time.sleep(0.1)
