@@ -38,6 +38,7 @@ def media(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stop")
     synthetic_portrait(folder / "p.png", 96)
     synthetic_speech(folder / "s.wav", 2.0)  # 50 frames: 2 fragments of 25 frames
+    synthetic_speech(folder / "s4.wav", 4.0)  # 100 frames: the reader closes after the first of 4 fragments
     return folder
 
 
@@ -105,7 +106,9 @@ def test_reader_closing_early_stops_every_run(media):
     """20 runs of `avatar render p.png - -o - --stream ... < s.wav | head -c 3000`: each ends (141) soon after
     its reader closed, far sooner than the whole stream, with no child process or thread left."""
     mark = uuid.uuid4().hex
-    run = subprocess.run([sys.executable, "-c", DRIVER, str(media / "p.png"), str(media / "s.wav"), "20", *ARGS,
+    # 4 s of speech: an early run must render the first fragment (25 frames) after the same start-up as the
+    # full stream (models, HuBERT, the first DiT window), so with 2 s its share of the full time is ~80 %
+    run = subprocess.run([sys.executable, "-c", DRIVER, str(media / "p.png"), str(media / "s4.wav"), "20", *ARGS,
                           "-q"], capture_output=True, cwd=ROOT, env=env(mark), timeout=900)
     assert run.returncode == 0, run.stderr.decode()[-2000:]
     rows = [json.loads(line) for line in run.stdout.decode().splitlines()]
@@ -113,7 +116,7 @@ def test_reader_closing_early_stops_every_run(media):
     assert len(early) == 20 and full["rc"] == 0 and full["bytes"] > 3000
     for row in early:
         assert row["rc"] == 141 and row["bytes"] == 3000, row
-        # the reader closes at the first fragment (frame 25 of 50); stopping takes at most one chunk's work
+        # the reader closes at the first fragment (frame 25 of 100); stopping takes at most one chunk's work
         assert row["after_close"] < max(2.0, 0.25 * full["wall"]), (row, full["wall"])
         assert row["wall"] < 0.8 * full["wall"], (row, full["wall"])
         assert row["children"] == [] and row["threads"] == 1, row
