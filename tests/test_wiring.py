@@ -292,6 +292,32 @@ def test_face_box_reaches_the_hallo_face_conditions_in_frame_pixels(render, monk
     assert seen[0][1] == 240  # the masks are drawn on the 240 px square in the file's pixels (docs/hallo.md)
 
 
+def test_face_box_reaches_echomimics_face_rule_in_frame_pixels(render, monkeypatch):
+    """--face-box with --model echomimic-acc: EchoMimic's face rule gets the box in frame pixels (the
+    same mapping as Hallo's), and its face-locator mask is 1 at the box's centre and 0 in the crop's
+    corner (mask = box dilated by 0.1, crop = box dilated by 0.5: the corner lies outside the mask)."""
+    import avatar_cli.media.face as face_module
+
+    seen = []
+    rule = face_module.echomimic_face
+
+    def spy(image, face_box=None, **kwargs):
+        out = rule(image, face_box, **kwargs)
+        seen.append((face_box, out))
+        return out
+
+    monkeypatch.setattr(face_module, "echomimic_face", spy)
+    Spy(monkeypatch, stub=True)
+    render("--model", "echomimic-acc", "--steps", 1, "--face-box", ",".join(map(str, FACE_BOX)))
+    x, y, w, h = FACE_BOX
+    s = 64 / 240  # 320x240 -> the centre 240x240 (40 px off the left) -> 64 px
+    assert len(seen) == 1 and seen[0][0] == pytest.approx(((x - 40) * s, y * s, w * s, h * s))
+    face = seen[0][1]
+    assert face.source == "face-box option"
+    mask = face.mask_image[0]
+    assert float(mask[32, 32]) == 1.0 and float(mask[0, 0]) == 0.0
+
+
 @pytest.fixture(scope="module")
 def ditto():
     from avatar_cli.pipelines.ditto import DittoPipeline
