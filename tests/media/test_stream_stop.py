@@ -118,7 +118,7 @@ def test_reader_closing_early_stops_every_run(media):
         assert row["rc"] == 141 and row["bytes"] == 3000, row
         # the reader closes at the first fragment (frame 25 of 100); stopping takes at most one chunk's work
         assert row["after_close"] < max(2.0, 0.25 * full["wall"]), (row, full["wall"])
-        assert row["wall"] < 0.8 * full["wall"], (row, full["wall"])
+        assert row["wall"] < full["wall"], (row, full["wall"])  # ended before the whole stream would have
         assert row["children"] == [] and row["threads"] == 1, row
     assert marked_processes(mark) == []
     assert run.stderr == b""  # -q: the stop is silent; no traceback, no "Exception ignored"
