@@ -70,17 +70,6 @@ def test_evaluate_endpoint_checks_the_upload_and_names_the_weights(server, speec
         assert row["video"] == "clip.mp4" and "sync_c" in row
 
 
-def test_ctrl_c_stops_the_server_and_removes_its_folders(server):
-    pytest.importorskip("gradio")
-    roots = list(server.tmp.glob("avatar-ui-*"))
-    assert roots  # the server's work root exists while it runs
-    assert server.stop() == 0
-    assert "avatar: stopped" in server.text()
-    assert not [r for r in roots if r.exists()]
-    # Gradio's cached uploads and results go too (its upload route leaves empty placeholder files)
-    assert not [p for p in server.files() if p.stat().st_size], server.files()
-
-
 def test_a_live_client_that_disconnects_stops_its_stream(server, portrait_64, tmp_path):
     """/live cancelled by its client after the first frame (as a closed tab does): the stream stops at once
     (StreamStop.cancel, issue 29) and its partial mp4 is removed, long before the 6 s of speech would end."""
@@ -102,3 +91,15 @@ def test_a_live_client_that_disconnects_stops_its_stream(server, portrait_64, tm
     while live():
         assert time.monotonic() - cancelled < 5.0, live()  # the speech (paced at its own speed) has > 3 s left
         time.sleep(0.1)
+
+
+def test_ctrl_c_stops_the_server_and_removes_its_folders(server):
+    pytest.importorskip("gradio")
+    roots = list(server.tmp.glob("avatar-ui-*"))
+    assert roots  # the server's work root exists while it runs
+    assert server.stop() == 0
+    assert "avatar: stopped" in server.text()
+    assert not [r for r in roots if r.exists()]
+    # Gradio's cached uploads and results go too (its upload route leaves empty placeholder files)
+    assert not [p for p in server.files() if p.stat().st_size], server.files()
+
