@@ -93,16 +93,22 @@ def test_bad_upload_is_one_line_in_the_page(server, page, speech_1s, tmp_path):
     assert not [p for p in left if "session-" in str(p)], left
 
 
-def test_live_tab_from_the_fake_microphone(server, playwright, speech_1s, portrait_64):
-    """The Live tab: Chromium's fake microphone plays the test speech, the recording streams through
-    Ditto (``render_stream``) and frames appear in the page with the first-frame delay and fps."""
+def live_tab(server, playwright, speech, portrait):
+    """Chromium whose fake microphone plays ``speech``, on the Live tab with ``portrait`` uploaded."""
     browser = chromium(playwright, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                       f"--use-file-for-fake-audio-capture={speech_1s}")
+                       f"--use-file-for-fake-audio-capture={speech}")
     page = browser.new_context(permissions=["microphone"]).new_page()
     page.set_default_timeout(300_000)
     page.goto(server.url)
     page.get_by_role("tab", name="Live").click()
-    upload(page, "live-portrait", portrait_64)
+    upload(page, "live-portrait", portrait)
+    return browser, page
+
+
+def test_live_tab_from_the_fake_microphone(server, playwright, speech_1s, portrait_64):
+    """The Live tab: Chromium's fake microphone plays the test speech, the recording streams through
+    Ditto (``render_stream``) and frames appear in the page with the first-frame delay and fps."""
+    browser, page = live_tab(server, playwright, speech_1s, portrait_64)
     page.locator("#live-speech button.record-button").click()
     page.wait_for_timeout(1500)
     page.locator("#live-speech button.stop-button").click()
@@ -118,13 +124,7 @@ def test_live_tab_from_the_fake_microphone(server, playwright, speech_1s, portra
 def test_talk_frames_follow_the_microphone_while_it_records(server, playwright, speech_1s, portrait_64):
     """The Live tab's talk box: Chromium's fake microphone streams into Ditto while it records, and a
     frame reaches the page before recording stops (the stream's end is not awaited: it renders on)."""
-    browser = chromium(playwright, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                       f"--use-file-for-fake-audio-capture={speech_1s}")
-    page = browser.new_context(permissions=["microphone"]).new_page()
-    page.set_default_timeout(300_000)
-    page.goto(server.url)
-    page.get_by_role("tab", name="Live").click()
-    upload(page, "live-portrait", portrait_64)
+    browser, page = live_tab(server, playwright, speech_1s, portrait_64)
     page.locator("#live-talk button.record-button").click()
     page.locator("#live-frame img").first.wait_for()
     assert page.locator("#live-talk button.stop-button").is_visible()  # still recording
