@@ -1,5 +1,5 @@
 """The frame loop's work beside the networks (issue 25): paste-back overlapped with the next chunk's
-warp + decoder, render batches sized by free GPU memory, pinned host copies.
+warp + decoder, pinned host copies.
 
 Ditto's offline loop (``pipelines/ditto.py``) is, per chunk of frames: MotionStitch -> warp -> decoder
 -> paste-back -> writer. The writer already runs in a background thread (``media/video.py``);
@@ -58,34 +58,6 @@ def pipelined(items: Iterable[T], finish: Callable[[T], R], wait: Callable[[], o
             if pending is not None:
                 pending.cancel()
 
-
-def render_batch_for_memory(free_bytes: int, per_frame_bytes: int, default: int = 4, cap: int = 32,
-                            headroom: float = 0.7) -> int:
-    """Frames per warp + decoder call that fit ``headroom`` of ``free_bytes`` (at least 1, at most ``cap``).
-
-    Args:
-        free_bytes: free device memory (``torch.cuda.mem_get_info()[0]``), bytes.
-        per_frame_bytes: peak activation bytes of one frame through warp + decoder (measured).
-        default: returned when ``per_frame_bytes`` is not positive.
-    """
-    if per_frame_bytes <= 0:
-        return default
-    return max(1, min(cap, int(free_bytes * headroom) // per_frame_bytes))
-
-
-def cuda_render_batch(device: torch.device, run_one: Callable[[], object], default: int = 4, cap: int = 32) -> int:
-    """On CUDA: measure one frame's peak memory through ``run_one()`` and size the batch by the free
-    memory (:func:`render_batch_for_memory`); elsewhere ``default``."""
-    if device.type != "cuda":
-        return default
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    run_one()
-    torch.cuda.synchronize(device)
-    per_frame = torch.cuda.max_memory_allocated(device) - base
-    free, _ = torch.cuda.mem_get_info(device)
-    return render_batch_for_memory(free, per_frame, default, cap)
 
 
 def to_host(tensor: torch.Tensor, buffers: dict | None = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ from avatar_cli.options import RenderOptions
 from avatar_cli.models.liveportrait import SPADEDecoder, WarpingNetwork
 from avatar_cli.pipelines.ditto import DittoPipeline
 from avatar_cli.precision import NetworkPrecision, policy, psnr, run_in
-from avatar_cli.render_loop import pipelined, render_batch_for_memory
+from avatar_cli.render_loop import pipelined
 from tests.models.ditto.seeded import FIXTURE_CONFIG, FIXTURE_SEEDS, seeded_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,14 +189,6 @@ def test_pipelined_keeps_order_overlaps_and_raises():
 
     with pytest.raises(ValueError, match="paste failed"):
         list(pipelined(iter(range(5)), boom))
-
-
-def test_render_batch_for_memory():
-    gib = 1 << 30
-    assert render_batch_for_memory(10 * gib, gib) == 7  # 70 % of 10 GiB / 1 GiB
-    assert render_batch_for_memory(100 * gib, gib) == 32  # capped
-    assert render_batch_for_memory(gib // 2, gib) == 1  # at least one frame
-    assert render_batch_for_memory(gib, 0) == 4  # not measured: the default
 
 
 def test_load_options_keep_the_request_and_the_json_says_what_ran(monkeypatch):
