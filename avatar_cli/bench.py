@@ -107,7 +107,7 @@ def _summary(values: list[float]) -> dict:
 
 def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: float = 10.0,
           audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
-          dtype: str = "auto", decoder: str = "vae", compile: bool = False, repeat: int = 3,
+          dtype: str = "auto", decoder: str = "vae", compile: bool | None = None, repeat: int = 3,
           weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
           log=lambda message: None, command: str | None = None, method: str | None = None,
           evaluate=None, load: "LoadOptions | None" = None, steps: int | None = None) -> dict:
@@ -206,6 +206,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         "taesd_psnr_db": checks.get("taesd_psnr_db"), **{k: v for k, v in checks.items() if k != "taesd_psnr_db"},
         "eval": evaluation,
         "device": device_name, "dtype": dtype_name(dt), "precision": runs[0].precision,
+        "compiled": runs[0].compiled,
         "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "command": command if command is not None else " ".join(["avatar", *sys.argv[1:]]),

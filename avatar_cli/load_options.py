@@ -27,7 +27,8 @@ class LoadOptions:
             config of any width (``models/configs.py``; e.g. ``{"base": "tiny", "dit": {"latent_dim": 48}}``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``.
         dtype: ``auto``, ``float32``, ``float16``, ``bfloat16`` or a ``torch.dtype``.
-        compile: ``torch.compile`` the denoiser and decoder.
+        compile: ``torch.compile`` the networks: True, False, or None (auto: ``compiling.py``'s measured
+            policy; Ditto's warp and decoder for offline CPU renders of >= 100 frames, nothing else).
         add_cfg_layers: give weights without FADA's CFG-token layers zero-initialised ones.
         requested_dtype: the ``dtype`` as given before :meth:`resolved` (``"auto"`` lets ``precision.py``
             choose per network); None: ``dtype``.
@@ -38,7 +39,7 @@ class LoadOptions:
     arch: str = "full"
     device: str | torch.device = "auto"
     dtype: str | torch.dtype = "auto"
-    compile: bool = False
+    compile: bool | None = None
     add_cfg_layers: bool = False
     requested_dtype: str | torch.dtype | None = None
 

@@ -40,7 +40,10 @@ def bench(
     device: Device = "auto",
     dtype: Dtype = "auto",
     decoder: Annotated[str, typer.Option(help="vae or taesd.")] = "vae",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoising U-Net and decoder.")] = False,
+    compile: Annotated[Optional[bool], typer.Option(
+        "--compile/--no-compile", show_default="auto",
+        help="torch.compile the networks (default auto: as 'avatar render', Ditto's warp + decoder for offline "
+             "CPU renders of >= 4 s; cold_start_s includes the compile).")] = None,
     repeat: Annotated[int, typer.Option(help="Warm runs.")] = 3,
     weights: Annotated[Optional[Path], typer.Option(help="A weights folder instead of random weights.",
                                                     show_default=False)] = None,

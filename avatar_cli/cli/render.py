@@ -70,14 +70,17 @@ fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2, echom
 the reader of standard output went away (docs/usage.md).
 """
 
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser and decoder.",
-                                       rich_help_panel=PANEL_PERF)]
+Compile = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", show_default="auto",
+    help="torch.compile the networks. Default auto: Ditto's warp + decoder for offline CPU renders of >= 4 s "
+         "(needs a C++ compiler; ~40 s the first time, cached after), nothing else.",
+    rich_help_panel=PANEL_PERF)]
 AddCfgLayers = Annotated[bool, typer.Option(
     "--add-cfg-layers", help="For --method fada with weights lacking CFG-token layers: add zero-initialised ones.",
     rich_help_panel=PANEL_PERF)]
 
 
-def load_options(weights, random_weights, arch, device, dtype, compile=False, add_cfg_layers=False):
+def load_options(weights, random_weights, arch, device, dtype, compile=None, add_cfg_layers=False):
     """The :class:`LoadOptions` of the command line's flags (built once per command)."""
     from ..load_options import LoadOptions
 
@@ -166,7 +169,7 @@ def render(
     arch: ArchOption = Arch.full,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    compile: Compile = False,
+    compile: Compile = None,
     add_cfg_layers: AddCfgLayers = False,
     no_download: NoDownload = False,
     preview: Annotated[bool, typer.Option(
@@ -361,7 +364,7 @@ def batch(
     arch: ArchOption = Arch.full,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    compile: Compile = False,
+    compile: Compile = None,
     add_cfg_layers: AddCfgLayers = False,
     no_download: NoDownload = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.",

@@ -119,7 +119,7 @@ def download_default(note: Callable[[str], None] = lambda message: None, quiet: 
 
 
 def load_pipeline(model: str = "osa-lcm", weights: str | Path | None = None, random_weights: bool = False,
-                  arch: str = "full", device="auto", dtype="auto", compile: bool = False,
+                  arch: str = "full", device="auto", dtype="auto", compile: bool | None = None,
                   add_cfg_layers: bool = False, method: str | None = None,
                   note: Callable[[str], None] = lambda message: None) -> Pipeline:
     """The pipeline for ``--model`` from ``--weights DIR``, ``--random-weights`` (``arch``), or the

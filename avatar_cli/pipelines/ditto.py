@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compiling import CompiledNetwork, wants_compile
 from ..errors import InputError, WeightsError
 from ..media.face_crop import SourceCrop, crop_source, detect_eye_state
 from ..media.paste import PasteBack
@@ -122,6 +123,8 @@ class DittoPipeline(Pipeline):
         precision: the ``--dtype`` request the per-network policy refines (``precision.py``): ``"auto"``
             may run some networks in bf16 autocast on a CPU with native bf16; default: ``dtype`` itself
             (every renderer network in ``dtype``). :meth:`set_precision` changes it later.
+        compile: torch.compile the warp and decoder: True, False, or None (``compiling.py``'s policy: offline
+            CPU renders of >= 100 frames). :attr:`compiled` lists the networks that ran compiled.
     """
 
     family = "ditto"
@@ -131,8 +134,10 @@ class DittoPipeline(Pipeline):
     def __init__(self, models: DittoModels, config: DittoConfig, encoder: Callable[[np.ndarray], np.ndarray],
                  aux_dir: str | Path | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, source: str = "", render_batch: int = 4,
-                 precision: str | torch.dtype | None = None):
+                 precision: str | torch.dtype | None = None, compile: bool | None = False):
         super().__init__(torch.device(device), dtype, source)
+        self.compile = compile
+        self._compiled: dict[str, CompiledNetwork] = {}
         self.models = models.to(self.device).eval()
         self.set_precision(dtype if precision is None else precision)
         self._host_buffers: dict = {}
@@ -143,7 +148,7 @@ class DittoPipeline(Pipeline):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                        compile: bool = False, **_) -> "DittoPipeline":
+                        compile: bool | None = False, **_) -> "DittoPipeline":
         """Load Ditto's released files (a hub snapshot or a converted folder, see the module docstring).
 
         ``dtype="auto"`` is float32 on the CPU (Ditto's fp16 autocast is 30-150x slower there) and
@@ -167,9 +172,7 @@ class DittoPipeline(Pipeline):
         # sizes: avatar_index.json's "config" ('weights convert --from ditto'), or its "preset" (older folders)
         models = DittoModels.from_files(models_dir, preset=index_config(root))
         pipe = cls(models, config, OnnxHubert(aux / HUBERT_FILE), aux, dev, dt, str(root), precision=dtype)
-        if compile:
-            pipe.models.warp.compile()
-            pipe.models.decoder.compile()
+        pipe.compile = compile
         return pipe
 
     @staticmethod
@@ -191,16 +194,14 @@ class DittoPipeline(Pipeline):
 
     @classmethod
     def from_preset(cls, arch: str = "full", device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                    seed: int = 0, compile: bool = False, **_) -> "DittoPipeline":
+                    seed: int = 0, compile: bool | None = False, **_) -> "DittoPipeline":
         """Random weights at the released sizes (``full``) or a tiny preset, with a seeded random
         stand-in for HuBERT: real shapes and costs, the frames are noise."""
         dev = resolve_device(device)
         dt = resolve_dtype("float16" if dtype == "auto" and dev.type == "cuda" else dtype, dev)
         pipe = cls(DittoModels.from_preset(arch, seed=seed), DittoConfig(), RandomHubert(seed), None, dev, dt,
                    f"random:{arch}", precision=dtype)
-        if compile:
-            pipe.models.warp.compile()
-            pipe.models.decoder.compile()
+        pipe.compile = compile
         return pipe
 
     def set_precision(self, requested: str | torch.dtype = "auto", native_bf16: bool | None = None) -> dict:
@@ -219,8 +220,25 @@ class DittoPipeline(Pipeline):
     def _run(self, name: str, *args: torch.Tensor):
         """Network ``name`` on ``args`` in its format (inputs cast, autocast around it)."""
         prec: NetworkPrecision = self.precision[name]
+        net = self._compiled.get(name) or getattr(self.models, name)
         with prec.context(self.device):
-            return getattr(self.models, name)(*(prec.input(a) for a in args))
+            return net(*(prec.input(a) for a in args))
+
+    def use_compile(self, frames: int, stream: bool = False) -> list[str]:
+        """Compile the warp and decoder for a render of ``frames`` frames when :attr:`compile` (or, for
+        None, ``compiling.wants_compile``) says so; compiled once per pipeline, kept for later renders.
+
+        Returns:
+            the networks that run compiled (``[]`` or ``["warp", "decoder"]``; :attr:`compiled`).
+        """
+        if not self._compiled and wants_compile(self.compile, self.device, frames, stream):
+            self._compiled = {n: CompiledNetwork(getattr(self.models, n), n, self.warn) for n in ("warp", "decoder")}
+        return self.compiled
+
+    @property
+    def compiled(self) -> list[str]:
+        """The networks that run compiled (those whose compile failed are not listed)."""
+        return [n for n, c in self._compiled.items() if c.compiled is not None]
 
     # ------------------------------------------------------------ once per portrait
     @torch.no_grad()
@@ -283,7 +301,8 @@ class DittoPipeline(Pipeline):
             "controls_file": None if options.controls is None else str(options.controls),
             "controlled_frames": len(ctl.per_frame),
         }
-        return {**super().describe(options), "controls": controls, "precision": describe_precision(self.precision)}
+        return {**super().describe(options), "controls": controls, "precision": describe_precision(self.precision),
+                "compiled": self.compiled}
 
     PREVIEW_STEPS = 5  # --preview's DiT steps (default 10; the renderer, not the DiT, sets the pace)
 
@@ -453,6 +472,7 @@ class DittoPipeline(Pipeline):
         with stats("motion"):
             motion = self.motion(features[:total], source, opts, stats)
         progress.stage("frames")
+        self.use_compile(total)
         ctl = self.controls(opts)
         stitcher = self.stitcher(source, total, opts, ctl)
         paste = PasteBack(source.crop.M_c2o, image.shape[:2])
@@ -557,6 +577,7 @@ class DittoPipeline(Pipeline):
 
         opts = options or RenderOptions(model="ditto")
         self.check(opts)
+        self.use_compile(0, stream=True)  # only an explicit --compile: it would add to the first-frame delay
         ctl = self.controls(opts, stream=True)
         if ctl.overlap < 40:
             raise InputError(f"--stream needs --motion-overlap 40..79 (got {ctl.overlap}): Ditto's online windows "
