@@ -42,7 +42,7 @@ def bench(
     decoder: Annotated[str, typer.Option(help="vae or taesd.")] = "vae",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoising U-Net and decoder.")] = False,
     render_batch: Annotated[int, typer.Option("--render-batch", help="--model ditto: frames per warp + decoder call "
-                                              "(0: sized by free GPU memory on CUDA, 4 on the CPU).")] = 0,
+                                              "(0: sized by free GPU memory offline on CUDA, else 4).")] = 0,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="--model ditto on CUDA: warp + decoder replayed "
                                              "as a CUDA graph (not with --compile).")] = False,
     repeat: Annotated[int, typer.Option(help="Warm runs.")] = 3,

@@ -73,8 +73,8 @@ the reader of standard output went away (docs/usage.md).
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser and decoder.",
                                        rich_help_panel=PANEL_PERF)]
 RenderBatch = Annotated[int, typer.Option(
-    "--render-batch", help="--model ditto: frames per warp + decoder call (0: sized by free GPU memory on CUDA, "
-    "4 on the CPU).", rich_help_panel=PANEL_PERF)]
+    "--render-batch", help="--model ditto: frames per warp + decoder call (0: sized by free GPU memory for offline "
+    "renders on CUDA, else 4).", rich_help_panel=PANEL_PERF)]
 CudaGraph = Annotated[bool, typer.Option(
     "--cuda-graph", help="--model ditto on CUDA: warp + decoder captured once as a CUDA graph and replayed per "
     "batch (not with --compile).", rich_help_panel=PANEL_PERF)]
