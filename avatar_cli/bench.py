@@ -110,7 +110,8 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
           dtype: str = "auto", decoder: str = "vae", compile: bool | None = None, repeat: int = 3,
           weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
           log=lambda message: None, command: str | None = None, method: str | None = None,
-          evaluate=None, load: "LoadOptions | None" = None, steps: int | None = None) -> dict:
+          evaluate=None, load: "LoadOptions | None" = None, steps: int | None = None, render_batch: int = 0,
+          cuda_graph: bool = False) -> dict:
     """Benchmark one model (and sampling method). Returns the report (see module docstring); times
     in seconds.
 
@@ -126,6 +127,8 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         load: how to load the model (``load_options.py``); when given it replaces ``weights``, ``arch``,
             ``device``, ``dtype`` and ``compile``.
         steps: sampling steps (None: the method's; ``scripts/gpu-bench.sh`` runs Ditto at 10 and 5).
+        render_batch, cuda_graph: Ditto's warp + decoder (``graph_renderer.py``); the report's ``"renderer"``
+            says the batch used (None for other families).
     """
     from . import __version__
     from .runtime import dtype_name
@@ -136,7 +139,8 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
     options = RenderOptions(model=model, method=method, size=size, decoder=decoder, overlap=overlap,
                             face_embedding="none", num_inference_steps=steps)
     label = options.model if options.method is None else f"{options.model}/{options.method_name}"
-    load = (load or LoadOptions(weights, weights is None, arch, device, dtype, compile)).resolved()
+    load = (load or LoadOptions(weights, weights is None, arch, device, dtype, compile, render_batch=render_batch,
+                                cuda_graph=cuda_graph)).resolved()
     dev, dt, weights, arch = load.device, load.dtype, load.weights, load.arch
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         tmp = Path(tmp)
@@ -205,7 +209,7 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         "peak_memory_bytes": int(peak), "peak_memory_scope": peak_scope,
         "taesd_psnr_db": checks.get("taesd_psnr_db"), **{k: v for k, v in checks.items() if k != "taesd_psnr_db"},
         "eval": evaluation,
-        "device": device_name, "dtype": dtype_name(dt), "precision": runs[0].precision,
+        "device": device_name, "dtype": dtype_name(dt), "precision": runs[0].precision, "renderer": runs[0].renderer,
         "compiled": runs[0].compiled,
         "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
@@ -243,7 +247,8 @@ def bench_stream(model: str = "ditto", arch: str = "full", size: int = 512, seco
                  audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
                  dtype: str = "auto", repeat: int = 1, weights: str | Path | None = None,
                  log=lambda message: None, command: str | None = None, steps: int | None = None,
-                 motion_overlap: int | None = None, load: "LoadOptions | None" = None) -> dict:
+                 motion_overlap: int | None = None, load: "LoadOptions | None" = None, render_batch: int = 0,
+                 cuda_graph: bool = False) -> dict:
     """``avatar bench --stream``: stream the speech at real-time pacing (``--realtime``: each 80 ms chunk
     handed over no earlier than its last sample's time) through ``pipeline.stream`` into the live writer
     (fragmented MP4), and measure what a viewer sees (``media/stream.py:render_stream``): first-frame delay
@@ -260,7 +265,8 @@ def bench_stream(model: str = "ditto", arch: str = "full", size: int = 512, seco
     options = RenderOptions(model=model, size=size, face_embedding="none", num_inference_steps=steps,
                             motion_overlap=motion_overlap)
     options.validate()
-    load = (load or LoadOptions(weights, weights is None, arch, device, dtype)).resolved()
+    load = (load or LoadOptions(weights, weights is None, arch, device, dtype, render_batch=render_batch,
+                                cuda_graph=cuda_graph)).resolved()
     dev, dt, weights, arch = load.device, load.dtype, load.weights, load.arch
     ditto = MODELS[options.model].family == "ditto"
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -32,6 +34,9 @@ class LoadOptions:
         add_cfg_layers: give weights without FADA's CFG-token layers zero-initialised ones.
         requested_dtype: the ``dtype`` as given before :meth:`resolved` (``"auto"`` lets ``precision.py``
             choose per network); None: ``dtype``.
+        render_batch: Ditto's frames per warp + decoder call; 0: sized by free memory on CUDA, 4 on the
+            CPU (``graph_renderer.py``).
+        cuda_graph: Ditto's warp + decoder replayed as a CUDA graph (CUDA only, not with ``compile``).
     """
 
     weights: Path | None = None
@@ -42,16 +47,22 @@ class LoadOptions:
     compile: bool | None = None
     add_cfg_layers: bool = False
     requested_dtype: str | torch.dtype | None = None
+    render_batch: int = 0
+    cuda_graph: bool = False
 
     def resolved(self) -> "LoadOptions":
         """A copy with ``device`` and ``dtype`` resolved to torch objects (``runtime.py``'s policy).
 
         Raises:
-            InputError: an unknown device or dtype name, or a CUDA device this machine lacks.
+            InputError: an unknown device or dtype name, or a CUDA device this machine lacks; renderer
+                options that cannot run (``graph_renderer.check_renderer_options``: ``--cuda-graph`` off
+                CUDA or with ``--compile``, ``--render-batch`` outside 0..32).
         """
+        from .graph_renderer import check_renderer_options
         from .runtime import resolve_device, resolve_dtype
 
         device = resolve_device(self.device)
+        check_renderer_options(device, self.render_batch, self.cuda_graph, self.compile)
         requested = self.dtype if self.requested_dtype is None else self.requested_dtype
         return replace(self, device=device, dtype=resolve_dtype(self.dtype, device), requested_dtype=requested)
 
@@ -66,4 +77,9 @@ class LoadOptions:
                              compile=load.compile, add_cfg_layers=load.add_cfg_layers, method=method, note=note)
         if hasattr(pipe, "set_precision"):  # the per-network formats of the --dtype as given (precision.py)
             pipe.set_precision(load.requested_dtype)
+        if hasattr(pipe, "set_renderer"):  # Ditto's warp + decoder batch and CUDA graph (graph_renderer.py)
+            pipe.set_renderer(load.render_batch, load.cuda_graph)
+        elif load.render_batch or load.cuda_graph:
+            raise InputError(f"--render-batch and --cuda-graph apply to --model ditto, not --model {model}; "
+                             f"leave them out")
         return pipe

@@ -274,6 +274,7 @@ class RenderResult:
     controls: dict | None = None  # --model ditto: the controls in effect (DittoPipeline.describe)
     precision: dict | None = None  # network -> the format it ran in (precision.py), where the family reports it
     compiled: list | None = None  # the networks that ran torch.compiled (compiling.py), where the family reports it
+    renderer: dict | None = None  # --model ditto: warp + decoder's batch and CUDA graph (graph_renderer.py)
     load_s: float | None = None  # the CLI: seconds building the models (downloads not included)
     total_s: float | None = None  # the CLI: seconds from the process start to the result
 

@@ -96,3 +96,41 @@ def test_bench_on_the_gpu_reports_its_keys(capsys):
         assert r["tflops_share_of_peak"] is None
     else:
         assert r["tflops_share_of_peak"] == pytest.approx(r["tflops_achieved"] / peak, abs=1e-4)
+
+
+def test_cuda_graph_renderer_matches_eager_and_the_batch_is_sized_by_memory():
+    from avatar_cli.graph_renderer import render_batch_for_memory
+    from avatar_cli.pipelines.base import RenderStats
+    from avatar_cli.pipelines.ditto import DittoPipeline
+
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    pipe = DittoPipeline.from_preset("tiny", device="cuda", dtype=dtype, seed=0)
+    pipe.warn = lambda message: None
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    source = pipe.source_state(image, (32, 16, 64, 64))
+    g = np.random.default_rng(1)
+    infos = [{k: (v + 0.02 * g.standard_normal(v.shape)).astype(np.float32) for k, v in source.motion.items()}
+             for _ in range(6)]
+    stats = RenderStats.of(pipe)
+
+    def chunks():  # 4 + 2 frames: the graph's last chunk is padded to 4
+        return torch.cat([pipe.render_crops(infos[:4], source, stats, 4), pipe.render_crops(infos[4:], source, stats, 4)])
+
+    eager = chunks()
+    pipe.set_renderer(4, cuda_graph=True)
+    graph = chunks()
+    static = pipe.renderer.static(None, 4)
+    assert static.capture and static.graph is not None and static.replays == 2
+    assert graph.shape == eager.shape == (6, 512, 512, 3) and graph.dtype == torch.float32
+    # the same kernels replayed: bf16 rounding where the padded batch picks other kernels, no more
+    diff = (graph - eager).abs()
+    assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean(), diff.max())
+    torch.testing.assert_close(pipe.render_crops(infos[:4], source, stats, 4), graph[:4], rtol=0, atol=0)  # replay
+    assert static.replays == 3 and pipe.renderer.static(None, 4) is static  # captured once
+    pipe.set_renderer(0)  # auto: offline batches sized by the free memory
+    batch = pipe.renderer.offline_batch(pipe.render_batch, lambda: pipe._warp_decode(
+        source.features, source.keypoints, source.keypoints))
+    r = pipe.describe(RenderOptions(model="ditto"))["renderer"]
+    assert r["sized_by"] == "memory" and r["per_frame_bytes"] > 0 and r["free_bytes"] > 0
+    assert r["render_batch"] == batch == render_batch_for_memory(r["free_bytes"], r["per_frame_bytes"])
+    assert pipe.describe(RenderOptions(model="ditto"), stream=True)["renderer"]["render_batch"] == 4

@@ -44,6 +44,10 @@ def bench(
         "--compile/--no-compile", show_default="auto",
         help="torch.compile the networks (default auto: as 'avatar render', Ditto's warp + decoder for offline "
              "CPU renders of >= 4 s; cold_start_s includes the compile).")] = None,
+    render_batch: Annotated[int, typer.Option("--render-batch", help="--model ditto: frames per warp + decoder call "
+                                              "(0: sized by free GPU memory offline on CUDA, else 4).")] = 0,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="--model ditto on CUDA: warp + decoder replayed "
+                                             "as a CUDA graph (not with --compile).")] = False,
     repeat: Annotated[int, typer.Option(help="Warm runs.")] = 3,
     weights: Annotated[Optional[Path], typer.Option(help="A weights folder instead of random weights.",
                                                     show_default=False)] = None,
@@ -80,6 +84,14 @@ def bench(
         raise InputError(f"--seconds must be 0.1..3600 (got {seconds:g})")
     for name in models:
         RenderOptions(model=name, method=method, size=size, decoder=decoder).validate()
+    if render_batch or cuda_graph:
+        from ..load_options import LoadOptions
+        from .render import refuse_renderer_flags
+
+        for name in models:
+            refuse_renderer_flags(RenderOptions(model=name), LoadOptions(device=device, compile=compile,
+                                                                         render_batch=render_batch,
+                                                                         cuda_graph=cuda_graph))
     if plot_path is not None:
         try:
             import matplotlib  # noqa: F401
@@ -106,7 +118,8 @@ def bench(
         for name in models:
             report = benchmod.bench_stream(name, arch.value, size, seconds, audio, image, device, dtype, repeat, weights,
                                            log=lambda m: note(m, quiet), command=shlex.join(["avatar", *ARGV]),
-                                           steps=steps, motion_overlap=motion_overlap)
+                                           steps=steps, motion_overlap=motion_overlap, render_batch=render_batch,
+                                           cuda_graph=cuda_graph)
             if as_json:
                 typer.echo(json.dumps(report))
             else:
@@ -119,7 +132,8 @@ def bench(
     for name in models:
         report = benchmod.bench(name, arch.value, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
                                 weights, flops, overlap, log=lambda m: note(m, quiet),
-                                command=shlex.join(["avatar", *ARGV]), method=method, evaluate=evaluator)
+                                command=shlex.join(["avatar", *ARGV]), method=method, evaluate=evaluator,
+                                render_batch=render_batch, cuda_graph=cuda_graph)
         reports.append(report)
         if as_json:
             typer.echo(json.dumps(report))

@@ -75,17 +75,42 @@ Compile = Annotated[Optional[bool], typer.Option(
     help="torch.compile the networks. Default auto: Ditto's warp + decoder for offline CPU renders of >= 4 s "
          "(needs a C++ compiler; ~40 s the first time, cached after), nothing else.",
     rich_help_panel=PANEL_PERF)]
+RenderBatch = Annotated[int, typer.Option(
+    "--render-batch", help="--model ditto: frames per warp + decoder call (0: sized by free GPU memory for offline "
+    "renders on CUDA, else 4).", rich_help_panel=PANEL_PERF)]
+CudaGraph = Annotated[bool, typer.Option(
+    "--cuda-graph", help="--model ditto on CUDA: warp + decoder captured once as a CUDA graph and replayed per "
+    "batch (not with --compile).", rich_help_panel=PANEL_PERF)]
 AddCfgLayers = Annotated[bool, typer.Option(
     "--add-cfg-layers", help="For --method fada with weights lacking CFG-token layers: add zero-initialised ones.",
     rich_help_panel=PANEL_PERF)]
 
 
-def load_options(weights, random_weights, arch, device, dtype, compile=None, add_cfg_layers=False):
+def load_options(weights, random_weights, arch, device, dtype, compile=None, add_cfg_layers=False, render_batch=0,
+                 cuda_graph=False):
     """The :class:`LoadOptions` of the command line's flags (built once per command)."""
     from ..load_options import LoadOptions
 
     return LoadOptions(weights=weights, random_weights=random_weights, arch=getattr(arch, "value", arch),
-                       device=device, dtype=dtype, compile=compile, add_cfg_layers=add_cfg_layers)
+                       device=device, dtype=dtype, compile=compile, add_cfg_layers=add_cfg_layers,
+                       render_batch=render_batch, cuda_graph=cuda_graph)
+
+
+def refuse_renderer_flags(options, load) -> None:
+    """``--render-batch`` / ``--cuda-graph`` fail in one line, before any input is read, where they
+    cannot run: another model than Ditto, ``--cuda-graph`` off CUDA or with ``--compile``.
+
+    Raises:
+        InputError: naming the flag and the fix.
+    """
+    from ..models.catalog import MODELS
+
+    if not (load.render_batch or load.cuda_graph):
+        return
+    if MODELS[options.model].family != "ditto":
+        flag = "--cuda-graph" if load.cuda_graph else "--render-batch"
+        raise InputError(f"{flag} applies to --model ditto, not --model {options.model}; leave it out")
+    load.resolved()  # graph_renderer.check_renderer_options
 
 
 def pipeline_for(options, load, quiet):
@@ -170,6 +195,8 @@ def render(
     device: Device = "auto",
     dtype: Dtype = "auto",
     compile: Compile = None,
+    render_batch: RenderBatch = 0,
+    cuda_graph: CudaGraph = False,
     add_cfg_layers: AddCfgLayers = False,
     no_download: NoDownload = False,
     preview: Annotated[bool, typer.Option(
@@ -197,9 +224,10 @@ def render(
 
     started = common.STARTED if common.STARTED is not None else time.perf_counter()  # total_s counts from here
     auto = render["model"].value == "auto"
-    load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers)
+    load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers, render_batch, cuda_graph)
     must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
+    refuse_renderer_flags(options, load)
     shorthand_note(render, quiet)
     if not preview:  # --preview picks the model (and its size) itself
         refuse_ignored(options)

@@ -34,6 +34,7 @@ import torch
 
 from ..compiling import CompiledNetwork, wants_compile
 from ..errors import InputError, WeightsError
+from ..graph_renderer import RendererSettings
 from ..media.face_crop import SourceCrop, crop_source, detect_eye_state
 from ..media.paste import PasteBack
 from ..models.ditto import DittoModels, index_config
@@ -119,7 +120,8 @@ class DittoPipeline(Pipeline):
         aux_dir: folder of the face-crop ONNX models and ``face_landmarker.task``; None: crops only
             from ``--face-box`` (or, with random weights, a centred box).
         device, dtype: where the networks run; the DiT, keypoints and stitching stay float32.
-        render_batch: frames warped and decoded per call.
+        render_batch: frames warped and decoded per call; 0: 4, and offline renders on CUDA sized by free
+            memory (:meth:`set_renderer`).
         precision: the ``--dtype`` request the per-network policy refines (``precision.py``): ``"auto"``
             may run some networks in bf16 autocast on a CPU with native bf16; default: ``dtype`` itself
             (every renderer network in ``dtype``). :meth:`set_precision` changes it later.
@@ -133,7 +135,7 @@ class DittoPipeline(Pipeline):
 
     def __init__(self, models: DittoModels, config: DittoConfig, encoder: Callable[[np.ndarray], np.ndarray],
                  aux_dir: str | Path | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, source: str = "", render_batch: int = 4,
+                 dtype: torch.dtype = torch.float32, source: str = "", render_batch: int = 0,
                  precision: str | torch.dtype | None = None, compile: bool | None = False):
         super().__init__(torch.device(device), dtype, source)
         self.compile = compile
@@ -143,8 +145,8 @@ class DittoPipeline(Pipeline):
         self._host_buffers: dict = {}
         self.config, self.encoder = config, encoder
         self.aux_dir = None if aux_dir is None else Path(aux_dir)
-        self.render_batch = render_batch
         self._sources: dict[tuple, SourceState] = {}
+        self.set_renderer(render_batch)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
@@ -215,7 +217,16 @@ class DittoPipeline(Pipeline):
         for name, prec in self.precision.items():
             prec.apply(getattr(self.models, name))
         self._sources = {}  # features computed in another format
+        if hasattr(self, "renderer"):  # another format: size the batch and capture the graph again
+            self.set_renderer(*self.renderer.request)
         return self.precision
+
+    def set_renderer(self, render_batch: int = 0, cuda_graph: bool = False, capture: bool = True) -> RendererSettings:
+        """Warp + decoder: ``render_batch`` frames per call (0: 4, and offline renders on CUDA sized by free
+        memory), through a CUDA graph with ``cuda_graph`` (``graph_renderer.py``)."""
+        self.renderer = RendererSettings(self.device, render_batch, cuda_graph, capture)
+        self.render_batch = self.renderer.render_batch
+        return self.renderer
 
     def _run(self, name: str, *args: torch.Tensor):
         """Network ``name`` on ``args`` in its format (inputs cast, autocast around it)."""
@@ -304,7 +315,7 @@ class DittoPipeline(Pipeline):
             "controlled_frames": len(ctl.per_frame),
         }
         return {**super().describe(options), "controls": controls, "precision": describe_precision(self.precision),
-                "compiled": self.compiled}
+                "compiled": self.compiled, "renderer": self.renderer.describe(self.render_batch, stream)}
 
     PREVIEW_STEPS = 5  # --preview's DiT steps (default 10; the renderer, not the DiT, sets the pace)
 
@@ -478,14 +489,17 @@ class DittoPipeline(Pipeline):
         ctl = self.controls(opts)
         stitcher = self.stitcher(source, total, opts, ctl)
         paste = PasteBack(source.crop.M_c2o, image.shape[:2])
-        chunks = -(-total // self.render_batch)
+        with stats("warp"):  # on CUDA by default: sized by free memory, once (graph_renderer.py)
+            batch = self.renderer.offline_batch(self.render_batch, lambda: self._warp_decode(
+                source.features, source.keypoints, source.keypoints))
+        chunks = -(-total // batch)
 
         def renders() -> Iterator[torch.Tensor]:  # the networks, in this thread
             for n in range(chunks):
                 with stats("warp"):
-                    rows = range(n * self.render_batch, min((n + 1) * self.render_batch, total))
+                    rows = range(n * batch, min((n + 1) * batch, total))
                     infos = [stitcher(vector_to_motion(motion[i]), **ctl.per_frame.get(i, {})) for i in rows]
-                yield self.render_crops(infos, source, stats)
+                yield self.render_crops(infos, source, stats, batch)
 
         # the paste-back of chunk n in a worker thread while chunk n + 1 is warped and decoded (issue 25);
         # "paste" then counts only the time the loop waits for it
@@ -516,15 +530,27 @@ class DittoPipeline(Pipeline):
             return self.paste_renders(renders, image, paste)
 
     @torch.no_grad()
-    def render_crops(self, infos: list[dict], source: SourceState, stats: RenderStats) -> torch.Tensor:
+    def render_crops(self, infos: list[dict], source: SourceState, stats: RenderStats,
+                     batch: int | None = None) -> torch.Tensor:
         """MotionStitch outputs (one per frame) -> the renders (n, 512, 512, 3) float32 in [0, 255] on the
-        device: keypoints, warp, decoder, each network in its format (:attr:`precision`)."""
+        device: keypoints, warp, decoder, each network in its format (:attr:`precision`); with
+        ``--cuda-graph`` warp + decoder are one replay on static buffers of ``batch`` (default
+        ``render_batch``) frames, timed as "decode"."""
         with stats("warp"):
             x_d = self.driving_keypoints(infos, source)
             x_s = source.keypoints.expand(len(infos), -1, -1)
+        if self.renderer.cuda_graph:
+            with stats("decode"):
+                static = self.renderer.static(self._warp_decode, batch or self.render_batch)
+                return static(source.features, source.keypoints, x_d)
+        with stats("warp"):
             warped = self._run("warp", source.features.expand(len(infos), -1, -1, -1, -1), x_s, x_d)
         with stats("decode"):
             return self._run("decoder", warped).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
+
+    def _warp_decode(self, features: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+        """f_s (n, C, D, H, W), x_s and x_d (n, 21, 3) -> renders (n, 512, 512, 3) float32 in [0, 255]."""
+        return self._run("decoder", self._run("warp", features, x_s, x_d)).float().clamp(0, 1).permute(0, 2, 3, 1) * 255
 
     def paste_renders(self, renders: torch.Tensor, image: np.ndarray, paste: PasteBack,
                       on_device: bool | None = None) -> np.ndarray:

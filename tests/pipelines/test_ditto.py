@@ -48,7 +48,7 @@ def test_cli_renders_the_portrait_size_with_speech(media, tmp_path, capsys):
     out = tmp_path / "talk.mp4"
     code = main(["render", str(media / "portrait.png"), str(media / "speech.wav"), "--model", "ditto",
                  "--random-weights", "--arch", "tiny", "--face-box", FACE_BOX, "--steps", "2", "--device", "cpu",
-                 "-o", str(out), "--json", "--quiet"])
+                 "--render-batch", "5", "-o", str(out), "--json", "--quiet"])
     assert code == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
     frames = math.ceil(_seconds(media / "speech.wav") * 25)  # Ditto's frame count
@@ -61,6 +61,7 @@ def test_cli_renders_the_portrait_size_with_speech(media, tmp_path, capsys):
     assert result["evaluations"] == 2 * 2 * windows  # CFG: two DiT calls per step
     assert set(result["stages"]) == {"crop", "audio", "motion", "warp", "decode", "paste", "write"}
     assert result["weights"] == "random:tiny"
+    assert result["renderer"]["render_batch"] == 5 and result["renderer"]["sized_by"] == "flag"  # the batch used
 
 
 def test_ditto_refuses_u_net_options(media, tmp_path, capsys):
