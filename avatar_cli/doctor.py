@@ -6,7 +6,7 @@ What it looks at, without loading a model or importing an optional package:
 |---|---|
 | ``python`` | version and executable |
 | ``torch`` | version, build (``cuda X.Y`` or ``cpu``), whether it sees a CUDA GPU |
-| ``device`` | what ``--device auto`` runs on: the CUDA GPU's name, memory (GiB) and bf16; on the CPU its cores, the threads torch uses, and native bf16 (:func:`runtime.cpu_native_bf16`) |
+| ``device`` | what ``--device auto`` runs on: the CUDA GPU's name, memory (GiB) and bf16; on the CPU its cores, the threads torch uses, native bf16 (:func:`runtime.cpu_native_bf16`) and whether a C++ compiler for torch.compile is on PATH (``compiling.compiler_available``) |
 | ``ffmpeg`` | imageio-ffmpeg's bundled binary and its version |
 | ``packages`` | onnxruntime (core) and each extra: installed or not, version, what it is for |
 | ``weights`` | each manifest entry (``weights.toml``): installed / verified / mismatch / absent / unavailable, its recorded size and folder |
@@ -76,6 +76,7 @@ def torch_facts() -> tuple[dict, dict]:
     """(``torch``, ``device``) entries: torch's version and build, and the device ``--device auto`` picks."""
     import torch
 
+    from .compiling import compiler_available
     from .runtime import cpu_native_bf16
 
     cuda = torch.cuda.is_available()
@@ -88,7 +89,8 @@ def torch_facts() -> tuple[dict, dict]:
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         device = {"type": "cpu", "name": _cpu_name(), "cores": cores,
-                  "torch_threads": torch.get_num_threads(), "native_bf16": cpu_native_bf16()}
+                  "torch_threads": torch.get_num_threads(), "native_bf16": cpu_native_bf16(),
+                  "compiler": compiler_available()}
     return facts, device
 
 

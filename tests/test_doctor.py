@@ -12,6 +12,7 @@ import pytest
 
 from avatar_cli.cli import main
 from avatar_cli.models import catalog
+from avatar_cli.compiling import compiler_available
 from avatar_cli.runtime import cpu_native_bf16
 from tests.hub import FakeHub, serving
 
@@ -52,6 +53,7 @@ def test_a_fresh_install_reports_the_machine_and_the_first_download(hub, capsys)
     if facts["device"]["type"] == "cpu":
         assert facts["device"]["cores"] == len(os.sched_getaffinity(0))
         assert facts["device"]["native_bf16"] == cpu_native_bf16()
+        assert facts["device"]["compiler"] == compiler_available()
     assert facts["ffmpeg"]["found"] and facts["ffmpeg"]["version"]
     assert set(facts["packages"]) == {"onnxruntime", "mediapipe", "insightface", "facenet_pytorch", "matplotlib",
                                       "audio_separator"}

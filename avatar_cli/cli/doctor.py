@@ -62,7 +62,8 @@ def _print(facts: dict) -> None:
     else:
         bf16 = "native bf16" if dev["native_bf16"] else "no native bf16 (use float32)"
         table.add_row("device", "cpu", escape(f"{dev['name']}: {dev['cores']} cores, torch uses "
-                                            f"{dev['torch_threads']} threads, {bf16}"))
+                                            f"{dev['torch_threads']} threads, {bf16}, "
+                                            f"{'a' if dev['compiler'] else 'no'} C++ compiler for torch.compile"))
     table.add_row("ffmpeg", "found" if ff["found"] else "[red]missing[/red]",
                   escape(ff["version"] or ff.get("error", "")))
     table.add_section()
