@@ -273,3 +273,57 @@ def test_load_options_build_random_weights_of_a_config_file(tmp_path):
                                                                                                note=notes.append)
     assert list(pipe.models.denoising_unet.config.block_out_channels) == [16, 48]
     assert pipe.models.face_locator is None and "RANDOM weights" in notes[0]
+
+
+def test_render_arch_takes_a_config_file(tmp_path, capsys, monkeypatch):
+    """``render --random-weights --arch FILE.json`` builds the networks at the file's widths (the DiT receives
+    its latent_dim of 48, which no preset has) and renders a video ffprobe reads back."""
+    from avatar_cli.bench import synthetic_portrait, synthetic_speech
+
+    built = []
+    from_config = DittoModels.from_config.__func__
+    monkeypatch.setattr(DittoModels, "from_config",
+                        classmethod(lambda cls, *a, **k: built.append(from_config(cls, *a, **k)) or built[-1]))
+    config = tmp_path / "widths.json"
+    config.write_text(json.dumps(DITTO_CONFIG))
+    synthetic_portrait(tmp_path / "p.png", 128)
+    synthetic_speech(tmp_path / "s.wav", 0.3)
+    mp4 = tmp_path / "arch.mp4"
+    code, out, err = _run(capsys, "render", tmp_path / "p.png", tmp_path / "s.wav", "--model", "ditto",
+                          "--random-weights", "--arch", config, "--face-box", "32,32,64,64", "--steps", "2",
+                          "--device", "cpu", "-o", mp4, "--json", "--quiet")
+    assert code == 0, err
+    assert len(built) == 1 and ditto_config("tiny")["dit"]["latent_dim"] != 48
+    dit = built[0].dit
+    assert dit.input_projection.out_features == dit.cond_projection.out_features == 48
+    assert built[0].config["motion"]["dims"] == (8, 16, 24, 40) != ditto_config("tiny")["motion"]["dims"]
+    info = probe(mp4)
+    assert info["frames"] == math.ceil(0.3 * 25) == json.loads(out)["frames"] and info["width"] == 128
+
+
+def test_render_arch_names_a_missing_or_bad_config(tmp_path, capsys, monkeypatch):
+    """A missing file, a name that is neither preset nor JSON file, or a file that is not a JSON object: one
+    ``avatar: error:`` line naming the fix, exit 2, no model built, no output; a config naming a network the
+    model lacks: the same, from the loader."""
+    from avatar_cli.bench import synthetic_portrait, synthetic_speech
+
+    built = []
+    monkeypatch.setattr(DittoModels, "from_config", classmethod(lambda cls, *a, **k: built.append(a)))
+    synthetic_portrait(tmp_path / "p.png", 64)
+    synthetic_speech(tmp_path / "s.wav", 0.2)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "unet.json").write_text(json.dumps({"base": "tiny", "denoising_unet": {}}))
+    mp4 = tmp_path / "never.mp4"
+    for arch, message in ((tmp_path / "missing.json", "missing.json does not exist; give a JSON file"),
+                          ("huge", "--arch must be full, tiny or a JSON config file"),
+                          (tmp_path / "list.json", "holds a JSON list, not an object"),
+                          (tmp_path / "unet.json", "unknown network 'denoising_unet' in the Ditto config")):
+        code, out, err = _run(capsys, "render", tmp_path / "p.png", tmp_path / "s.wav", "--model", "ditto",
+                              "--random-weights", "--arch", arch, "-o", mp4, "--quiet")
+        assert code == 2 and out == "", (arch, err)
+        assert err.startswith("avatar: error: ") and err.count("\n") == 1 and message in err, err
+        assert "Traceback" not in err and not mp4.exists() and not built
+    for command in (["bench", "--model", "ditto", "--seconds", "0.2"], ["audio", "encode", tmp_path / "s.wav", "-o",
+                                                                         tmp_path / "f.safetensors"]):
+        code, _, err = _run(capsys, *command, "--random-weights", "--arch", tmp_path / "missing.json")
+        assert code == 2 and "missing.json does not exist" in err and err.count("\n") == 1, err

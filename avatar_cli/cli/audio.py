@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InputError
-from .common import Arch, ArchOption, Device, Json, Quiet, RandomWeights, Weights, note
+from .common import ArchOption, Device, Json, Quiet, RandomWeights, Weights, note
 
 audio_app = typer.Typer(help="Audio features: encode speech once, render many times.", no_args_is_help=True,
                         rich_markup_mode="rich")
@@ -27,7 +27,7 @@ def audio_encode(
         "--separate-vocals", help="From the speech's separated vocals (as render --separate-vocals).")] = False,
     weights: Weights = None,
     random_weights: RandomWeights = False,
-    arch: ArchOption = Arch.full,
+    arch: ArchOption = "full",
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
     as_json: Json = False,
@@ -55,7 +55,7 @@ def audio_encode(
     model, method, _ = resolve_model(model)
     if model not in MODELS:
         raise InputError(f"--model must be one of {', '.join(MODELS)} (got {model!r})")
-    pipe = load_pipeline(model, weights, random_weights, arch.value, device, "float32", method=method,
+    pipe = load_pipeline(model, weights, random_weights, arch, device, "float32", method=method,
                          note=lambda message: note(message, quiet))
     features, meta = pipe.encode_audio_file(audio, fps, clip_frames, separate_vocals)
     save_features(output, features, meta)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from .common import ARGV, Arch, ArchOption, Device, Dtype, note
+from .common import ARGV, ArchOption, Device, Dtype, note
 
 BENCH_EPILOG = """\
 [bold]Examples[/bold]
@@ -32,7 +32,7 @@ def bench(
     method: Annotated[Optional[str], typer.Option(help="Sampling method for every --model", show_default="each model's")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights of --arch (the default "
                                                   "without --weights; speed does not depend on weight values).")] = False,
-    arch: ArchOption = Arch.full,
+    arch: ArchOption = "full",
     size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 512,
     seconds: Annotated[float, typer.Option(help="Length of the synthetic speech.")] = 10.0,
     audio: Annotated[Optional[Path], typer.Option(help="Speech to use instead.", show_default=False)] = None,
@@ -112,11 +112,11 @@ def bench(
             row = evalrun.evaluate_video(video, device=eval_device, net=net, note=lambda m: note(m, quiet))
             return {k: row[k] for k in ("sync_c", "sync_d", "offset_frames", "sync_windows", "face", "vshift")}
     if weights is None:
-        note(f"note: RANDOM weights ({arch.value} architecture): timings are real, the frames are noise", quiet)
+        note(f"note: RANDOM weights ({arch} architecture): timings are real, the frames are noise", quiet)
     reports = []
     if stream:
         for name in models:
-            report = benchmod.bench_stream(name, arch.value, size, seconds, audio, image, device, dtype, repeat, weights,
+            report = benchmod.bench_stream(name, arch, size, seconds, audio, image, device, dtype, repeat, weights,
                                            log=lambda m: note(m, quiet), command=shlex.join(["avatar", *ARGV]),
                                            steps=steps, motion_overlap=motion_overlap, render_batch=render_batch,
                                            cuda_graph=cuda_graph)
@@ -130,7 +130,7 @@ def bench(
                      f"RTF {report['rtf']['median']:.3f}")
         return
     for name in models:
-        report = benchmod.bench(name, arch.value, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
+        report = benchmod.bench(name, arch, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
                                 weights, flops, overlap, log=lambda m: note(m, quiet),
                                 command=shlex.join(["avatar", *ARGV]), method=method, evaluate=evaluator,
                                 render_batch=render_batch, cuda_graph=cuda_graph)

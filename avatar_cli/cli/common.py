@@ -37,8 +37,35 @@ Weights = Annotated[Optional[Path], typer.Option(help="Weights folder (as save_p
                                                  show_default=False, rich_help_panel=PANEL_PERF)]
 RandomWeights = Annotated[bool, typer.Option("--random-weights", help="Use random weights (tests, demos, speed).",
                                              rich_help_panel=PANEL_PERF)]
-ArchOption = Annotated[Arch, typer.Option("--arch", help="Architecture for --random-weights.",
-                                          rich_help_panel=PANEL_PERF)]
+
+
+def arch_value(value: str) -> str:
+    """``--arch``: a preset name (``full``, ``tiny``) as given, or the path of a JSON config file
+    (``models/configs.py``: network -> constructor arguments, or ``{"base": "tiny", ...}``) after reading it,
+    so that a missing or malformed file stops the command before any model is built. Which networks the
+    config may name depends on the model; the model's loader checks that (also an :class:`InputError`).
+
+    Raises:
+        InputError: neither a preset nor a ``.json`` file; the file is missing, not JSON or not an object.
+    """
+    from ..errors import InputError
+    from ..models.configs import read_config_file
+
+    value = getattr(value, "value", value)
+    if value in (a.value for a in Arch):
+        return value
+    if not str(value).endswith(".json"):
+        raise InputError(f"--arch must be full, tiny or a JSON config file (*.json), got {value!r}; "
+                         f"e.g. --arch widths.json holding {{\"base\": \"tiny\", \"dit\": {{\"latent_dim\": 48}}}}")
+    read_config_file(value)
+    return value
+
+
+ArchOption = Annotated[str, typer.Option(
+    "--arch", help="Architecture for --random-weights: full, tiny, or a JSON config file of other widths "
+    "(network -> the constructor arguments that differ from a base preset; docs/weights.md), e.g. --arch w.json "
+    "holding {\"base\": \"tiny\", \"dit\": {\"latent_dim\": 48}} for --model ditto.", metavar="full|tiny|FILE.json",
+    callback=arch_value, rich_help_panel=PANEL_PERF)]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=PANEL_SCRIPT)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.", rich_help_panel=PANEL_SCRIPT)]
 

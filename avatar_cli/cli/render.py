@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
 
 PANEL_STREAM = "Streaming (--stream)"
-from .common import Arch, ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, library_warnings, note, \
+from .common import ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, library_warnings, note, \
     progress, signals_interrupt
 from .dry_run import render_dry_run  # noqa: E402  (moved; re-exported for old import paths)
 from .render_stream import render_streaming  # noqa: E402
@@ -191,7 +191,7 @@ def render(
         rich_help_panel=PANEL_STREAM, show_default="probed by ffmpeg")] = None,
     weights: Weights = None,
     random_weights: RandomWeights = False,
-    arch: ArchOption = Arch.full,
+    arch: ArchOption = "full",
     device: Device = "auto",
     dtype: Dtype = "auto",
     compile: Compile = None,
@@ -389,7 +389,7 @@ def batch(
                                             rich_help_panel=PANEL_SCRIPT)] = False,
     weights: Weights = None,
     random_weights: RandomWeights = False,
-    arch: ArchOption = Arch.full,
+    arch: ArchOption = "full",
     device: Device = "auto",
     dtype: Dtype = "auto",
     compile: Compile = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import AvatarError, InputError
-from .common import Arch, ArchOption, Device, Dtype, RandomWeights, Weights, note
+from .common import ArchOption, Device, Dtype, RandomWeights, Weights, note
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -43,7 +43,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 7860,
     weights: Weights = None,
     random_weights: RandomWeights = False,
-    arch: ArchOption = Arch.full,
+    arch: ArchOption = "full",
     device: Device = "auto",
     dtype: Dtype = "auto",
 ) -> None:

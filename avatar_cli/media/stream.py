@@ -1,17 +1,19 @@
 """Streaming input and output: speech decoded as it arrives, video written so it plays while written.
 
-- :func:`pcm_chunks`: 16 kHz mono float32 chunks from standard input or a file, raw s16le read directly or
-  any format decoded incrementally by the bundled ffmpeg (``imageio_ffmpeg.get_ffmpeg_exe()``) as a pipe;
-  optionally paced at speech speed (``--realtime``).
+- :func:`pcm_chunks` (``media/stream_input.py``, re-exported): 16 kHz mono float32 chunks from standard input
+  or a file, raw s16le read directly or any format decoded incrementally by the bundled ffmpeg
+  (``imageio_ffmpeg.get_ffmpeg_exe()``) as a pipe; optionally paced at speech speed (``--realtime``).
 - :class:`StreamWriter`: one ffmpeg process that takes RGB frames on its standard input and the same PCM
   on a second pipe, and writes fragmented MP4 (``-movflags frag_keyframe+delay_moov``) or MPEG-TS to a file
   or to standard output. Audio and video start at 0 and the audio is the input's samples, so they stay
   in sync; the audio written runs with the frames (the samples of the frames handed in so far).
-- :class:`StreamStop`: how a live render ends early. Every wait of a stream (reading the speech, writing
-  frames and samples to ffmpeg, waiting for ffmpeg to finish) is one ``poll`` that also watches the
-  output's reader (standard output as a pipe or socket: ``POLLERR``/``POLLHUP`` once the reader is gone)
-  and a cancel pipe (:meth:`StreamStop.cancel`, callable from any thread: a UI whose client disconnected).
-  No wait depends on a thread or a timeout: the stream runs on the calling thread alone.
+- :class:`StreamStop` (``media/stream_stop.py``, re-exported with :class:`ReaderGone`,
+  :class:`StreamCancelled` and :data:`READER_GONE_EXIT`): how a live render ends early. Every wait of a
+  stream (reading the speech, writing frames and samples to ffmpeg, waiting for ffmpeg to finish) is one
+  ``poll`` that also watches the output's reader (standard output as a pipe or socket: ``POLLERR``/``POLLHUP``
+  once the reader is gone) and a cancel pipe (:meth:`StreamStop.cancel`, callable from any thread: a UI whose
+  client disconnected). No wait depends on a thread or a timeout: the stream runs on the calling thread alone.
+- :func:`render_stream`: a pipeline's ``stream`` into a :class:`StreamWriter`, with its timing.
 
 Why a wait cannot block forever (issue 29; before, a reader closing the pipe could hang the render):
 the old writer fed the audio pipe from a thread while the main thread wrote video. When the reader went
@@ -26,274 +28,25 @@ from __future__ import annotations
 
 import os
 import select
-import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import AvatarError, InputError
+from .stream_input import SAMPLE_RATE, _ffmpeg, _last_line, _read_log, pcm_chunks  # noqa: F401 (moved; re-exported)
+from .stream_stop import READER_GONE_EXIT, ReaderGone, StreamCancelled, StreamStop  # noqa: F401 (moved; re-exported)
 
-SAMPLE_RATE = 16000
 FORMATS = ("mp4", "mpegts")
 #: Samples of silence the AAC encoder puts before the speech. MPEG-TS timestamps account for them; the
 #: fragmented MP4 skips them with an edit list (``delay_moov``: the moov, with the edit list, is written
 #: with the first fragment, once the encoder's delay is known), so both streams start at 0.
 AAC_PRIMING = 1024
-#: Exit code when the reader of standard output went away: a shell pipeline's status for SIGPIPE (128 + 13).
-READER_GONE_EXIT = 141
 _clock = time.perf_counter  # render_stream's clock (a test replaces it)
-
-
-class ReaderGone(AvatarError):
-    """The output can no longer be written: the reader of standard output (a pipe or socket) went away.
-
-    ``exit_code`` 141, a shell pipeline's status for SIGPIPE."""
-
-    exit_code = READER_GONE_EXIT
-
-
-class StreamCancelled(AvatarError):
-    """:meth:`StreamStop.cancel` was called (a UI whose live client disconnected); the message is its reason."""
-
-
-def _is_pipe_or_socket(fd: int) -> bool:
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-
-
-class StreamStop:
-    """Ends a live render early and promptly: its reader gone or :meth:`cancel` called.
-
-    Args:
-        watch: file descriptors of the output (standard output when the video goes there); one that is a
-            pipe or a socket is watched: ``poll`` reports ``POLLERR`` (a pipe with no reader left) or
-            ``POLLHUP`` (a socket whose peer closed) at once, even while ffmpeg is the one writing to it.
-            Regular files and terminals cannot lose their reader and are not watched.
-
-    :meth:`wait` is the only blocking call of a stream: it returns when one of the given descriptors is
-    ready, and raises :class:`ReaderGone` or :class:`StreamCancelled` instead as soon as the reader goes or
-    :meth:`cancel` is called. A signal (Ctrl-C, SIGTERM) interrupts it like any system call (the CLI's
-    handler raises KeyboardInterrupt). Linux and macOS (``select.poll``).
-    """
-
-    def __init__(self, watch: tuple[int, ...] | list[int] = ()):
-        self.watch = [fd for fd in watch if _is_pipe_or_socket(fd)]
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        self.reason: str | None = None
-        self.frames = 0  # frames handed to ffmpeg so far (for the message)
-
-    @classmethod
-    def for_output(cls, output: str | Path, stdout: BinaryIO | None = None) -> "StreamStop":
-        """A stop that watches standard output's reader when ``output`` is ``"-"``."""
-        if str(output) != "-":
-            return cls()
-        stream = stdout if stdout is not None else sys.stdout.buffer
-        try:
-            return cls((stream.fileno(),))
-        except (AttributeError, OSError, ValueError):
-            return cls()
-
-    def cancel(self, reason: str = "the live client disconnected") -> None:
-        """Stop the render from any thread (a signal handler too): its next wait raises StreamCancelled."""
-        if self.reason is None:
-            self.reason = reason
-        if self._w < 0:
-            return  # closed: the render is over
-        try:
-            os.write(self._w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # already woken
-
-    def _gone(self) -> ReaderGone:
-        return ReaderGone(f"the reader of standard output went away after {self.frames} frames; the render stopped")
-
-    def wait(self, fds: dict[int, int]) -> dict[int, int]:
-        """Block until one of ``fds`` (descriptor -> ``select.POLLIN``/``POLLOUT``) is ready.
-
-        Returns:
-            descriptor -> the events ``poll`` reported (``POLLERR``/``POLLHUP`` too: a pipe's other end closed).
-
-        Raises:
-            ReaderGone: the watched output's reader went away.
-            StreamCancelled: :meth:`cancel` was called.
-        """
-        poller = select.poll()
-        for fd, events in fds.items():
-            poller.register(fd, events)
-        poller.register(self._r, select.POLLIN)
-        for fd in self.watch:
-            if fd not in fds:
-                poller.register(fd, 0)  # POLLERR/POLLHUP are always reported
-        while True:
-            # No timeout: every party this can wait for is one of the registered descriptors (ffmpeg's
-            # pipes report POLLERR/POLLHUP when ffmpeg exits), and a signal interrupts poll.
-            ready = dict(poller.poll())
-            self.check(ready)
-            hits = {fd: ev for fd, ev in ready.items() if fd in fds}
-            if hits:
-                return hits
-
-    def check(self, ready: dict[int, int] | None = None) -> None:
-        """Raise if the render must stop (a non-blocking look when ``ready`` is None).
-
-        Raises:
-            ReaderGone, StreamCancelled: as :meth:`wait`.
-        """
-        if ready is None:
-            poller = select.poll()
-            poller.register(self._r, select.POLLIN)
-            for fd in self.watch:
-                poller.register(fd, 0)
-            ready = dict(poller.poll(0))
-        if self._r in ready or self.reason is not None:
-            raise StreamCancelled(self.reason or "cancelled")
-        if any(ready.get(fd, 0) & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for fd in self.watch):
-            raise self._gone()
-
-    def reader_gone(self) -> bool:
-        """Whether the watched output's reader went away (a non-blocking look)."""
-        try:
-            self.check()
-        except ReaderGone:
-            return True
-        except StreamCancelled:
-            return False
-        return False
-
-    def close(self) -> None:
-        """Release the cancel pipe (once: a second call closes nothing, its numbers may be reused by then)."""
-        fds, self._r, self._w = (self._r, self._w), -1, -1
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
-
-
-def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _last_line(data: bytes) -> str:
-    lines = [l.strip() for l in data.decode("utf-8", "replace").splitlines() if l.strip()]
-    return lines[-1] if lines else "no audio decoded"
-
-
-def _read_log(log) -> bytes:
-    log.seek(0)
-    return log.read()
-
-
-def _read(reader, size: int, stop: StreamStop | None) -> bytes:
-    """Up to ``size`` bytes, fewer only at the end (``BufferedReader.read`` semantics); with ``stop``, each wait
-    is :meth:`StreamStop.wait`, so that a reader gone or a cancel is noticed while the speech is awaited.
-    The descriptor is read directly (``os.read``): nothing else reads it, so no bytes wait in a buffer."""
-    try:
-        fd = reader.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = None
-    if stop is None or fd is None:
-        return reader.read(size)
-    out = bytearray()
-    while len(out) < size:
-        stop.wait({fd: select.POLLIN})
-        data = os.read(fd, size - len(out))
-        if not data:
-            break
-        out += data
-    return bytes(out)
-
-
-def pcm_chunks(source: str | Path, input_format: str | None = None, chunk_samples: int = 1280,
-               realtime: bool = False, stdin: BinaryIO | None = None,
-               clock=time.perf_counter, sleep=time.sleep, stop: StreamStop | None = None) -> Iterator[np.ndarray]:
-    """Speech as (n,) float32 chunks at 16 kHz mono (values in [-1, 1)), read as it arrives.
-
-    The input ending early (standard input closed mid-stream, a truncated file) is the end of the speech: the
-    chunks end there. Closing the generator (or its end) kills the ffmpeg decoder and waits for it.
-
-    Args:
-        source: a file, or ``"-"`` for standard input.
-        input_format: ``"s16le"``: raw signed 16-bit little-endian 16 kHz mono, read without ffmpeg; another
-            name is passed to ffmpeg as the input format (``-f``); None: ffmpeg probes (wav, mp3, flac, ...).
-        chunk_samples: samples per chunk (1280 = 80 ms); the last one may be shorter.
-        realtime: pace the chunks at speech speed: a chunk is yielded no earlier than its last sample's
-            time after the first read (a file then behaves like a live source).
-        stdin: the byte stream for ``"-"`` (default ``sys.stdin.buffer``).
-        stop: a :class:`StreamStop`: waiting for the speech then ends as soon as the output's reader goes
-            or the render is cancelled.
-
-    Raises:
-        InputError: the input cannot be read or decoded, or holds no samples (one line, ffmpeg's last line).
-        ReaderGone, StreamCancelled: from ``stop``.
-    """
-    stream = stdin if stdin is not None else sys.stdin.buffer
-    proc = None
-    log = None
-    if input_format == "s16le":
-        reader = stream if str(source) == "-" else open(source, "rb")
-    else:
-        if str(source) != "-" and not Path(source).is_file():
-            raise InputError(f"audio file not found: {source}")
-        cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin"]
-        if input_format:
-            cmd += ["-f", input_format]
-        cmd += ["-i", "pipe:0" if str(source) == "-" else str(source), "-vn", "-f", "s16le", "-ac", "1",
-                "-ar", str(SAMPLE_RATE), "pipe:1"]
-        # ffmpeg's messages go to a file, not a pipe: a pipe nobody reads while we read its output would
-        # block the decoder once 64 KiB of messages (a long corrupt input) filled it.
-        log = tempfile.TemporaryFile()
-        proc = subprocess.Popen(cmd, stdin=stream if str(source) == "-" else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=log)
-        reader = proc.stdout
-    start = None
-    total = 0
-    leftover = b""
-    try:
-        while True:
-            data = _read(reader, chunk_samples * 2, stop)
-            if not data:
-                break
-            data = leftover + data
-            cut = len(data) - len(data) % 2
-            data, leftover = data[:cut], data[cut:]
-            if not data:
-                continue
-            chunk = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-            total += len(chunk)
-            if realtime:
-                start = clock() if start is None else start
-                wait = start + total / SAMPLE_RATE - clock()
-                if wait > 0:
-                    sleep(wait)
-            yield chunk
-        if proc is not None:
-            # its output ended: ffmpeg is exiting, the wait is short
-            if proc.wait() != 0:
-                raise InputError(f"cannot decode the speech from {'standard input' if str(source) == '-' else source}:"
-                                 f" {_last_line(_read_log(log))}")
-        if total == 0:
-            raise InputError(f"no speech samples in {'standard input' if str(source) == '-' else source}")
-    finally:
-        if proc is not None:
-            if proc.poll() is None:
-                proc.kill()  # SIGKILL: the wait below ends at once
-            proc.wait()
-            proc.stdout.close()
-            log.close()
-        if reader is not stream and proc is None:
-            reader.close()
 
 
 class StreamWriter:

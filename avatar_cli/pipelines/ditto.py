@@ -18,14 +18,15 @@ Diffusion for Controllable Realtime Talking Head Synthesis")::
         -> pasted back into the full portrait with the feathered crop mask (media/paste.py)
     -> the shared writer (pipelines/base.py): speech muxed, temporary file renamed
 
-Weights folder (``from_pretrained``): the Hugging Face snapshot of ``digital-avatar/ditto-talkinghead``
-(``ditto_pytorch/models/*.pth``, ``ditto_pytorch/aux_models/*``, ``ditto_cfg/*.pkl``) or the folder
-``avatar weights convert --from ditto`` writes (``models/``, ``aux_models/``, ``ditto_cfg.json``).
+Weights folder (``from_pretrained``, ``pipelines/ditto_load.py``): the Hugging Face snapshot of
+``digital-avatar/ditto-talkinghead`` (``ditto_pytorch/models/*.pth``, ``ditto_pytorch/aux_models/*``,
+``ditto_cfg/*.pkl``) or the folder ``avatar weights convert --from ditto`` writes (``models/``, ``aux_models/``,
+``ditto_cfg.json``). Streaming (``stream``, Ditto's online mode): ``pipelines/ditto_stream.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,29 +34,27 @@ import numpy as np
 import torch
 
 from ..compiling import CompiledNetwork, wants_compile
-from ..errors import InputError, WeightsError
+from ..errors import InputError
 from ..graph_renderer import RendererSettings
 from ..media.face_crop import SourceCrop, crop_source, detect_eye_state
 from ..media.paste import PasteBack
-from ..models.ditto import DittoModels, index_config
+from ..models.ditto import DittoModels
 from ..models.liveportrait.keypoints import transform_keypoint
 from ..models.liveportrait.stitching import stitch
 from ..motion.condition import AudioConditions, motion_to_vector, vector_to_motion
-from ..motion.hubert_windows import FPS, OnnxHubert, RandomHubert, num_frames, offline_features, offline_window_starts
-from ..motion.controls import parse_blink, parse_emotion_option, read_controls
-from ..motion.stitch import ANGLE_KEYS, LIP_KP, MotionStitch, _kp_mask
+from ..motion.hubert_windows import FPS, num_frames, offline_features, offline_window_starts
 from ..motion.windows import offline_motion
 from ..options import RenderJob, RenderOptions
 from ..precision import NetworkPrecision, describe as describe_precision, policy
 from ..render_loop import pipelined, to_host
-from ..runtime import resolve_device, resolve_dtype
 from ..safe_pickle import DittoConfig
 from ..sampling.motion_ddim import draw_noises, sample_motion_ddim
 from .base import Pipeline, RenderStats
+from .ditto_controls import DittoControls, DittoControlsMixin  # noqa: F401 (moved; re-exported)
+from .ditto_load import EYE_TASK_FILE, HUBERT_FILE, DittoLoadMixin, _folder  # noqa: F401 (moved; re-exported)
+from .ditto_stream import STREAM_OVERLAP, DittoStreamMixin  # noqa: F401 (moved; re-exported)
 
 MOTION_KEYS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")  # the motion extractor's output order
-HUBERT_FILE = "hubert_streaming_fix_kv.onnx"
-EYE_TASK_FILE = "face_landmarker.task"
 
 
 @dataclass
@@ -79,37 +78,7 @@ class SourceState:
     keypoints: torch.Tensor
 
 
-@dataclass
-class DittoControls:
-    """The controls of one render, resolved against the cfg (:meth:`DittoPipeline.controls`).
-
-    Attributes:
-        emotion: the condition's emotion: an (m, 8) table (``--emotion``) or the cfg's ``emo``.
-        hold_last: per-frame emotion rows hold their last row past the table's end (a FILE).
-        overlap: the DiT windows' overlap (``overlap_v2``).
-        delta_eye_open_n: the blink gaps (-1 when there is no blink template).
-        overall_ctrl: MotionStitch's controls for every frame (the cfg's, plus ``--pose-offset``).
-        use_d_keys: MotionStitch's driven keys and gains (``--pose-gain``, ``--mouth-gain``).
-        per_frame: frame -> controls (``--controls``).
-    """
-
-    emotion: object
-    hold_last: bool
-    overlap: int
-    delta_eye_open_n: object
-    overall_ctrl: dict
-    use_d_keys: object
-    per_frame: dict
-
-
-STREAM_OVERLAP = 70  # Ditto's online cfg: 10 new frames per DiT window
-
-
-def _folder(root: Path, *names: str) -> Path | None:
-    return next((root / n for n in names if (root / n).exists()), None)
-
-
-class DittoPipeline(Pipeline):
+class DittoPipeline(DittoLoadMixin, DittoControlsMixin, DittoStreamMixin, Pipeline):
     """Ditto: audio -> LivePortrait motion with a DiT, then LivePortrait's warp and decoder.
 
     Args:
@@ -147,64 +116,6 @@ class DittoPipeline(Pipeline):
         self.aux_dir = None if aux_dir is None else Path(aux_dir)
         self._sources: dict[tuple, SourceState] = {}
         self.set_renderer(render_batch)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                        compile: bool | None = False, **_) -> "DittoPipeline":
-        """Load Ditto's released files (a hub snapshot or a converted folder, see the module docstring).
-
-        ``dtype="auto"`` is float32 on the CPU (Ditto's fp16 autocast is 30-150x slower there) and
-        float16 on CUDA.
-
-        Raises:
-            WeightsError: a missing or malformed file (named), or onnxruntime missing for HuBERT.
-        """
-        root = Path(path)
-        dev = resolve_device(device)
-        dt = resolve_dtype("float16" if dtype == "auto" and dev.type == "cuda" else dtype, dev)
-        models_dir = _folder(root, "models", "ditto_pytorch/models")
-        if models_dir is None:
-            raise WeightsError(f"{root} holds no Ditto weights (no models/ or ditto_pytorch/models/); run "
-                               f"'avatar weights download ditto' or pass the folder 'weights convert --from ditto' wrote")
-        config = cls.config_of(root)
-        aux = cls.aux_folder(root)
-        if aux is None or not (aux / HUBERT_FILE).is_file():
-            raise WeightsError(f"Ditto's audio encoder {HUBERT_FILE} is not in {root}; run "
-                               f"'avatar weights download ditto'")
-        # sizes: avatar_index.json's "config" ('weights convert --from ditto'), or its "preset" (older folders)
-        models = DittoModels.from_files(models_dir, preset=index_config(root))
-        pipe = cls(models, config, OnnxHubert(aux / HUBERT_FILE), aux, dev, dt, str(root), precision=dtype)
-        pipe.compile = compile
-        return pipe
-
-    @staticmethod
-    def config_of(root: str | Path | None) -> DittoConfig:
-        """The run options of a weights folder: ``ditto_cfg.json`` (converted), else the hub's
-        ``ditto_cfg/*pytorch*.pkl``, else the code defaults (also for None: random weights)."""
-        if root is None:
-            return DittoConfig()
-        root = Path(root)
-        if (root / "ditto_cfg.json").is_file():
-            return DittoConfig.load(root)
-        pickles = sorted((root / "ditto_cfg").glob("*pytorch*.pkl")) if (root / "ditto_cfg").is_dir() else []
-        return DittoConfig.from_pickle(pickles[0]) if pickles else DittoConfig()
-
-    @staticmethod
-    def aux_folder(root: str | Path) -> Path | None:
-        """The folder of the face-crop ONNX models and HuBERT in a weights folder, or None."""
-        return _folder(Path(root), "aux_models", "ditto_pytorch/aux_models")
-
-    @classmethod
-    def from_preset(cls, arch: str = "full", device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                    seed: int = 0, compile: bool | None = False, **_) -> "DittoPipeline":
-        """Random weights at the released sizes (``full``) or a tiny preset, with a seeded random
-        stand-in for HuBERT: real shapes and costs, the frames are noise."""
-        dev = resolve_device(device)
-        dt = resolve_dtype("float16" if dtype == "auto" and dev.type == "cuda" else dtype, dev)
-        pipe = cls(DittoModels.from_preset(arch, seed=seed), DittoConfig(), RandomHubert(seed), None, dev, dt,
-                   f"random:{arch}", precision=dtype)
-        pipe.compile = compile
-        return pipe
 
     def set_precision(self, requested: str | torch.dtype = "auto", native_bf16: bool | None = None) -> dict:
         """Apply the per-network number format and layout of ``precision.policy`` for ``requested`` (the
@@ -336,61 +247,6 @@ class DittoPipeline(Pipeline):
     def probe_frames(self, options: RenderOptions) -> int:
         """Frames of the calibration probe: one render batch (the DiT still samples a whole window)."""
         return self.render_batch
-
-    def controls(self, options: RenderOptions, stream: bool = False, quiet: bool = False) -> DittoControls:
-        """Resolve the ``--model ditto`` controls of ``options`` against the cfg (DITTO notes sec. 8, CLI mapping).
-
-        - ``--emotion``: the condition's 8 emotion entries (an (m, 8) table; the cfg's ``emo`` without it).
-        - ``--blink``: ``delta_eye_open_n`` (auto 0, never -1, N); without the cfg's blink template
-          (``delta_eye_arr``, e.g. random weights) there are no blinks and a note says so.
-        - ``--pose-offset p,y,r``: degrees ADDED to ``overall_ctrl_info``'s ``delta_pitch/yaw/roll`` (the released
-          cfg already has ``delta_pitch: 2``); zero components are left out.
-        - ``--pose-gain p,y,r``: gains of ``use_d_keys`` for the angles: the driving angle's logits are
-          ``source + (generated - d0) * gain`` (linear in logit space, not exactly in degrees; 0 = the
-          source's pose, 1 = as generated).
-        - ``--mouth-gain G``: the exp gain of ``use_d_keys`` becomes a (1, 63) vector, G on the 18 values of
-          the lip keypoints (6, 12, 14, 17, 19, 20), 1 elsewhere: the lips' expression is
-          ``exp_s + (exp_d - exp_d0) * G`` (only lips and eyes are driven; the rest is the source's).
-        - ``--motion-overlap``: ``overlap_v2`` (70 for ``stream`` when not given, Ditto's online cfg).
-        - ``--controls FILE``: MotionStitch's per-frame ``ctrl_info`` (its keys win over the overall ones).
-        """
-        cfg = self.config
-        emotion, hold = cfg.emo, False
-        table = parse_emotion_option(options.emotion)
-        if table is not None:
-            emotion, hold = table, len(table) > 1
-        overlap = options.motion_overlap or (STREAM_OVERLAP if stream else cfg.overlap_v2)
-        eye_n = cfg.delta_eye_open_n
-        if options.blink is not None:
-            eye_n = parse_blink(options.blink)
-            if cfg.delta_eye_arr is None and not quiet:
-                self.warn("note: --blink needs the cfg's blink template (delta_eye_arr); these weights have none, "
-                          "so the eyes follow the generated motion")
-        if cfg.delta_eye_arr is None:
-            eye_n = -1
-        overall = dict(cfg.overall_ctrl_info or {})
-        for k, v in zip(ANGLE_KEYS, options.pose_offset or ()):
-            if v:
-                overall[f"delta_{k}"] = float(overall.get(f"delta_{k}", 0)) + float(v)
-        keys = cfg.use_d_keys if cfg.use_d_keys is not None else ("exp", "pitch", "yaw", "roll", "t")
-        if options.pose_gain is not None or options.mouth_gain != 1:
-            gains = dict(keys) if isinstance(keys, dict) else {k: 1.0 for k in keys}
-            for k, g in zip(ANGLE_KEYS, options.pose_gain or ()):
-                if k in gains:
-                    gains[k] = gains[k] * float(g)
-            if "exp" in gains and options.mouth_gain != 1:
-                lip = _kp_mask(LIP_KP)
-                gains["exp"] = gains["exp"] * (1 + lip * np.float32(options.mouth_gain - 1))
-            keys = gains
-        return DittoControls(emotion, hold, overlap, eye_n, overall, keys, read_controls(options.controls))
-
-    def stitcher(self, source: SourceState, num_frames: int, options: RenderOptions,
-                 controls: DittoControls | None = None) -> MotionStitch:
-        """MotionStitch for ``num_frames`` frames (-1: a stream) of ``source`` with the options' controls."""
-        cfg, ctl = self.config, controls or self.controls(options)
-        return MotionStitch(source.motion, num_frames=num_frames, delta_eye_arr=cfg.delta_eye_arr,
-                            delta_eye_open_n=ctl.delta_eye_open_n, fade_type=cfg.fade_type,
-                            overall_ctrl=ctl.overall_ctrl, use_d_keys=ctl.use_d_keys, seed=options.seed)
 
     def count_flops(self, image: np.ndarray, options: RenderOptions, seconds: float) -> int:
         """FLOPs of ``seconds`` of speech after the once-per-portrait work (warm cache)."""
@@ -565,114 +421,3 @@ class DittoPipeline(Pipeline):
             return to_host(pasted, self._host_buffers).numpy().copy()
         renders = renders.cpu().numpy()
         return np.stack([paste(image, render) for render in renders])
-
-    # ------------------------------------------------------------ streaming
-    @torch.no_grad()
-    def stream(self, image: np.ndarray, audio_chunks: Iterable[np.ndarray], options: RenderOptions | None = None, *,
-               stats: RenderStats | None = None, source: SourceState | None = None,
-               face_box=None, **_) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Frames while the speech is still arriving (Ditto's online mode, DITTO notes sec. 7 and 10).
-
-        Each audio chunk goes through :class:`StreamChunker` (6480-sample HuBERT windows every 3200
-        samples) -> the encoder (5 feature frames per window) -> :class:`OnlineMotion` (its buffer
-        prefilled with the features of ``overlap`` frames of silence; the first DiT window only anchors
-        ``d0``, which becomes MotionStitch's relative-motion anchor; every later window gives ``valid =
-        80 - overlap`` frames) -> MotionStitch (per-frame ``--controls`` by frame index) -> warp, decode and
-        paste, ``render_batch`` frames at a time. Memory is flat in the stream's length: the chunker keeps
-        < 6480 samples, OnlineMotion at most 160 feature and motion frames, no frame is kept.
-
-        End of stream: the chunker's last windows are zero-padded (silence), OnlineMotion's last window is
-        padded by repeating its last condition row and emits all it holds; the output is cut to
-        ``ceil(samples / 16000 * 25)`` frames, the offline count (a stream shorter than ``valid`` frames gets
-        windows of silence first, so that it is not all anchor). Every frame is a generated one (the last ones are
-        generated from the speech's end and the silence after it), none is repeated.
-
-        Args:
-            image: (H, W, 3) uint8 portrait (both sides even).
-            audio_chunks: float32 mono 16 kHz arrays of any length, consumed lazily.
-            options: ``--motion-overlap`` must be 40..79 here (70 when not given, Ditto's online cfg): with
-                a smaller overlap Ditto's online windows do not start at the first audio frame.
-            face_box: (x, y, w, h) in ``image`` pixels, or None.
-
-        Yields:
-            (frames (n, H, W, 3) uint8, timestamps (n,) float64 seconds = frame index / 25).
-
-        Raises:
-            InputError: options that do not apply, no face found.
-        """
-        from ..motion.hubert_windows import WINDOW, StreamChunker, silence_features, window_features
-        from ..motion.windows import OnlineMotion
-
-        opts = options or RenderOptions(model="ditto")
-        self.check(opts)
-        self.use_compile(0, stream=True)  # only an explicit --compile: it would add to the first-frame delay
-        ctl = self.controls(opts, stream=True)
-        if ctl.overlap < 40:
-            raise InputError(f"--stream needs --motion-overlap 40..79 (got {ctl.overlap}): Ditto's online windows "
-                             f"fuse min(overlap, 80 - overlap) frames and start at the first audio frame only then")
-        stats = stats or RenderStats.of(self)
-        if source is None:
-            with stats("crop"):
-                source = self.source_state(image, face_box)
-        cfg = self.config
-        with stats("audio"):
-            prefill = silence_features(self.encoder, ctl.overlap)
-        conditions = AudioConditions(ctl.emotion, source.eye_open, source.eye_ball, source.motion["kp"],
-                                     hold_last=ctl.hold_last)
-        online = OnlineMotion(self.window_sampler(opts, stats), motion_to_vector(source.motion), conditions, prefill,
-                              seq_frames=self.models.dit.null_cond_embed.shape[1], overlap=ctl.overlap,
-                              fix_kp_cond=cfg.fix_kp_cond, fix_kp_cond_dim=cfg.fix_kp_cond_dim, smo_k=cfg.smo_k_d,
-                              v_min_max=cfg.v_min_max_for_clip)
-        stitcher = self.stitcher(source, -1, opts, ctl)
-        paste = PasteBack(source.crop.M_c2o, image.shape[:2])
-        chunker = StreamChunker()
-        samples = 0
-        done = 0  # frames yielded
-        pending: list[np.ndarray] = []  # motion frames not yet rendered (< render_batch, or the tail)
-
-        def render(rows: list[np.ndarray], limit: int | None):
-            nonlocal done
-            if limit is not None:
-                rows = rows[: max(0, limit - done)]
-            for n in range(0, len(rows), self.render_batch):
-                batch = rows[n : n + self.render_batch]
-                with stats("warp"):
-                    infos = [stitcher(vector_to_motion(m), **ctl.per_frame.get(done + i, {}))
-                             for i, m in enumerate(batch)]
-                frames = self.render_infos(infos, source, image, paste, stats)
-                times = (done + np.arange(len(frames))) / 25.0
-                done += len(frames)
-                yield frames, times
-
-        pushed = 0  # feature frames given to OnlineMotion
-
-        def motion_from(windows: list[np.ndarray], end: bool) -> list[np.ndarray]:
-            nonlocal pushed
-            with stats("audio"):
-                feats = [window_features(self.encoder(w)) for w in windows]
-                if end:  # a stream shorter than one window's new frames: Ditto's first window would only
-                    # anchor d0 and emit nothing; add windows of silence so that a second window runs
-                    while pushed + sum(len(f) for f in feats) <= online.valid:
-                        feats.append(window_features(self.encoder(np.zeros(WINDOW, np.float32))))
-            with stats("motion"):
-                out = [online.push(f) for f in feats]
-                pushed += sum(len(f) for f in feats)
-                if end:
-                    out.append(online.flush())
-            if online.d0 is not None and stitcher.d0 is None:
-                stitcher.d0 = online.d0  # the first window's first frame anchors the relative motion
-            return [row for block in out for row in block]
-
-        for chunk in audio_chunks:
-            chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
-            samples += len(chunk)
-            pending += motion_from(chunker.push(chunk), end=False)
-            ready = len(pending) - len(pending) % self.render_batch
-            if ready:
-                yield from render(pending[:ready], None)
-                pending = pending[ready:]
-        pending += motion_from(chunker.flush(), end=True)
-        total = num_frames(samples)
-        yield from render(pending, total)
-        if done < total:  # not expected (OnlineMotion emits all it holds); say so rather than freeze a frame
-            self.warn(f"note: the stream ended with {done} of {total} frames")
