@@ -133,7 +133,7 @@ def main(argv=None) -> None:
               "loadavg_before": [round(x, 2) for x in load], "models": {}}
     with torch.no_grad():
         report["vae_decoder_alone"] = decoder_formats(args.arch, args.decoder_rounds)
-        for model in args.models.split(","):
+        for model in filter(None, args.models.split(",")):
             options, seconds = cases[model]
             report["models"][model] = measure(model, options, seconds, args.rounds, native, args.arch)
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -296,8 +296,10 @@ def test_unet_float32_and_auto_without_native_bf16_are_the_unwrapped_path(unet_t
     np.testing.assert_array_equal(emulated, before)
     np.testing.assert_array_equal(after, before)  # back to fp32: the unwrapped networks, contiguous weights
     assert all(p.is_contiguous() for p in pipe.models.vae.decoder.parameters())
-    if precision.CPU_BF16_DEFAULT["unet"]:
-        assert (bf16 != before).any()  # bf16 really ran
+    # auto on a native-bf16 CPU: the frames within the measured bound of fp32's (53.4 dB, at most 3 levels, here;
+    # the frame-regression hashes are fp32: tests/test_frames_regression.py pins --dtype float32)
+    assert (bf16 != before).any() and np.abs(bf16.astype(int) - before).max() <= 6
+    assert 50.0 <= psnr(torch.from_numpy(bf16) / 255, torch.from_numpy(before) / 255) < 70.0
 
 
 @torch.no_grad()
