@@ -27,17 +27,27 @@ from .runtime import cpu_native_bf16, dtype_name
 # Networks of each family, in the order a report lists them.
 NETWORKS = {
     "ditto": ("appearance", "motion", "warp", "decoder", "stitch", "dit"),
+    # the dual U-Net family (pipelines/unet.py): the speech encoder (wav2vec2 / Whisper), the VAE's encoder
+    # (portrait, Hallo's motion frames), the reference net, the denoising U-Net and the latent decoders.
+    # The projectors and the face locator are small and run in the run dtype.
+    "unet": ("audio_encoder", "vae_encoder", "reference_net", "denoising_unet", "vae_decoder", "taesd"),
 }
 # Networks whose CPU default is bf16 autocast on a CPU with native bf16 (the 40 dB rule, docs/benchmarks.md).
 # Ditto, fixture weights (scripts/bf16_quality.py): decoder frame 51.4 dB; the fixture's warp into a decoder of
 # the same recipe 53.1 dB (warp in bf16), 48.9 dB (both). The appearance and motion extractors run once per
 # portrait (no speed to gain) and their keypoints move by up to 0.05 in bf16: they stay fp32.
-CPU_BF16_DEFAULT: dict[str, frozenset[str]] = {"ditto": frozenset({"warp", "decoder"})}
+# The U-Net family (scripts/bf16_quality.py --family unet): the denoising U-Net's prediction on the Hallo and
+# EchoMimic fixtures is 64 dB from fp32 (with the reference net in bf16 too), the VAE decoder's frame 48.3 dB,
+# TAESD's 69.5 dB. The VAE encoder (the portrait, once) and the speech encoders (once per video) stay fp32.
+CPU_BF16_DEFAULT: dict[str, frozenset[str]] = {
+    "ditto": frozenset({"warp", "decoder"}),
+    "unet": frozenset({"reference_net", "denoising_unet", "vae_decoder", "taesd"}),
+}
 # Networks kept in fp32 whatever --dtype says (Ditto's DiT, keypoints and stitching, as upstream).
 ALWAYS_FP32 = {"ditto": frozenset({"stitch", "dit"})}
 # Networks whose activations go channels_last when they run in bf16 on a CPU (4-D convolution stacks;
 # measured faster there, docs/benchmarks.md). The warp network's 3-D volumes stay contiguous.
-CHANNELS_LAST = {"ditto": frozenset({"decoder"})}
+CHANNELS_LAST = {"ditto": frozenset({"decoder"}), "unet": frozenset({"vae_decoder", "taesd"})}
 
 
 @dataclass(frozen=True)
@@ -90,12 +100,63 @@ def to_channels_last(module: torch.nn.Module, on: bool = True) -> torch.nn.Modul
     return module
 
 
+def _float32_outputs(out, dtype: torch.dtype):
+    """``out`` with its ``dtype`` tensors in float32, through tuples, lists and dict-like outputs (diffusers'
+    ``BaseOutput`` and transformers' ``ModelOutput`` are updated in place)."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.dtype == dtype else out
+    if isinstance(out, dict):
+        for key in list(out.keys()):
+            out[key] = _float32_outputs(out[key], dtype)
+        return out
+    if type(out) in (tuple, list):
+        return type(out)(_float32_outputs(x, dtype) for x in out)
+    return out
+
+
+def run_in_format(obj, method: str, prec: NetworkPrecision, device: torch.device) -> None:
+    """Make ``obj.<method>`` (a module's ``forward``, or a method that runs one) run in ``prec``, in place.
+
+    With an autocast dtype: floating tensor arguments go through :meth:`NetworkPrecision.input`, the call
+    runs in :meth:`NetworkPrecision.context`, and tensors of the autocast dtype in the result come back
+    in float32 (the run dtype around it), so the networks before and after it see what they see in fp32;
+    ``obj``'s 4-D weights follow ``prec.channels_last``. Without one, the class's own method is restored
+    (and the weights made contiguous again): the fp32 path is the unwrapped one, bit for bit.
+
+    Args:
+        obj: a ``torch.nn.Module`` or any object whose ``method`` runs a network (e.g. ``WhisperFeatures``).
+        method: the attribute to wrap ("forward", "extract_features", "_encode_window").
+        prec: the format.
+        device: where it runs (the autocast device type).
+    """
+    import functools
+
+    obj.__dict__.pop(method, None)  # the class's method again
+    module = obj if isinstance(obj, torch.nn.Module) else None
+    if prec.autocast is None:
+        if module is not None and prec.dtype == torch.float32:
+            to_channels_last(module, False)
+        return
+    if module is not None:
+        to_channels_last(module, prec.channels_last)
+    original = getattr(obj, method)
+
+    @functools.wraps(original)
+    def run(*args, **kwargs):
+        args = tuple(prec.input(a) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        with prec.context(device):
+            out = original(*args, **kwargs)
+        return _float32_outputs(out, prec.autocast)
+
+    obj.__dict__[method] = run  # an instance attribute: nn.Module.__call__ looks up self.forward
+
+
 def policy(family: str, device: torch.device, dtype: torch.dtype, requested: str | torch.dtype = "auto",
            native_bf16: bool | None = None) -> dict[str, NetworkPrecision]:
     """Each network of ``family``'s :class:`NetworkPrecision` on ``device``.
 
     Args:
-        family: a key of :data:`NETWORKS` ("ditto").
+        family: a key of :data:`NETWORKS` ("ditto", "unet").
         device: where the networks run.
         dtype: the run dtype ``runtime.resolve_dtype`` gave (fp32 on a CPU for ``auto``).
         requested: the ``--dtype`` as given: only ``"auto"`` lets this policy pick bf16 on a CPU.

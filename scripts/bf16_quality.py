@@ -8,7 +8,8 @@ max abs error of the intermediate outputs (appearance features, motion heads / k
 features) and the PSNR (dB, peak 1) of the decoder's frame (the decoder output clamped to [0, 1]).
 
 Usage: ``PYTHONPATH=. python scripts/bf16_quality.py [--full]`` (``--full``: also the released sizes,
-one 512 px frame per format, about a minute on 2 cores). Prints one JSON object.
+one 512 px frame per format, about a minute on 2 cores). Prints one JSON object. ``--family unet``: the dual
+U-Net family's networks instead (``scripts/bf16_quality_unet.py``).
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def full() -> dict:
 
 
 if __name__ == "__main__":
+    if "--family" in sys.argv and sys.argv[sys.argv.index("--family") + 1:][:1] == ["unet"]:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bf16_quality_unet import main as unet_main
+
+        print(json.dumps(unet_main(), indent=1))
+        sys.exit(0)
     torch.manual_seed(0)
     report = {"fixture": fixture(), "fixture_chain": fixture_chain()}
     if "--full" in sys.argv:

@@ -5,7 +5,8 @@ format once on the same inputs (random full-size weights, 1 frame), ``--rounds``
 median wall seconds per format and the ratio to fp32 as JSON, and the process CPU seconds (both
 threads; on a machine shared with other jobs the wall time also counts time slices given to them).
 
-Usage: ``PYTHONPATH=. python scripts/bf16_speed.py [--rounds 3] [--batch 1]``
+Usage: ``PYTHONPATH=. python scripts/bf16_speed.py [--rounds 3] [--batch 1]``; ``--family unet``: the dual
+U-Net family's renders instead (``scripts/bf16_speed_unet.py``, its own options).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ FORMATS = {
 
 @torch.no_grad()
 def main() -> None:
+    if "--family" in sys.argv and sys.argv[sys.argv.index("--family") + 1:][:1] == ["unet"]:
+        from bf16_speed_unet import main as unet_main
+
+        return unet_main(sys.argv[1:])
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)

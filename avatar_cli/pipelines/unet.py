@@ -43,6 +43,7 @@ from ..models.audio_encoder import frame_windows
 from ..models.bundle import AvatarModels, quiet_libraries
 from ..models.conditioning import ConditionBuilder
 from ..options import RenderJob, RenderOptions
+from ..precision import describe as describe_precision, policy, run_in_format
 from ..progress import CountedDenoiser
 from ..runtime import resolve_device, resolve_dtype
 from ..sampling.clip_init import initial_latents
@@ -84,6 +85,31 @@ class UNetPipeline(AudioFeaturesMixin, ContextWindowsMixin, Pipeline):
         self.added_cfg_layers = False
         self._decoders: dict[str, torch.nn.Module] = {"vae": models.vae}
         self._portraits: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self.set_precision(dtype)
+
+    def set_precision(self, requested: str | torch.dtype = "auto", native_bf16: bool | None = None) -> dict:
+        """Run each network in the format ``precision.policy("unet", ...)`` gives for ``requested`` (the
+        ``--dtype`` as given); returns network -> :class:`~avatar_cli.precision.NetworkPrecision`."""
+        self.precision = policy("unet", self.device, self.dtype, requested, native_bf16)
+        for name, (obj, method) in self._network_calls().items():
+            run_in_format(obj, method, self.precision[name], self.device)
+        self._portraits = {}  # features computed in another format
+        return self.precision
+
+    def _network_calls(self) -> dict:
+        """network name -> (the object, the method whose call runs it), for :meth:`set_precision`."""
+        m = self.models
+        calls = {"audio_encoder": (m.audio_encoder, "_encode_window" if m.settings.audio_encoder == "whisper"
+                                   else "forward"), "vae_encoder": (m.vae.encoder, "forward"),
+                 "reference_net": (m.reference_net, "extract_features"), "denoising_unet": (m.denoising_unet, "forward"),
+                 "vae_decoder": (m.vae.decoder, "forward")}
+        if "taesd" in self._decoders:
+            calls["taesd"] = (self._decoders["taesd"].decoder, "forward")
+        return calls
+
+    def describe(self, options: RenderOptions) -> dict:
+        """The base description plus ``precision``: network -> the format it runs in."""
+        return {**super().describe(options), "precision": describe_precision(self.precision)}
 
     @property
     def reference_net_calls(self) -> int:
@@ -106,6 +132,7 @@ class UNetPipeline(AudioFeaturesMixin, ContextWindowsMixin, Pipeline):
             models.denoising_unet = models.denoising_unet.with_cfg_layers()
         pipe = cls(models, dev, dt, compile=compile)
         pipe.added_cfg_layers = added
+        pipe.set_precision(dtype)
         return pipe
 
     @classmethod
@@ -119,8 +146,10 @@ class UNetPipeline(AudioFeaturesMixin, ContextWindowsMixin, Pipeline):
         """
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        return cls(AvatarModels.from_preset(arch, seed=seed, cfg_tokens=cfg_tokens, family=family), dev, dt,
+        pipe = cls(AvatarModels.from_preset(arch, seed=seed, cfg_tokens=cfg_tokens, family=family), dev, dt,
                    compile=compile)
+        pipe.set_precision(dtype)  # the per-network formats of "auto" (precision.py)
+        return pipe
 
     # ------------------------------------------------------------ the stages
     def _portrait(self, image: np.ndarray, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -173,6 +202,7 @@ class UNetPipeline(AudioFeaturesMixin, ContextWindowsMixin, Pipeline):
                                  "<weights>/taesd)")
             with quiet_libraries():
                 self._decoders[name] = tiny.eval().requires_grad_(False).to(self.device, self.dtype)
+            run_in_format(tiny.decoder, "forward", self.precision["taesd"], self.device)
         return self._decoders[name]
 
     @torch.no_grad()
