@@ -31,7 +31,8 @@ def note(message: str, quiet: bool = False) -> None:
 
 
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=PANEL_PERF)]
-Dtype = Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16.",
+Dtype = Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA; fp32 on CPU, some networks in bf16 where the CPU "
+                                         "has native bf16), float32, float16, bfloat16.",
                                     rich_help_panel=PANEL_PERF)]
 Weights = Annotated[Optional[Path], typer.Option(help="Weights folder (as save_pretrained writes it).",
                                                  show_default=False, rich_help_panel=PANEL_PERF)]
