@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import wave
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,37 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         render_batch, cuda_graph: Ditto's warp + decoder (``graph_renderer.py``); the report's ``"renderer"``
             says the batch used (None for other families).
     """
+    if load is not None:
+        dtype = load.dtype if load.requested_dtype is None else load.requested_dtype
+    return bench_dtypes(model, arch, size, seconds, audio, image, device, [dtype], decoder, compile, repeat, weights,
+                        count_flops, overlap, log, command, method, evaluate, load, steps, render_batch, cuda_graph)[0]
+
+
+def bench_dtypes(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: float = 10.0,
+                 audio: str | Path | None = None, image: str | Path | None = None, device: str = "auto",
+                 dtypes=("auto",), decoder: str = "vae", compile: bool | None = None, repeat: int = 3,
+                 weights: str | Path | None = None, count_flops: bool = True, overlap: bool = True,
+                 log=lambda message: None, command: str | None = None, method: str | None = None,
+                 evaluate=None, load: "LoadOptions | None" = None, steps: int | None = None, render_batch: int = 0,
+                 cuda_graph: bool = False) -> list[dict]:
+    """Benchmark one model in each of ``dtypes`` (``avatar bench --dtype auto,float32``), rounds
+    interleaved: every dtype's pipeline is loaded and cold-rendered first, then warm round i renders
+    dtype A, dtype B, ... in turn, so that a change in the machine's load hits every dtype alike.
+
+    Args:
+        dtypes: ``--dtype`` values (``auto``, ``float32``, ``float16``, ``bfloat16`` or torch dtypes), each
+            measured as given (``auto`` lets ``precision.py`` pick per network).
+        load: when given, its weights, device and compile setting (its dtype replaced by each of ``dtypes``).
+        the rest: as :func:`bench`.
+
+    Returns:
+        one report per dtype, in ``dtypes``' order (the keys of :func:`bench`, plus ``dtype_requested``:
+        the ``--dtype`` as given). With several dtypes every pipeline stays loaded for the whole run, so
+        ``peak_memory_scope`` is ``process``: the peak of all of them together.
+
+    Raises:
+        InputError: an unknown dtype or device (``LoadOptions.resolved``).
+    """
     from . import __version__
     from .runtime import dtype_name
 
@@ -139,42 +171,75 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
     options = RenderOptions(model=model, method=method, size=size, decoder=decoder, overlap=overlap,
                             face_embedding="none", num_inference_steps=steps)
     label = options.model if options.method is None else f"{options.model}/{options.method_name}"
-    load = (load or LoadOptions(weights, weights is None, arch, device, dtype, compile, render_batch=render_batch,
-                                cuda_graph=cuda_graph)).resolved()
-    dev, dt, weights, arch = load.device, load.dtype, load.weights, load.arch
+    base = load or LoadOptions(weights, weights is None, arch, device, "auto", compile, render_batch=render_batch,
+                               cuda_graph=cuda_graph)
+    loads = [replace(base, dtype=d, requested_dtype=None).resolved() for d in dtypes]
+    names = [d if isinstance(d, str) else dtype_name(d) for d in dtypes]
+    if len(loads) > 1:
+        label_of = [f"{label} --dtype {n}" for n in names]
+    else:
+        label_of = [label]
+    dev = loads[0].device
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         tmp = Path(tmp)
         audio_path = Path(audio) if audio else synthetic_speech(tmp / "speech.wav", seconds)
         image_path = Path(image) if image else synthetic_portrait(tmp / "portrait.png", size)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        peak_scope = "method" if dev.type == "cuda" or reset_peak_rss() else "process"
-        cold_start = time.perf_counter()
-        pipe = load.load(options.model, method=options.method)
-        load_s = time.perf_counter() - cold_start
-        log(f"{label}: models ready in {load_s:.1f} s; cold render")
-        job = prepare_job(image_path, audio_path, tmp / "cold.mp4", options)
-        cold = pipe.render_job(job)
-        cold_start_s = time.perf_counter() - cold_start
-        runs = []
+        reset = dev.type == "cuda" or reset_peak_rss()
+        peak_scope = "method" if reset and len(loads) == 1 else "process"
+        pipes, colds, load_ss, cold_start_ss = [], [], [], []
+        for k, ld in enumerate(loads):
+            cold_start = time.perf_counter()
+            pipes.append(ld.load(options.model, method=options.method))
+            load_ss.append(time.perf_counter() - cold_start)
+            log(f"{label_of[k]}: models ready in {load_ss[-1]:.1f} s; cold render")
+            job = prepare_job(image_path, audio_path, tmp / f"cold{k}.mp4", options)
+            colds.append(pipes[-1].render_job(job))
+            cold_start_ss.append(time.perf_counter() - cold_start)
+        runs: list[list] = [[] for _ in loads]
+        jobs: list = [None] * len(loads)
         for i in range(repeat):
-            log(f"{label}: warm render {i + 1}/{repeat}")
-            job = prepare_job(image_path, audio_path, tmp / f"warm{i}.mp4", options)
-            runs.append(pipe.render_job(job))
+            for k, pipe in enumerate(pipes):  # interleaved: A B A B ...
+                log(f"{label_of[k]}: warm render {i + 1}/{repeat}")
+                jobs[k] = prepare_job(image_path, audio_path, tmp / f"warm{k}-{i}.mp4", options)
+                runs[k].append(pipe.render_job(jobs[k]))
         peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
                 else peak_rss_bytes())
-        flops = None
         chunk_s = options.clip_frames / options.fps
-        if count_flops:
-            log(f"{label}: counting the FLOPs of one chunk")
-            flops = pipe.count_flops(job.image, options, chunk_s)
-        checks = pipe.quality_checks(job.image, options)
-        evaluation = None
-        if evaluate is not None:
-            log(f"{label}: evaluating the last warm render")
-            evaluation = evaluate(job.output)
-        sampling = pipe.sampling_stage  # the stage whose time is spent in denoiser evaluations
+        extras = []
+        for k, pipe in enumerate(pipes):
+            flops = None
+            if count_flops:
+                log(f"{label_of[k]}: counting the FLOPs of one chunk")
+                flops = pipe.count_flops(jobs[k].image, options, chunk_s)
+            checks = pipe.quality_checks(jobs[k].image, options)
+            evaluation = None
+            if evaluate is not None:
+                log(f"{label_of[k]}: evaluating the last warm render")
+                evaluation = evaluate(jobs[k].output)
+            extras.append((flops, checks, evaluation, pipe.sampling_stage))
 
+    reports = []
+    for k, ld in enumerate(loads):
+        flops, checks, evaluation, sampling = extras[k]
+        report = _report(options, ld, runs[k], colds[k], load_ss[k], cold_start_ss[k], flops, chunk_s, checks,
+                         evaluation, sampling, peak, peak_scope, size, decoder, repeat)
+        report["dtype_requested"] = names[k]
+        report["versions"] = {"avatar-cli": __version__, "torch": torch.__version__,
+                              "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+                              "python": platform.python_version()}
+        report["command"] = command if command is not None else " ".join(["avatar", *sys.argv[1:]])
+        reports.append(report)
+    return reports
+
+
+def _report(options, load, runs, cold, load_s, cold_start_s, flops, chunk_s, checks, evaluation, sampling, peak,
+            peak_scope, size, decoder, repeat) -> dict:
+    """One (model, dtype)'s report from its runs (see the module docstring)."""
+    from .runtime import dtype_name
+
+    dev, dt, weights, arch = load.device, load.dtype, load.weights, load.arch
     video_s = runs[0].duration_s
     walls = [r.wall_s for r in runs]
     others = [r.wall_s - sum(r.stages.values()) for r in runs]
@@ -211,10 +276,32 @@ def bench(model: str = "osa-lcm", arch: str = "full", size: int = 512, seconds: 
         "eval": evaluation,
         "device": device_name, "dtype": dtype_name(dt), "precision": runs[0].precision, "renderer": runs[0].renderer,
         "compiled": runs[0].compiled,
-        "versions": {"avatar-cli": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "python": platform.python_version()},
-        "command": command if command is not None else " ".join(["avatar", *sys.argv[1:]]),
     }
+
+
+def compare_dtypes(reports: list[dict]) -> dict:
+    """The speed of one model's dtypes side by side (``avatar bench --dtype A,B``): each dtype's median
+    fps and its ratio to the **first listed** dtype's (``fps_ratio``: fps / the first's fps, so > 1 is
+    faster than the first; ``--dtype auto,float32`` gives float32's ratio to auto, and auto's speed-up
+    over float32 is its inverse, ``first_speedup``).
+
+    Args:
+        reports: :func:`bench_dtypes`'s reports of one model, first listed first.
+
+    Returns:
+        ``{"compare": "dtype", "model", "method", "baseline": first dtype, "dtypes": [{"dtype" (as given),
+        "run_dtype" (resolved), "precision", "fps", "rtf", "fps_ratio", "first_speedup"}]}`` (medians over the
+        warm runs).
+    """
+    first = reports[0]["fps"]["median"]
+    rows = []
+    for r in reports:
+        fps = r["fps"]["median"]
+        rows.append({"dtype": r["dtype_requested"], "run_dtype": r["dtype"], "precision": r["precision"], "fps": fps,
+                     "rtf": r["rtf"]["median"], "fps_ratio": round(fps / first, 4) if first else None,
+                     "first_speedup": round(first / fps, 4) if fps else None})
+    return {"compare": "dtype", "model": reports[0]["model"], "method": reports[0]["method"],
+            "baseline": reports[0]["dtype_requested"], "dtypes": rows}
 
 
 def plot(reports: list[dict], path: str | Path) -> None:
@@ -224,7 +311,8 @@ def plot(reports: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["model"] for r in reports]
+    several = len({r.get("dtype_requested") for r in reports}) > 1
+    names = [r["model"] + (f"\n{r['dtype_requested']}" if several else "") for r in reports]
     fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(reports), 4.5))
     bottom = np.zeros(len(reports))
     for stage in reports[0]["stages"]:

@@ -15,3 +15,10 @@ class InputError(AvatarError):
 
 class WeightsError(AvatarError):
     """Model weights are missing, incomplete or unreadable (exit code 1)."""
+
+
+class Cancelled(AvatarError):
+    """The user stopped the command (Ctrl-C, SIGTERM): exit code 130 (128 + SIGINT), as shells report it. The
+    CLI prints ``avatar: <message>`` (no "error:"): what was kept and what was not."""
+
+    exit_code = 130

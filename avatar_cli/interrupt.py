@@ -9,18 +9,24 @@ calls :func:`request`, and the long loops (each chunk of frames written, each ba
 from __future__ import annotations
 
 _requested = False
+_signal = "Ctrl-C"  # how the last stop was asked for, for the message (a default handler's Ctrl-C: "Ctrl-C")
 
 
-def request() -> None:
-    """Record that the user asked to stop (Ctrl-C, SIGTERM)."""
-    global _requested
-    _requested = True
+def request(signal_name: str = "Ctrl-C") -> None:
+    """Record that the user asked to stop (``signal_name``: "Ctrl-C" or "SIGTERM")."""
+    global _requested, _signal
+    _requested, _signal = True, signal_name
 
 
 def clear() -> None:
     """Forget a request (a new command in the same process)."""
-    global _requested
-    _requested = False
+    global _requested, _signal
+    _requested, _signal = False, "Ctrl-C"
+
+
+def signal_name() -> str:
+    """How the last stop was asked for: "Ctrl-C" (also a KeyboardInterrupt no handler recorded) or "SIGTERM"."""
+    return _signal
 
 
 def check() -> None:

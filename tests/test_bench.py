@@ -169,3 +169,67 @@ def test_overlapped_encoding_changes_no_output_byte(tmp_path, test_data):
 def test_bench_bad_options(capsys, argv, words):
     assert main(["bench", "--arch", "tiny", *argv]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_bench_dtypes_interleave_and_report_what_each_network_ran_in(capsys, monkeypatch):
+    """``--dtype auto,float32,bfloat16`` on Ditto: one pipeline per dtype, the warm runs interleaved (A B C A B C),
+    one report per dtype whose ``precision`` is the format its networks really had when they rendered, and a
+    comparison whose fps ratios follow from the reports. The render is a stand-in (a real Ditto render takes
+    tens of seconds here); the pipelines, their precision policy and bench's bookkeeping are the real ones."""
+    import types
+
+    from avatar_cli import precision
+    from avatar_cli.pipelines.ditto import DittoPipeline
+
+    calls = []
+    walls = {"auto": 1.0, "float32": 2.0, "bfloat16": 4.0}
+
+    def fake_render(self, job, on_progress=None, progress=None):
+        decoder_weight = next(p for p in self.models.decoder.parameters() if p.dim() == 4)
+        received = {
+            name: (next(getattr(self.models, name).parameters()).dtype, self.precision[name].autocast)
+            for name in precision.NETWORKS["ditto"]}
+        calls.append((id(self), received, decoder_weight.is_contiguous(memory_format=torch.channels_last)))
+        order = list(dict.fromkeys(c[0] for c in calls))  # the cold renders come in --dtype's order
+        requested = ["auto", "float32", "bfloat16"][order.index(id(self))]
+        return types.SimpleNamespace(output=str(job.output), duration_s=0.4, frames=10, wall_s=walls[requested],
+                                     stages={"motion": 0.1}, first_frame_delay_s=0.05, nfe=10, evaluations=10,
+                                     precision=precision.describe(self.precision))
+
+    monkeypatch.setattr(DittoPipeline, "render_job", fake_render)
+    assert main(["bench", "--model", "ditto", "--random-weights", "--arch", "tiny", "--size", "64", "--seconds", "0.4",
+                 "--repeat", "2", "--no-flops", "--device", "cpu", "--dtype", "auto,float32,bfloat16", "--json",
+                 "--quiet"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4
+    reports, comparison = lines[:3], lines[3]
+    assert [r["dtype_requested"] for r in reports] == ["auto", "float32", "bfloat16"]
+    # three pipelines, cold renders first, then the warm rounds interleaved
+    pipes = list(dict.fromkeys(c[0] for c in calls))
+    assert len(pipes) == 3 and [c[0] for c in calls] == pipes * 3
+    cpu = torch.device("cpu")
+    for k, (r, dtype) in enumerate(zip(reports, ["auto", "float32", "bfloat16"])):
+        run_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        expected = precision.policy("ditto", cpu, run_dtype, dtype)  # on this machine: bf16 autocast or not
+        assert r["precision"] == precision.describe(expected) and r["dtype"] == str(run_dtype).split(".")[1]
+        for _, received, channels_last in calls[k::3]:  # what the networks had at each of this dtype's renders
+            assert received == {n: (p.dtype, p.autocast) for n, p in expected.items()}
+            assert channels_last == expected["decoder"].channels_last
+        assert r["fps"]["median"] == pytest.approx(10 / walls[dtype], abs=1e-4)
+    assert reports[1]["precision"] == {n: "float32" for n in precision.NETWORKS["ditto"]}
+    assert reports[2]["precision"]["decoder"] == "bfloat16" and reports[2]["precision"]["dit"] == "float32"
+    assert comparison["compare"] == "dtype" and comparison["baseline"] == "auto"
+    assert [row["dtype"] for row in comparison["dtypes"]] == ["auto", "float32", "bfloat16"]
+    for row, r in zip(comparison["dtypes"], reports):
+        assert row["fps"] == r["fps"]["median"] and row["precision"] == r["precision"]
+        assert row["fps_ratio"] == pytest.approx(r["fps"]["median"] / reports[0]["fps"]["median"], abs=1e-4)
+    assert [row["fps_ratio"] for row in comparison["dtypes"]] == [1.0, 0.5, 0.25]
+    assert comparison["dtypes"][1]["first_speedup"] == 2.0  # auto renders 2x the frames per second of float32
+
+
+@pytest.mark.parametrize("argv,words", [(["--dtype", "auto,fp8"], "--dtype fp8: choose from"),
+                                        (["--dtype", "auto,auto"], "listed twice"),
+                                        (["--dtype", "auto,float32", "--stream"], "one --dtype")])
+def test_bench_bad_dtype_lists(capsys, argv, words):
+    assert main(["bench", "--arch", "tiny", *argv]) == 2
+    assert words in capsys.readouterr().err

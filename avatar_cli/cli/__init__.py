@@ -27,7 +27,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..errors import AvatarError
+from ..errors import AvatarError, Cancelled
 from . import common
 
 app = typer.Typer(
@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False, prog_name="avatar")
         return result if isinstance(result, int) else 0
+    except Cancelled as err:  # Ctrl-C / SIGTERM: what was kept, not an error
+        typer.echo(f"avatar: {err}", err=True)
+        return err.exit_code
     except AvatarError as err:
         typer.echo(f"avatar: error: {err}", err=True)
         return err.exit_code

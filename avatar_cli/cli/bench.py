@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from .common import ARGV, ArchOption, Device, Dtype, note
+from .common import ARGV, PANEL_PERF, ArchOption, Device, note
 
 BENCH_EPILOG = """\
 [bold]Examples[/bold]
@@ -18,6 +18,7 @@ BENCH_EPILOG = """\
   avatar bench --arch tiny --size 64 --seconds 4 --repeat 2
   avatar bench --model osa-lcm,fada,teacher --size 512 --seconds 10 --device cuda --json
   avatar bench --weights ./hallo --model hallo --audio speech.wav --plot bench.png
+  avatar bench --model ditto --random-weights --dtype auto,float32 --seconds 2 --json   [dim]# bf16 vs fp32[/dim]
   avatar bench --model ditto --stream --seconds 10 --device cuda --json   [dim]# live: first-frame delay[/dim]
   avatar bench --model ditto --weights ... --audio speech.wav --eval --json   [dim]# + Sync-C / Sync-D of the output[/dim]
 
@@ -38,7 +39,11 @@ def bench(
     audio: Annotated[Optional[Path], typer.Option(help="Speech to use instead.", show_default=False)] = None,
     image: Annotated[Optional[Path], typer.Option(help="Portrait to use", show_default="synthetic")] = None,
     device: Device = "auto",
-    dtype: Dtype = "auto",
+    dtype: Annotated[str, typer.Option(help="Number format(s), comma-separated: each model is measured in each, warm "
+                                            "runs interleaved (A, B, A, B...), plus a comparison of their fps "
+                                            "(ratio to the first listed). auto (bf16/fp16 on CUDA; fp32 on CPU, "
+                                            "some networks in bf16 where the CPU has native bf16), float32, "
+                                            "float16, bfloat16.", rich_help_panel=PANEL_PERF)] = "auto",
     decoder: Annotated[str, typer.Option(help="vae or taesd.")] = "vae",
     compile: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", show_default="auto",
@@ -78,6 +83,17 @@ def bench(
         raise InputError(f"--model {', '.join(unknown)}: choose from {', '.join(MODEL_CHOICES)}")
     if weights is not None and random_weights:
         raise InputError("--weights and --random-weights exclude each other; pick one")
+    dtypes = [d.strip() for d in dtype.split(",") if d.strip()]
+    from ..runtime import DTYPES
+
+    bad = [d for d in dtypes if d != "auto" and d not in DTYPES]
+    if bad or not dtypes:
+        raise InputError(f"--dtype {', '.join(bad) or repr(dtype)}: choose from auto, {', '.join(DTYPES)} "
+                         "(comma-separated)")
+    if len(set(dtypes)) < len(dtypes):
+        raise InputError(f"--dtype {dtype}: a dtype is listed twice; list each once")
+    if stream and len(dtypes) > 1:
+        raise InputError("--stream measures one --dtype at a time; run it once per dtype")
     if repeat < 1:
         raise InputError(f"--repeat must be >= 1 (got {repeat})")
     if not 0.1 <= seconds <= 3600:
@@ -116,7 +132,8 @@ def bench(
     reports = []
     if stream:
         for name in models:
-            report = benchmod.bench_stream(name, arch, size, seconds, audio, image, device, dtype, repeat, weights,
+            report = benchmod.bench_stream(name, arch, size, seconds, audio, image, device, dtypes[0], repeat,
+                                           weights,
                                            log=lambda m: note(m, quiet), command=shlex.join(["avatar", *ARGV]),
                                            steps=steps, motion_overlap=motion_overlap, render_batch=render_batch,
                                            cuda_graph=cuda_graph)
@@ -130,15 +147,22 @@ def bench(
                      f"RTF {report['rtf']['median']:.3f}")
         return
     for name in models:
-        report = benchmod.bench(name, arch, size, seconds, audio, image, device, dtype, decoder, compile, repeat,
-                                weights, flops, overlap, log=lambda m: note(m, quiet),
-                                command=shlex.join(["avatar", *ARGV]), method=method, evaluate=evaluator,
-                                render_batch=render_batch, cuda_graph=cuda_graph)
-        reports.append(report)
-        if as_json:
-            typer.echo(json.dumps(report))
-        else:
-            _print_bench(report)
+        measured = benchmod.bench_dtypes(name, arch, size, seconds, audio, image, device, dtypes, decoder,
+                                         compile, repeat, weights, flops, overlap, log=lambda m: note(m, quiet),
+                                         command=shlex.join(["avatar", *ARGV]), method=method, evaluate=evaluator,
+                                         render_batch=render_batch, cuda_graph=cuda_graph)
+        reports += measured
+        for report in measured:
+            if as_json:
+                typer.echo(json.dumps(report))
+            else:
+                _print_bench(report)
+        if len(measured) > 1:
+            comparison = benchmod.compare_dtypes(measured)
+            if as_json:
+                typer.echo(json.dumps(comparison))
+            else:
+                _print_comparison(comparison)
     if plot_path is not None:
         benchmod.plot(reports, plot_path)
         note(f"wrote {plot_path}", quiet)
@@ -149,7 +173,7 @@ def _print_bench(r: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"avatar bench: {r['model']}/{r['method']} ({r['weights']}), {r['size']} px, {r['video_s']:.1f} s video, "
-                        f"{r['device']}, {r['dtype']}")
+                        f"{r['device']}, --dtype {r['dtype_requested']} ({r['dtype']})")
     table.add_column("measure")
     table.add_column("median", justify="right")
     table.add_column("min", justify="right")
@@ -174,7 +198,26 @@ def _print_bench(r: dict) -> None:
     if r.get("eval"):
         facts.append(f"Sync-C {r['eval']['sync_c']:.3f}, Sync-D {r['eval']['sync_d']:.3f}, offset "
                      f"{r['eval']['offset_frames']} frames")
+    if r["precision"]:
+        facts.append("networks: " + ", ".join(f"{n} {p}" for n, p in r["precision"].items()))
     console.print(", ".join(facts))
+
+
+def _print_comparison(c: dict) -> None:
+    """The dtypes of one model side by side: median fps, RTF, and the fps ratio to the first listed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"avatar bench: {c['model']}/{c['method']}, --dtype side by side (warm runs interleaved; "
+                        f"ratio to {c['baseline']})")
+    for column, justify in (("--dtype", "left"), ("frames per second", "right"), ("RTF", "right"),
+                            (f"fps / {c['baseline']} fps", "right"), ("networks not float32", "left")):
+        table.add_column(column, justify=justify)
+    for row in c["dtypes"]:
+        formats = (", ".join(f"{n} {p}" for n, p in row["precision"].items() if p != "float32") or "-"
+                   if row["precision"] else f"all {row['run_dtype']}")
+        table.add_row(row["dtype"], f"{row['fps']:.2f}", f"{row['rtf']:.3f}", f"{row['fps_ratio']:.2f}x", formats)
+    Console().print(table)
 
 
 

@@ -207,6 +207,29 @@ class library_warnings:
         return False
 
 
+def cancellable(what: str):
+    """Decorate a command: a KeyboardInterrupt (Ctrl-C, or SIGTERM under :class:`signals_interrupt`) that reaches
+    it becomes :class:`~avatar_cli.errors.Cancelled`, ``avatar: cancelled (Ctrl-C); <what>``, exit 130 (typer
+    would end the command silently with 130). The command's own cleanup has run by then (temporary outputs
+    removed, ffmpeg stopped): ``what`` says what that left, e.g. "nothing written"."""
+    import functools
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            from .. import interrupt
+            from ..errors import Cancelled
+
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise Cancelled(f"cancelled ({interrupt.signal_name()}); {what}") from None
+
+        return run
+
+    return decorate
+
+
 class signals_interrupt:
     """SIGTERM acts like Ctrl-C (KeyboardInterrupt: the running job cleans up); a second Ctrl-C or
     SIGTERM exits at once with code 130, removing the temporary output first."""
@@ -227,11 +250,21 @@ class signals_interrupt:
                 remove_partial_files()
                 os._exit(130)
             self.seen = True
-            interrupt.request()  # acted on at the next chunk if this exception is swallowed (in a __del__)
+            interrupt.request("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")  # acted on at the next chunk if this exception is swallowed (in a __del__)
             raise KeyboardInterrupt
 
         for sig in self.previous:
             signal.signal(sig, handler)
+        # A KeyboardInterrupt raised where Python cannot propagate it (a finalizer, an at-fork hook while a
+        # subprocess starts) is printed as "Exception ignored ... Traceback": it is not lost (request() above;
+        # interrupt.check() acts on it), so it is not printed either.
+        self.unraisable = sys.unraisablehook
+
+        def quiet_interrupts(unraisable):
+            if not (unraisable.exc_type and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+                self.unraisable(unraisable)
+
+        sys.unraisablehook = quiet_interrupts
         return self
 
     def __exit__(self, *exc):
@@ -239,4 +272,5 @@ class signals_interrupt:
 
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)
+        sys.unraisablehook = self.unraisable
         return False

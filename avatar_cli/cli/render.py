@@ -14,8 +14,8 @@ from ..errors import InputError
 from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
 
 PANEL_STREAM = "Streaming (--stream)"
-from .common import ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, library_warnings, note, \
-    progress, signals_interrupt
+from .common import ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, cancellable, library_warnings, \
+    note, progress, signals_interrupt
 from .dry_run import render_dry_run  # noqa: E402  (moved; re-exported for old import paths)
 from .render_stream import render_streaming  # noqa: E402
 
@@ -166,6 +166,7 @@ def shorthand_note(values: dict, quiet: bool) -> None:
 
 
 @render_options.with_render_options
+@cancellable("nothing written")
 def render(
     image: Annotated[Path, typer.Argument(help="Portrait image (any format Pillow reads).", show_default=False)],
     audio: Annotated[Path, typer.Argument(help="Speech (wav, mp3, flac, ogg, m4a, or a video's audio track); "
@@ -371,6 +372,7 @@ headerless CSV is read as image,audio,output). Relative paths start at the jobs 
 
 
 @render_options.with_render_options
+@cancellable("the jobs finished before are kept (--resume skips them)")
 def batch(
     jobs: Annotated[str, typer.Argument(help="Jobs file (CSV or JSON Lines), or - for standard input.",
                                         show_default=False)],
@@ -427,7 +429,10 @@ def batch(
     pipe = pipeline_for(options, load, True)
     pipe.warn = lambda message: note(message, quiet)
 
+    reported = []  # the jobs done (ok, failed or skipped) before a Ctrl-C
+
     def report(result, position, total):
+        reported.append(result)
         if as_json:
             typer.echo(json.dumps(result.to_dict()))
             sys.stdout.flush()
@@ -443,12 +448,29 @@ def batch(
 
     start = time.perf_counter()
     with library_warnings(quiet), signals_interrupt():
-        results = batchmod.run(pipe, job_list, options, book, resume=resume, fail_fast=fail_fast, report=report)
+        try:
+            results = batchmod.run(pipe, job_list, options, book, resume=resume, fail_fast=fail_fast, report=report)
+        except KeyboardInterrupt:
+            raise batch_cancelled(reported, len(job_list), ledger_path) from None
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
     note(f"batch: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
          f"in {time.perf_counter() - start:.1f} s; ledger {ledger_path}", quiet)
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def batch_cancelled(done: list, total: int, ledger: Path):
+    """The :class:`~avatar_cli.errors.Cancelled` of ``avatar batch`` stopped after the jobs in ``done``: what is
+    kept (their outputs, the ledger), that the running job left no file, and how to finish the rest."""
+    from .. import interrupt
+    from ..errors import Cancelled
+
+    counts = {s: sum(r.status == s for r in done) for s in ("ok", "failed", "skipped")}
+    left = total - len(done)
+    return Cancelled(f"cancelled ({interrupt.signal_name()}) during job {len(done) + 1} of {total}: "
+                     f"{counts['ok']} rendered and kept, {counts['skipped']} skipped, {counts['failed']} failed; "
+                     f"the running job left no file; {left} not rendered (ledger {ledger}; rerun with --resume "
+                     f"to render them)")
 
 
 def register(app: typer.Typer) -> None:

@@ -38,7 +38,8 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import AvatarError, InputError
-from .stream_input import SAMPLE_RATE, _ffmpeg, _last_line, _read_log, pcm_chunks  # noqa: F401 (moved; re-exported)
+from .stream_input import (  # noqa: F401 (moved; re-exported)
+    SAMPLE_RATE, STDIN_PROBE, _ffmpeg, _last_line, _read_log, pcm_chunks, wav_stream_header)
 from .stream_stop import READER_GONE_EXIT, ReaderGone, StreamCancelled, StreamStop  # noqa: F401 (moved; re-exported)
 
 FORMATS = ("mp4", "mpegts")

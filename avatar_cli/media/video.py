@@ -49,6 +49,10 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+class _StopWriting(BaseException):
+    """Thrown into imageio-ffmpeg's writer to make it kill ffmpeg at once (a failed or cancelled render)."""
+
+
 class VideoWriter:
     """Write RGB frames to an mp4, atomically, with an optional audio track.
 
@@ -119,9 +123,11 @@ class VideoWriter:
                 PARTIAL_FILES.discard(self._tmp)
                 self._tmp = None
             else:
+                # Stop ffmpeg now: imageio-ffmpeg kills it on a BaseException thrown in (a plain close() would
+                # wait for it to encode what it has, and warn "No frames have been written" before the first).
                 try:
-                    self._gen.close()
-                except Exception:  # noqa: BLE001 - already failing; the partial file goes anyway
+                    self._gen.throw(_StopWriting())
+                except (_StopWriting, StopIteration, Exception):  # noqa: BLE001 - already failing; the file goes
                     pass
         finally:
             if self._tmp is not None:
