@@ -194,7 +194,7 @@ def test_bench_dtypes_interleave_and_report_what_each_network_ran_in(capsys, mon
         requested = ["auto", "float32", "bfloat16"][order.index(id(self))]
         return types.SimpleNamespace(output=str(job.output), duration_s=0.4, frames=10, wall_s=walls[requested],
                                      stages={"motion": 0.1}, first_frame_delay_s=0.05, nfe=10, evaluations=10,
-                                     precision=precision.describe(self.precision))
+                                     precision=precision.describe(self.precision), renderer=None, compiled=[])
 
     monkeypatch.setattr(DittoPipeline, "render_job", fake_render)
     assert main(["bench", "--model", "ditto", "--random-weights", "--arch", "tiny", "--size", "64", "--seconds", "0.4",
