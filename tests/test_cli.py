@@ -225,7 +225,7 @@ def _check_guidance(seen, scales: tuple[float, ...]) -> None:
     over the batch of 3 (audio and reference, no audio, neither) with ``scales`` = (cfg_a, cfg_r)."""
     assert len(seen["steps"]) == len(seen["unet"]) > 0
     for call, prediction in zip(seen["unet"], seen["steps"]):
-        out = call["out"]
+        out = call["out"].float()  # bf16 under --dtype auto on a native-bf16 CPU: the sampler gets it as fp32
         if call["batch"] == 3:
             a, r, b = out.chunk(3)
             out = scales[0] * a + (scales[1] - scales[0]) * r + (1 - scales[1]) * b

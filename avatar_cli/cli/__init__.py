@@ -55,9 +55,9 @@ def _main(
     """Render talking-head videos from one portrait and one speech recording."""
 
 
-from . import audio, bench, doctor, eval, info, render, train, ui, weights  # noqa: E402  (each registers its commands on app)
+from . import audio, batch, bench, doctor, eval, info, render, train, ui, weights  # noqa: E402  (each registers its commands on app)
 
-for module in (render, bench, eval, info, doctor, audio, weights, train, ui):
+for module in (render, batch, bench, eval, info, doctor, audio, weights, train, ui):
     module.register(app)
 
 
