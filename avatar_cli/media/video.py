@@ -93,12 +93,17 @@ class VideoWriter:
             # imageio-ffmpeg maps the pipe's video and the file's first audio stream (-map 0:v:0
             # -map 1:a:0), so a video file given as audio contributes only its sound.
             output_params = ["-c:a", "aac", "-b:a", "192k", *output_params]
-        self._gen = imageio_ffmpeg.write_frames(
-            str(self._tmp), (self.width, self.height), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
-            quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=output_params,
-            audio_path=None if self.audio_path is None else str(self.audio_path),
-        )
-        self._gen.send(None)
+        try:
+            self._gen = imageio_ffmpeg.write_frames(
+                str(self._tmp), (self.width, self.height), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
+                quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=output_params,
+                audio_path=None if self.audio_path is None else str(self.audio_path),
+            )
+            self._gen.send(None)  # starts ffmpeg
+        except BaseException as err:
+            # Ctrl-C (or a failure) while ffmpeg starts: no __exit__ follows a failed __enter__, so clean up here
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def write(self, frames: np.ndarray) -> None:
@@ -126,7 +131,8 @@ class VideoWriter:
                 # Stop ffmpeg now: imageio-ffmpeg kills it on a BaseException thrown in (a plain close() would
                 # wait for it to encode what it has, and warn "No frames have been written" before the first).
                 try:
-                    self._gen.throw(_StopWriting())
+                    if self._gen is not None:
+                        self._gen.throw(_StopWriting())
                 except (_StopWriting, StopIteration, Exception):  # noqa: BLE001 - already failing; the file goes
                     pass
         finally:

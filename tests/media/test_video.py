@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,25 @@ def test_an_error_while_writing_leaves_nothing(tmp_path):
             writer.write(_frames(3, 64))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_ffmpeg_starts_leaves_nothing(tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside VideoWriter.__enter__ (after its temporary file exists, while ffmpeg starts):
+    no __exit__ runs for a failed __enter__, so __enter__ itself removes the file (CI saw it left behind)."""
+    from avatar_cli.media import video
+
+    seen = []
+
+    def interrupted(path, *args, **kwargs):
+        seen.append(path)
+        assert [p.name for p in tmp_path.iterdir()] == [Path(path).name]  # the temporary file exists by then
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video.imageio_ffmpeg, "write_frames", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(tmp_path / "x.mp4", size=64, fps=25):
+            pytest.fail("the body must not run")
+    assert len(seen) == 1 and list(tmp_path.iterdir()) == [] and not video.PARTIAL_FILES
 
 
 def test_output_path_checks(tmp_path):
