@@ -1,15 +1,15 @@
 """torch.compile (inductor) where it pays for itself over a whole render (issue 25).
 
 Measured on a 2-core AVX512-BF16 CPU, full size, random weights (``scripts/compile_speed.py``,
-docs/benchmarks.md "torch.compile"): compiling Ditto's warping network + SPADE decoder costs ~40 s
-the first time (inductor's FX graph cache makes later processes ~5 s) and makes each frame faster,
+docs/benchmarks.md "torch.compile"): compiling Ditto's warping network + SPADE decoder costs ~50 s
+the first time (inductor's caches make later processes ~4 s) and makes each bf16 frame 1.87x faster,
 so it pays after a few dozen frames. The policy, for ``--compile`` left at its default (``None``, auto):
 
 - Ditto's warp and decoder are compiled for an offline render of at least :data:`AUTO_MIN_FRAMES`
   frames on a CPU that has a C++ compiler (inductor generates C++);
 - never for ``--stream`` (the compile would add to the first-frame delay), on CUDA (unmeasured: opt in
-  with ``--compile``), or for the U-Net family (its VAE decoder gained 1.13x, under the measurement's
-  noise: opt in with ``--compile``).
+  with ``--compile``), or for the U-Net family (its VAE decoder gained nothing, 0.98x: opt in with
+  ``--compile``).
 
 ``--compile`` forces it, ``--no-compile`` turns it off. A compile that fails (no compiler, an operator
 inductor cannot lower) falls back to the eager network with a note: the render goes on.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 # Offline renders at least this long compile Ditto's warp + decoder on a CPU by default (4 s of video; the
-# measured break-even was ~42 frames with a cold compile cache, ~3 with a warm one).
+# measured break-even was ~37 frames with a cold compile cache, ~3 with a warm one).
 AUTO_MIN_FRAMES = 100
 # torch.compile's backend; tests set "eager" to trace without generating C++.
 BACKEND = "inductor"

@@ -73,7 +73,7 @@ the reader of standard output went away (docs/usage.md).
 Compile = Annotated[Optional[bool], typer.Option(
     "--compile/--no-compile", show_default="auto",
     help="torch.compile the networks. Default auto: Ditto's warp + decoder for offline CPU renders of >= 4 s "
-         "(needs a C++ compiler; ~40 s the first time, cached after), nothing else.",
+         "(needs a C++ compiler; ~50 s the first time, cached after), nothing else.",
     rich_help_panel=PANEL_PERF)]
 RenderBatch = Annotated[int, typer.Option(
     "--render-batch", help="--model ditto: frames per warp + decoder call (0: sized by free GPU memory for offline "

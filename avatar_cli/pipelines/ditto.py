@@ -155,7 +155,7 @@ class DittoPipeline(DittoLoadMixin, DittoControlsMixin, DittoStreamMixin, Pipeli
         """
         if not self._compiled and wants_compile(self.compile, self.device, frames, stream):
             self._compiled = {n: CompiledNetwork(getattr(self.models, n), n, self.warn) for n in ("warp", "decoder")}
-            self.warn("note: torch.compile of the warp and decoder at the first frames (about 40 s the first time, "
+            self.warn("note: torch.compile of the warp and decoder at the first frames (about 50 s the first time, "
                       "seconds once cached; --no-compile skips it)")
         return self.compiled
 
