@@ -76,7 +76,8 @@ class UNetPipeline(AudioFeaturesMixin, ContextWindowsMixin, Pipeline):
         if self.device.type == "cuda":  # NHWC convolutions are faster on tensor cores
             for net in (models.vae, models.reference_net, models.denoising_unet):
                 net.to(memory_format=torch.channels_last)
-        self.compiled = compile
+        # the networks that run torch.compiled (render / bench JSON's "compiled", as Ditto's); opt-in only
+        self.compiled: list[str] = ["denoising_unet", "vae_decoder"] if compile else []
         if compile:
             models.denoising_unet.compile()
             models.vae.decoder.compile()
@@ -108,8 +109,8 @@ class UNetPipeline(AudioFeaturesMixin, ContextWindowsMixin, Pipeline):
         return calls
 
     def describe(self, options: RenderOptions) -> dict:
-        """The base description plus ``precision``: network -> the format it runs in."""
-        return {**super().describe(options), "precision": describe_precision(self.precision)}
+        """The base description plus ``precision`` (network -> the format it runs in) and ``compiled``."""
+        return {**super().describe(options), "precision": describe_precision(self.precision), "compiled": self.compiled}
 
     @property
     def reference_net_calls(self) -> int:

@@ -6,6 +6,7 @@ import pytest
 
 from avatar_cli.errors import InputError
 from avatar_cli.models.bundle import AvatarModels
+from avatar_cli.options import RenderOptions
 from avatar_cli.pipelines import load_pipeline
 from avatar_cli.pipelines.ditto import DittoPipeline
 from avatar_cli.pipelines.unet import UNetPipeline
@@ -23,6 +24,10 @@ def test_compile_keeps_the_added_cfg_layers(tmp_path):
     assert unet._compiled_call_impl is not None  # the U-Net that runs is the compiled one
     assert pipe.models.vae.decoder._compiled_call_impl is not None
     assert any("CFG-token layers" in n for n in notes)
+    # the render / bench JSON's "compiled" names them, as Ditto's does; without --compile it is empty
+    assert pipe.describe(RenderOptions(model="fada"))["compiled"] == ["denoising_unet", "vae_decoder"]
+    plain = load_pipeline("fada", tmp_path / "w", device="cpu", dtype="float32", add_cfg_layers=True)
+    assert plain.describe(RenderOptions(model="fada"))["compiled"] == [] and plain.models.vae.decoder._compiled_call_impl is None
 
 
 def test_random_weights_pick_the_family_and_its_variant():
