@@ -84,18 +84,24 @@ def fixture() -> dict:
     return compare(nets, inputs)
 
 
-@torch.no_grad()
-def fixture_chain() -> dict:
-    """The fixture's warp into a decoder of the fixture's recipe (seeded weights, seed 4) whose input
-    width is the warp's output width (16): a frame for the warp, and for warp + decoder together."""
+def chain_networks() -> tuple[WarpingNetwork, SPADEDecoder, tuple[torch.Tensor, ...]]:
+    """The fixture's warp (seeded weights), a decoder of the fixture's recipe (seed 4) whose input width is
+    the warp's output width (16), and the warp's recorded inputs (feature, kp_source, kp_driving); also
+    ``scripts/compile_speed.py``'s quality check."""
     with safe_open(ROOT / "tests/data/ditto_tiny_io.safetensors", "pt") as f:
         t = {k: f.get_tensor(k) for k in f.keys()}
     warp = WarpingNetwork(**FIXTURE_CONFIG["warp"])
     warp.load_state_dict(seeded_state_dict(warp.state_dict(), FIXTURE_SEEDS["warp"]))
     decoder = SPADEDecoder(**{**FIXTURE_CONFIG["decoder"], "max_features": 16})
     decoder.load_state_dict(seeded_state_dict(decoder.state_dict(), FIXTURE_SEEDS["decoder"]))
-    warp.eval(), decoder.eval()
-    args = (t["in.warp.feature"], t["in.warp.kp_source"], t["in.warp.kp_driving"])
+    return warp.eval(), decoder.eval(), (t["in.warp.feature"], t["in.warp.kp_source"], t["in.warp.kp_driving"])
+
+
+@torch.no_grad()
+def fixture_chain() -> dict:
+    """The fixture's warp into a decoder of the fixture's recipe (:func:`chain_networks`): a frame for the
+    warp, and for warp + decoder together."""
+    warp, decoder, args = chain_networks()
     ref = decoder(warp(*args)).clamp(0, 1)
     warped_bf16 = run_in(warp, args, "autocast")
     out = {}

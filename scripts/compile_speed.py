@@ -102,21 +102,12 @@ def vae(rounds: int) -> dict:
 
 @torch.no_grad()
 def fixture() -> dict:
-    from safetensors import safe_open
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bf16_quality import chain_networks
 
-    from avatar_cli.models.liveportrait import SPADEDecoder, WarpingNetwork
     from avatar_cli.precision import NetworkPrecision, psnr
-    from tests.models.ditto.seeded import FIXTURE_CONFIG, FIXTURE_SEEDS, seeded_state_dict
 
-    root = Path(__file__).resolve().parents[1]
-    with safe_open(root / "tests/data/ditto_tiny_io.safetensors", "pt") as f:
-        t = {k: f.get_tensor(k) for k in f.keys()}
-    warp = WarpingNetwork(**FIXTURE_CONFIG["warp"])
-    warp.load_state_dict(seeded_state_dict(warp.state_dict(), FIXTURE_SEEDS["warp"]))
-    decoder = SPADEDecoder(**{**FIXTURE_CONFIG["decoder"], "max_features": 16})
-    decoder.load_state_dict(seeded_state_dict(decoder.state_dict(), FIXTURE_SEEDS["decoder"]))
-    warp.eval(), decoder.eval()
-    args = (t["in.warp.feature"], t["in.warp.kp_source"], t["in.warp.kp_driving"])
+    warp, decoder, args = chain_networks()  # the same chain as bf16_quality.py's
     ref = decoder(warp(*args)).clamp(0, 1)
     cpu = torch.device("cpu")
     warp_p, dec_p = NetworkPrecision(autocast=torch.bfloat16), NetworkPrecision(autocast=torch.bfloat16,
