@@ -101,16 +101,12 @@ def test_bench_on_the_gpu_reports_its_keys(capsys):
 def test_cuda_graph_renderer_matches_eager_and_the_batch_is_sized_by_memory():
     from avatar_cli.graph_renderer import render_batch_for_memory
     from avatar_cli.pipelines.base import RenderStats
-    from avatar_cli.pipelines.ditto import DittoPipeline
+    from tests.pipelines.ditto_case import FACE_BOX, jittered_motions, portrait, tiny_ditto
 
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    pipe = DittoPipeline.from_preset("tiny", device="cuda", dtype=dtype, seed=0)
-    pipe.warn = lambda message: None
-    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    source = pipe.source_state(image, (32, 16, 64, 64))
-    g = np.random.default_rng(1)
-    infos = [{k: (v + 0.02 * g.standard_normal(v.shape)).astype(np.float32) for k, v in source.motion.items()}
-             for _ in range(6)]
+    pipe = tiny_ditto("cuda", dtype)
+    source = pipe.source_state(portrait(), FACE_BOX)
+    infos = jittered_motions(source, 6)
     stats = RenderStats.of(pipe)
 
     def chunks():  # 4 + 2 frames: the graph's last chunk is padded to 4

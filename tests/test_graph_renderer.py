@@ -15,11 +15,10 @@ from avatar_cli.bench import bench, bench_stream
 from avatar_cli.cli import main
 from avatar_cli.graph_renderer import RendererSettings, StaticRenderer, render_batch_for_memory
 from avatar_cli.options import RenderOptions
-from avatar_cli.pipelines.ditto import DittoPipeline
+from tests.pipelines.ditto_case import FACE_BOX, portrait, tiny_ditto
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
-FACE_BOX = (32, 16, 64, 64)
 
 
 def test_render_batch_for_memory():
@@ -78,9 +77,7 @@ def test_static_renderer_pads_trims_and_copies_the_source_once():
 
 @pytest.fixture(scope="module")
 def tiny():
-    pipe = DittoPipeline.from_preset("tiny", device="cpu", dtype="float32", seed=0)
-    pipe.warn = lambda message: None
-    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    pipe, image = tiny_ditto(), portrait()
     source = pipe.source_state(image, FACE_BOX)
     wave = (0.2 * np.sin(2 * np.pi * 200 * np.arange(3200) / 16000)).astype(np.float32)  # 0.2 s: 5 frames
     options = RenderOptions(model="ditto", num_inference_steps=2, seed=1)

@@ -20,10 +20,10 @@ from avatar_cli.load_options import LoadOptions
 from avatar_cli.media.paste import PasteBack
 from avatar_cli.options import RenderOptions
 from avatar_cli.models.liveportrait import SPADEDecoder, WarpingNetwork
-from avatar_cli.pipelines.ditto import DittoPipeline
 from avatar_cli.precision import NetworkPrecision, policy, psnr, run_in
 from avatar_cli.render_loop import pipelined
 from tests.models.ditto.seeded import FIXTURE_CONFIG, FIXTURE_SEEDS, seeded_state_dict
+from tests.pipelines.ditto_case import FACE_BOX, jittered_motions, portrait, tiny_ditto
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -91,14 +91,9 @@ def test_bf16_frames_of_the_fixture_are_within_the_measured_psnr():
 
 @pytest.fixture(scope="module")
 def tiny():
-    pipe = DittoPipeline.from_preset("tiny", device="cpu", dtype="float32", seed=0)
-    pipe.warn = lambda message: None
-    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    source = pipe.source_state(image, (32, 16, 64, 64))
-    g = np.random.default_rng(1)
-    infos = [{k: (v + 0.02 * g.standard_normal(v.shape)).astype(np.float32) for k, v in source.motion.items()}
-             for _ in range(2)]
-    return pipe, image, source, infos
+    pipe, image = tiny_ditto(), portrait()
+    source = pipe.source_state(image, FACE_BOX)
+    return pipe, image, source, jittered_motions(source, 2)
 
 
 @torch.no_grad()
@@ -111,7 +106,7 @@ def test_ditto_renderer_in_auto_on_a_bf16_cpu_and_back_to_fp32(tiny):
     try:
         chosen = pipe.set_precision("auto", native_bf16=True)
         assert chosen["decoder"].channels_last and pipe.models.decoder.parameters().__next__().dtype == torch.float32
-        source_bf = pipe.source_state(image, (32, 16, 64, 64))  # appearance / motion stay fp32: same source
+        source_bf = pipe.source_state(image, FACE_BOX)  # appearance / motion stay fp32: same source
         torch.testing.assert_close(source_bf.features, source.features, rtol=0, atol=0)
         bf16 = pipe.render_crops(infos, source_bf, stats)
         # the same computed by hand: each network under bf16 autocast, the decoder's inputs channels_last
@@ -149,7 +144,7 @@ def test_offline_frames_with_the_overlapped_paste_equal_the_sequential_loop(tiny
     options = RenderOptions(model="ditto", num_inference_steps=2, seed=1)
     pipe.render_batch = 2  # two chunks: the second is warped while the first is pasted
     try:
-        source = pipe.source_state(image, (32, 16, 64, 64))
+        source = pipe.source_state(image, FACE_BOX)
         overlapped = list(pipe.generate(image, wave, options, source=source))
         monkeypatch.setattr(ditto_module, "pipelined", lambda items, finish, wait=None: map(finish, items))
         sequential = list(pipe.generate(image, wave, options, source=source))
