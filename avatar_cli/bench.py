@@ -175,10 +175,7 @@ def bench_dtypes(model: str = "osa-lcm", arch: str = "full", size: int = 512, se
                                cuda_graph=cuda_graph)
     loads = [replace(base, dtype=d, requested_dtype=None).resolved() for d in dtypes]
     names = [d if isinstance(d, str) else dtype_name(d) for d in dtypes]
-    if len(loads) > 1:
-        label_of = [f"{label} --dtype {n}" for n in names]
-    else:
-        label_of = [label]
+    label_of = [f"{label} --dtype {n}" for n in names] if len(loads) > 1 else [label]
     dev = loads[0].device
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         tmp = Path(tmp)

@@ -66,20 +66,32 @@ class LoadOptions:
         requested = self.dtype if self.requested_dtype is None else self.requested_dtype
         return replace(self, device=device, dtype=resolve_dtype(self.dtype, device), requested_dtype=requested)
 
+    def checked(self, model: str) -> "LoadOptions":
+        """:meth:`resolved`, after refusing what cannot run for ``model`` (a ``--model`` name): ``--render-batch``
+        or ``--cuda-graph`` with a model that is not Ditto's. No model is built.
+
+        Raises:
+            InputError: naming the flag and the fix; see :meth:`resolved`.
+        """
+        from .models.catalog import MODELS
+
+        if (self.render_batch or self.cuda_graph) and MODELS[model].family != "ditto":
+            flag = "--cuda-graph" if self.cuda_graph else "--render-batch"
+            raise InputError(f"{flag} applies to --model ditto, not --model {model}; leave it out")
+        return self.resolved()
+
     def load(self, model: str, method: str | None = None,
              note: Callable[[str], None] = lambda message: None):
         """The pipeline of ``model`` (a ``--model`` name) with these settings; see
-        :func:`avatar_cli.pipelines.load_pipeline` for ``method``, ``note`` and the errors raised."""
+        :func:`avatar_cli.pipelines.load_pipeline` for ``method``, ``note`` and the errors raised, and
+        :meth:`checked`."""
         from .pipelines import load_pipeline
 
-        load = self.resolved()
+        load = self.checked(model)
         pipe = load_pipeline(model, load.weights, load.random_weights, load.arch, load.device, load.dtype,
                              compile=load.compile, add_cfg_layers=load.add_cfg_layers, method=method, note=note)
         if hasattr(pipe, "set_precision"):  # the per-network formats of the --dtype as given (precision.py)
             pipe.set_precision(load.requested_dtype)
         if hasattr(pipe, "set_renderer"):  # Ditto's warp + decoder batch and CUDA graph (graph_renderer.py)
             pipe.set_renderer(load.render_batch, load.cuda_graph)
-        elif load.render_batch or load.cuda_graph:
-            raise InputError(f"--render-batch and --cuda-graph apply to --model ditto, not --model {model}; "
-                             f"leave them out")
         return pipe

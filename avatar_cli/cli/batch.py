@@ -12,9 +12,9 @@ import typer
 
 from .. import render_options
 from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
-from .common import ArchOption, Device, Dtype, RandomWeights, Weights, cancellable, library_warnings, note, \
-    signals_interrupt
-from .render import AddCfgLayers, Compile, NoDownload, choose, load_options, pipeline_for, refuse_ignored
+from .common import AddCfgLayers, ArchOption, Compile, Device, Dtype, NoDownload, RandomWeights, Weights, cancellable, \
+    library_warnings, note, signals_interrupt
+from .render import choose, load_options, pipeline_for, refuse_ignored
 
 
 BATCH_EPILOG = """\

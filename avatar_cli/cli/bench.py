@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from .common import ARGV, PANEL_PERF, ArchOption, Device, note
+from .common import ARGV, PANEL_PERF, ArchOption, Compile, CudaGraph, Device, RenderBatch, note
 
 BENCH_EPILOG = """\
 [bold]Examples[/bold]
@@ -45,14 +45,9 @@ def bench(
                                             "some networks in bf16 where the CPU has native bf16), float32, "
                                             "float16, bfloat16.", rich_help_panel=PANEL_PERF)] = "auto",
     decoder: Annotated[str, typer.Option(help="vae or taesd.")] = "vae",
-    compile: Annotated[Optional[bool], typer.Option(
-        "--compile/--no-compile", show_default="auto",
-        help="torch.compile the networks (default auto: as 'avatar render', Ditto's warp + decoder for offline "
-             "CPU renders of >= 4 s; cold_start_s includes the compile).")] = None,
-    render_batch: Annotated[int, typer.Option("--render-batch", help="--model ditto: frames per warp + decoder call "
-                                              "(0: sized by free GPU memory offline on CUDA, else 4).")] = 0,
-    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="--model ditto on CUDA: warp + decoder replayed "
-                                             "as a CUDA graph (not with --compile).")] = False,
+    compile: Compile = None,  # the report's cold_start_s includes the compile
+    render_batch: RenderBatch = 0,
+    cuda_graph: CudaGraph = False,
     repeat: Annotated[int, typer.Option(help="Warm runs.")] = 3,
     weights: Annotated[Optional[Path], typer.Option(help="A weights folder instead of random weights.",
                                                     show_default=False)] = None,
@@ -100,14 +95,12 @@ def bench(
         raise InputError(f"--seconds must be 0.1..3600 (got {seconds:g})")
     for name in models:
         RenderOptions(model=name, method=method, size=size, decoder=decoder).validate()
-    if render_batch or cuda_graph:
+    if render_batch or cuda_graph:  # refused before the first model runs where they cannot run
         from ..load_options import LoadOptions
-        from .render import refuse_renderer_flags
 
         for name in models:
-            refuse_renderer_flags(RenderOptions(model=name), LoadOptions(device=device, compile=compile,
-                                                                         render_batch=render_batch,
-                                                                         cuda_graph=cuda_graph))
+            LoadOptions(device=device, compile=compile, render_batch=render_batch,
+                        cuda_graph=cuda_graph).checked(RenderOptions(model=name).model)
     if plot_path is not None:
         try:
             import matplotlib  # noqa: F401

@@ -38,6 +38,23 @@ Weights = Annotated[Optional[Path], typer.Option(help="Weights folder (as save_p
                                                  show_default=False, rich_help_panel=PANEL_PERF)]
 RandomWeights = Annotated[bool, typer.Option("--random-weights", help="Use random weights (tests, demos, speed).",
                                              rich_help_panel=PANEL_PERF)]
+Compile = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", show_default="auto",
+    help="torch.compile the networks. Default auto: Ditto's warp + decoder for offline CPU renders of >= 4 s "
+         "(needs a C++ compiler; ~50 s the first time, cached after), nothing else.",
+    rich_help_panel=PANEL_PERF)]
+RenderBatch = Annotated[int, typer.Option(
+    "--render-batch", help="--model ditto: frames per warp + decoder call (0: sized by free GPU memory for offline "
+    "renders on CUDA, else 4).", rich_help_panel=PANEL_PERF)]
+CudaGraph = Annotated[bool, typer.Option(
+    "--cuda-graph", help="--model ditto on CUDA: warp + decoder captured once as a CUDA graph and replayed per "
+    "batch (not with --compile).", rich_help_panel=PANEL_PERF)]
+AddCfgLayers = Annotated[bool, typer.Option(
+    "--add-cfg-layers", help="For --method fada with weights lacking CFG-token layers: add zero-initialised ones.",
+    rich_help_panel=PANEL_PERF)]
+NoDownload = Annotated[bool, typer.Option(
+    "--no-download", help="With --model auto and nothing installed: fail (naming the download) instead of "
+    "downloading Ditto's weights.", rich_help_panel=PANEL_PERF)]
 
 
 def arch_value(value: str) -> str:

@@ -11,11 +11,11 @@ import typer
 
 from .. import render_options
 from ..errors import InputError
-from ..render_options import PANEL_IO, PANEL_PERF, PANEL_SCRIPT
+from ..render_options import PANEL_IO, PANEL_SCRIPT
 
 PANEL_STREAM = "Streaming (--stream)"
-from .common import ArchOption, Device, Dtype, Json, Quiet, RandomWeights, Weights, cancellable, library_warnings, \
-    note, progress, signals_interrupt
+from .common import AddCfgLayers, ArchOption, Compile, CudaGraph, Device, Dtype, Json, NoDownload, Quiet, \
+    RandomWeights, RenderBatch, Weights, cancellable, library_warnings, note, progress, signals_interrupt
 from .dry_run import render_dry_run  # noqa: E402  (moved; re-exported for old import paths)
 from .render_stream import render_streaming  # noqa: E402
 
@@ -70,22 +70,6 @@ fada-balanced and teacher 6.5 / 2.5; --guidance-scale: hallo 3.5, ditto 2, echom
 the reader of standard output went away (docs/usage.md).
 """
 
-Compile = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", show_default="auto",
-    help="torch.compile the networks. Default auto: Ditto's warp + decoder for offline CPU renders of >= 4 s "
-         "(needs a C++ compiler; ~50 s the first time, cached after), nothing else.",
-    rich_help_panel=PANEL_PERF)]
-RenderBatch = Annotated[int, typer.Option(
-    "--render-batch", help="--model ditto: frames per warp + decoder call (0: sized by free GPU memory for offline "
-    "renders on CUDA, else 4).", rich_help_panel=PANEL_PERF)]
-CudaGraph = Annotated[bool, typer.Option(
-    "--cuda-graph", help="--model ditto on CUDA: warp + decoder captured once as a CUDA graph and replayed per "
-    "batch (not with --compile).", rich_help_panel=PANEL_PERF)]
-AddCfgLayers = Annotated[bool, typer.Option(
-    "--add-cfg-layers", help="For --method fada with weights lacking CFG-token layers: add zero-initialised ones.",
-    rich_help_panel=PANEL_PERF)]
-
-
 def load_options(weights, random_weights, arch, device, dtype, compile=None, add_cfg_layers=False, render_batch=0,
                  cuda_graph=False):
     """The :class:`LoadOptions` of the command line's flags (built once per command)."""
@@ -96,34 +80,12 @@ def load_options(weights, random_weights, arch, device, dtype, compile=None, add
                        render_batch=render_batch, cuda_graph=cuda_graph)
 
 
-def refuse_renderer_flags(options, load) -> None:
-    """``--render-batch`` / ``--cuda-graph`` fail in one line, before any input is read, where they
-    cannot run: another model than Ditto, ``--cuda-graph`` off CUDA or with ``--compile``.
-
-    Raises:
-        InputError: naming the flag and the fix.
-    """
-    from ..models.catalog import MODELS
-
-    if not (load.render_batch or load.cuda_graph):
-        return
-    if MODELS[options.model].family != "ditto":
-        flag = "--cuda-graph" if load.cuda_graph else "--render-batch"
-        raise InputError(f"{flag} applies to --model ditto, not --model {options.model}; leave it out")
-    load.resolved()  # graph_renderer.check_renderer_options
-
-
 def pipeline_for(options, load, quiet):
     """The CLI's pipeline for ``options`` loaded as ``load`` (a ``LoadOptions``; notes on stderr unless
     ``quiet``)."""
     pipe = load.load(options.model, method=options.method, note=lambda message: note(message, quiet))
     pipe.warn = lambda message: note(message, quiet)
     return pipe
-
-
-NoDownload = Annotated[bool, typer.Option(
-    "--no-download", help="With --model auto and nothing installed: fail (naming the download) instead of "
-    "downloading Ditto's weights.", rich_help_panel=PANEL_PERF)]
 
 
 def choose(values: dict, weights, random_weights, no_download: bool, quiet: bool) -> bool:
@@ -228,7 +190,8 @@ def render(
     load = load_options(weights, random_weights, arch, device, dtype, compile, add_cfg_layers, render_batch, cuda_graph)
     must_download = choose(render, weights, random_weights, no_download, quiet)
     options = render_options.build(render)
-    refuse_renderer_flags(options, load)
+    if render_batch or cuda_graph:  # refused in one line before any input is read where they cannot run
+        load.checked(options.model)
     shorthand_note(render, quiet)
     if not preview:  # --preview picks the model (and its size) itself
         refuse_ignored(options)
